@@ -1,0 +1,1 @@
+"""The ``onnxcam`` command line (installed as the ``onnxcam_cli`` package)."""

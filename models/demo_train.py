@@ -1,0 +1,475 @@
+"""Build the demo model that ships inside onnxcam (``onnxcam/data/demo/``).
+
+Run ``python -m models.demo_train [--out onnxcam/data/demo]``. It renders a seeded synthetic
+shapes dataset (one object of a known class and box per cluttered image), trains a small CNN
+deterministically on CPU, exports it to ONNX, writes the demo images with their true boxes, and
+checks that Grad-CAM (pytorch-grad-cam, on the torch weights) localises the objects, since the
+README's first command shows exactly that.
+
+Architecture (CAM-friendly): conv/BN/ReLU stages down to a 16x16 (stride 8) last stage, then
+global average pooling and one Linear layer, so classic CAM applies as well as Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+IMAGE_SIZE = 128
+MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+TRAIN_SEED, TEST_SEED, DEMO_SEED, TORCH_SEED = 0, 1, 2, 0
+# Objects span 25-50% of the image side so that a stride-8 CAM (16x16 cells) can outline them.
+MIN_RADIUS, MAX_RADIUS = 16, 32
+CAM_THRESHOLD = 0.2  # the CAM paper's box rule: 20% of the map's max, largest component
+DEMO_PER_CLASS = 2
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OPSET = 17
+IR_VERSION = 9  # onnx 1.23 stamps IR 14, which onnxruntime rejects
+
+
+# ---------------------------------------------------------------- dataset rendering
+
+
+def _regular_polygon(n: int, radius: float, angle: float) -> np.ndarray:
+    """``(n, 2)`` vertices on a circle of ``radius`` around the origin, first one at ``angle``."""
+    t = angle + 2.0 * np.pi * np.arange(n) / n
+    return np.stack([radius * np.cos(t), radius * np.sin(t)], axis=1)
+
+
+def _star(radius: float, angle: float) -> np.ndarray:
+    """``(10, 2)`` vertices of a five-pointed star, alternating outer and inner radius."""
+    t = angle + np.pi * np.arange(10) / 5
+    r = np.where(np.arange(10) % 2 == 0, radius, 0.42 * radius)
+    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def _cross(radius: float, angle: float) -> np.ndarray:
+    """``(12, 2)`` vertices of a plus sign whose arms reach ``radius``."""
+    a, b = radius, 0.3 * radius
+    pts = np.array(
+        [[b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b], [-b, -a], [b, -a], [b, -b], [a, -b], [a, b]],
+        dtype=np.float64,
+    )
+    c, s = np.cos(angle), np.sin(angle)
+    return pts @ np.array([[c, s], [-s, c]])
+
+
+def _shape_mask(cls: int, cx: float, cy: float, radius: float, angle: float, size: int) -> np.ndarray:
+    """``(size, size)`` uint8 anti-aliased coverage (0-255) of class ``cls`` centred at (cx, cy)."""
+    mask = np.zeros((size, size), np.uint8)
+    # cv2 draws with sub-pixel precision via fixed-point coordinates (shift bits).
+    shift = 4
+    scale = float(1 << shift)
+    centre = (int(round(cx * scale)), int(round(cy * scale)))
+    name = CLASSES[cls]
+    if name in ("circle", "ring"):
+        cv2.circle(mask, centre, int(round(radius * scale)), 255, -1, cv2.LINE_AA, shift)
+        if name == "ring":
+            cv2.circle(mask, centre, int(round(0.55 * radius * scale)), 0, -1, cv2.LINE_AA, shift)
+        return mask
+    if name == "square":
+        pts = _regular_polygon(4, radius * 0.92, angle)
+    elif name == "triangle":
+        pts = _regular_polygon(3, radius, angle)
+    elif name == "star":
+        pts = _star(radius, angle)
+    else:
+        pts = _cross(radius, angle)
+    poly = np.round((pts + np.array([cx, cy])) * scale).astype(np.int32)
+    cv2.fillPoly(mask, [poly], 255, cv2.LINE_AA, shift)
+    return mask
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``(size, size, 3)`` float32 RGB: a random linear gradient plus class-irrelevant clutter."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    theta = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    t = np.cos(theta) * xx + np.sin(theta) * yy
+    t = (t - t.min()) / (t.max() - t.min() + 1e-6)
+    img = (c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]).astype(np.float32)
+    # Distractors appear in every class, so the classifier must learn to ignore them and the CAM
+    # has to sit on the object: straight lines, random-walk scribbles and small blobs.
+    for _ in range(int(rng.integers(3, 9))):
+        p0 = tuple(int(v) for v in rng.integers(-20, size + 20, 2))
+        p1 = tuple(int(v) for v in rng.integers(-20, size + 20, 2))
+        cv2.line(img, p0, p1, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 4)), cv2.LINE_AA)
+    for _ in range(int(rng.integers(1, 4))):
+        steps = rng.normal(0, 6, (int(rng.integers(4, 10)), 2))
+        walk = np.cumsum(steps, axis=0) + rng.uniform(0, size, 2)
+        cv2.polylines(img, [walk.astype(np.int32)], False, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 3)))
+    for _ in range(int(rng.integers(4, 14))):
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        axes = tuple(int(v) for v in rng.integers(1, 6, 2))
+        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
+    return img
+
+
+def render_sample(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
+    """One image ``(size, size, 3)`` uint8 RGB, its class index and the object's box.
+
+    The box is ``(x0, y0, x1, y1)`` in pixels, inclusive-exclusive, around the object's pixels
+    with at least 50% coverage.
+    """
+    cls = int(rng.integers(len(CLASSES)))
+    img = _background(rng, size)
+    radius = float(rng.uniform(MIN_RADIUS, MAX_RADIUS))
+    margin = radius + 2
+    cx, cy = rng.uniform(margin, size - margin, 2)
+    mask = _shape_mask(cls, float(cx), float(cy), radius, float(rng.uniform(0, 2 * np.pi)), size)
+    alpha = mask.astype(np.float32)[..., None] / 255.0
+    # The object's colour must stand out from the background under it, else the label is noise.
+    under = img[mask >= 128].mean(axis=0)
+    colour = rng.uniform(0, 255, 3)
+    for _ in range(50):
+        if np.linalg.norm(colour - under) >= 110:
+            break
+        colour = rng.uniform(0, 255, 3)
+    shade = 1.0 + 0.15 * (np.linspace(-1, 1, size, dtype=np.float32)[None, :, None] * rng.uniform(-1, 1))
+    obj = np.broadcast_to(colour.astype(np.float32), img.shape) * shade
+    img = img * (1 - alpha) + obj * alpha
+    img += rng.normal(0, rng.uniform(3, 14), img.shape).astype(np.float32)
+    ys, xs = np.nonzero(mask >= 128)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return np.clip(img, 0, 255).astype(np.uint8), cls, box
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+    boxes: np.ndarray  # (N, 4) int64, x0 y0 x1 y1 inclusive-exclusive
+
+
+def make_dataset(n: int, seed: int) -> Dataset:
+    """``n`` samples rendered from ``np.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    boxes = np.empty((n, 4), np.int64)
+    for i in range(n):
+        images[i], labels[i], boxes[i] = render_sample(rng)
+    return Dataset(images, labels, boxes)
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, H, W)`` float32: [0, 1] scaling, then ImageNet mean/std."""
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------- model and training
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class DemoCNN(nn.Module):
+    """128x128 RGB -> logits; last conv stage ``features.stage3`` is ``(N, 64, 16, 16)``."""
+
+    def __init__(self, num_classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.features = nn.Sequential()
+        self.features.add_module("stage1", nn.Sequential(_conv(3, 16, 2)))
+        self.features.add_module("stage2", nn.Sequential(_conv(16, 32, 2), _conv(32, 32)))
+        # Three convs at stride 8 give a ~55 px receptive field: enough to tell a ring's hole
+        # from a filled circle, while the 16x16 grid keeps the CAM sharp.
+        self.features.add_module("stage3", nn.Sequential(_conv(32, 64, 2), _conv(64, 64), _conv(64, 64)))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def train(model: DemoCNN, data: Dataset, epochs: int, batch: int = 64, lr: float = 3e-3) -> None:
+    """Deterministic Adam + one-cycle training on ``data`` (CPU)."""
+    x_all = torch.from_numpy(preprocess(data.images))
+    y_all = torch.from_numpy(data.labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(y_all) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    gen = torch.Generator().manual_seed(TORCH_SEED)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(y_all), generator=gen)
+        total, correct, loss_sum = 0, 0, 0.0
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            xb, yb = x_all[idx], y_all[idx]
+            # Random flips are free label-preserving augmentation for these symmetric-ish shapes
+            # (boxes are not used in training).
+            if torch.rand((), generator=gen) < 0.5:
+                xb = xb.flip(3)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            total += len(idx)
+        print(f"  epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f}  train acc {correct / total:.4f}", flush=True)
+    model.eval()
+
+
+@torch.no_grad()
+def predict(model: DemoCNN, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> ``(N, C)`` float32 logits."""
+    model.eval()
+    out = [model(torch.from_numpy(preprocess(images[i : i + batch]))).numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------- localisation check
+
+
+def _import_gradcam() -> tuple[Any, Any]:
+    """``(GradCAM, ClassifierOutputTarget)`` from pytorch-grad-cam.
+
+    pytorch-grad-cam imports torchvision at module level, and the installed torchvision does not
+    load with this torch; the names it imports are never used by GradCAM, so stand-ins suffice.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        tv = types.ModuleType("torchvision")
+        tf = types.ModuleType("torchvision.transforms")
+        tff = types.ModuleType("torchvision.transforms.functional")
+        ops = types.ModuleType("torchvision.ops")
+
+        def _unavailable(*_a: object, **_k: object) -> None:
+            raise RuntimeError("torchvision is unavailable in this environment")
+
+        for attr in ("Compose", "Normalize", "ToTensor"):
+            setattr(tf, attr, _unavailable)
+        tff.resize = _unavailable  # type: ignore[attr-defined]
+        ops.box_iou = _unavailable  # type: ignore[attr-defined]
+        tf.functional = tff  # type: ignore[attr-defined]
+        tv.transforms = tf  # type: ignore[attr-defined]
+        tv.ops = ops  # type: ignore[attr-defined]
+        sys.modules.update(
+            {"torchvision": tv, "torchvision.transforms": tf, "torchvision.transforms.functional": tff, "torchvision.ops": ops}
+        )
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return GradCAM, ClassifierOutputTarget
+
+
+def gradcam_maps(model: DemoCNN, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Grad-CAM at ``features.stage3`` for the given classes: ``(N, H, W)`` float32 in [0, 1]."""
+    grad_cam_cls, target_cls = _import_gradcam()
+    model.eval()
+    maps = []
+    with grad_cam_cls(model=model, target_layers=[model.features.stage3]) as cam:
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(preprocess(images[i : i + batch]))
+            targets = [target_cls(int(c)) for c in labels[i : i + batch]]
+            maps.append(cam(input_tensor=x, targets=targets))
+    return np.concatenate(maps).astype(np.float32)
+
+
+def cam_box(cam: np.ndarray, threshold: float = CAM_THRESHOLD) -> tuple[int, int, int, int]:
+    """Box ``(x0, y0, x1, y1)`` (inclusive-exclusive) of the largest connected component of
+    ``cam >= threshold * cam.max()`` for a ``(H, W)`` map (the CAM paper's localisation rule)."""
+    binary = (cam >= threshold * cam.max()).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return (0, 0, 0, 0)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    return (x, y, x + w, y + h)
+
+
+def box_iou(a: tuple[int, ...] | np.ndarray, b: tuple[int, ...] | np.ndarray) -> float:
+    """IoU of two inclusive-exclusive ``(x0, y0, x1, y1)`` boxes."""
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def localisation_rates(maps: np.ndarray, boxes: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(fraction with CAM-box IoU >= 0.5, fraction with argmax inside the true box, per-image IoUs)."""
+    ious = np.array([box_iou(cam_box(m), b) for m, b in zip(maps, boxes, strict=True)])
+    inside = []
+    for m, b in zip(maps, boxes, strict=True):
+        y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+        inside.append(b[0] <= x < b[2] and b[1] <= y < b[3])
+    return float(np.mean(ious >= 0.5)), float(np.mean(inside)), ious
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_onnx(model: DemoCNN, path: Path, check_images: np.ndarray) -> float:
+    """Write ``model`` as ONNX (opset 17, dynamic batch, IR 9) and return the max |torch - ORT| logit gap."""
+    import onnx
+    import onnxruntime as ort
+
+    model.eval()
+    dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
+    proto = onnx.load(str(path))
+    proto.ir_version = IR_VERSION
+    proto.producer_name = "onnxcam-demo"
+    proto.doc_string = "onnxcam demo CNN: synthetic shapes, 128x128 RGB, see meta.json for preprocessing"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = preprocess(check_images)
+    ort_logits = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    gap = float(np.abs(ort_logits - predict(model, check_images)).max())
+    if gap > 1e-3:
+        raise RuntimeError(f"onnxruntime logits differ from torch by {gap:.2e} on {path}")
+    return gap
+
+
+def cam_layer_tensor(path: Path) -> str:
+    """Name of the ONNX tensor feeding GlobalAveragePool (the last conv stage's output)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    for node in graph.node:
+        if node.op_type == "GlobalAveragePool":
+            return str(node.input[0])
+    raise RuntimeError(f"no GlobalAveragePool node in {path}")
+
+
+def select_demo(model: DemoCNN, per_class: int, seed: int) -> Dataset:
+    """The first ``per_class`` correctly classified samples of each class from ``seed``."""
+    rng = np.random.default_rng(seed)
+    picked: dict[int, list[tuple[np.ndarray, tuple[int, int, int, int]]]] = {c: [] for c in range(len(CLASSES))}
+    while any(len(v) < per_class for v in picked.values()):
+        img, cls, box = render_sample(rng)
+        if len(picked[cls]) >= per_class:
+            continue
+        if int(predict(model, img[None]).argmax()) == cls:
+            picked[cls].append((img, box))
+    images, labels, boxes = [], [], []
+    for c in range(len(CLASSES)):
+        for img, box in picked[c]:
+            images.append(img)
+            labels.append(c)
+            boxes.append(box)
+    return Dataset(np.stack(images), np.array(labels, np.int64), np.array(boxes, np.int64))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=Path("onnxcam/data/demo"), help="output folder")
+    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--n-loc", type=int, default=100, help="held-out images for the localisation check")
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(TORCH_SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(2)
+
+    t0 = time.perf_counter()
+    train_set = make_dataset(args.n_train, TRAIN_SEED)
+    test_set = make_dataset(args.n_test, TEST_SEED)
+    print(f"rendered {args.n_train} train / {args.n_test} test images in {time.perf_counter() - t0:.1f} s")
+
+    model = DemoCNN()
+    t0 = time.perf_counter()
+    train(model, train_set, args.epochs)
+    train_s = time.perf_counter() - t0
+    accuracy = float((predict(model, test_set.images).argmax(1) == test_set.labels).mean())
+    print(f"held-out accuracy: {accuracy:.4f} ({args.n_test} images); training time: {train_s:.1f} s")
+
+    demo = select_demo(model, DEMO_PER_CLASS, DEMO_SEED)
+    loc = Dataset(test_set.images[: args.n_loc], test_set.labels[: args.n_loc], test_set.boxes[: args.n_loc])
+    rates: dict[str, dict[str, float]] = {}
+    for name, ds in (("demo", demo), ("heldout", loc)):
+        iou_rate, inside_rate, ious = localisation_rates(gradcam_maps(model, ds.images, ds.labels), ds.boxes)
+        rates[name] = {"iou_ge_0.5": iou_rate, "argmax_inside": inside_rate, "mean_iou": float(ious.mean())}
+        print(
+            f"Grad-CAM localisation ({name}, {len(ds.labels)} images): IoU>=0.5 {iou_rate:.3f}, "
+            f"argmax in box {inside_rate:.3f}, mean IoU {ious.mean():.3f}"
+        )
+
+    out: Path = args.out
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for old in (out / "images").glob("*.png"):
+        old.unlink()
+    onnx_path = out / "demo_cnn.onnx"
+    gap = export_onnx(model, onnx_path, test_set.images[:64])
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size} bytes); max |torch - onnxruntime| = {gap:.2e}")
+    (out / "labels.txt").write_text("".join(f"{c}\n" for c in CLASSES))
+
+    boxes: dict[str, dict[str, Any]] = {}
+    counts = dict.fromkeys(CLASSES, 0)
+    for img, cls, box in zip(demo.images, demo.labels, demo.boxes, strict=True):
+        name = CLASSES[int(cls)]
+        fname = f"{name}_{counts[name]}.png"
+        counts[name] += 1
+        cv2.imwrite(str(out / "images" / fname), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        boxes[fname] = {"label": name, "class_index": int(cls), "box": [int(v) for v in box]}
+    (out / "boxes.json").write_text(json.dumps(boxes, indent=2) + "\n")
+
+    meta = {
+        "model": "demo_cnn.onnx",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "output": "logits (apply softmax for probabilities)",
+        "input_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "layout": "NCHW",
+        "color": "RGB",
+        "scale": "divide uint8 pixels by 255 to get [0, 1]",
+        "mean": list(MEAN),
+        "std": list(STD),
+        "classes": list(CLASSES),
+        "cam_layer": cam_layer_tensor(onnx_path),
+        "cam_layer_shape": [64, IMAGE_SIZE // 8, IMAGE_SIZE // 8],
+        "box_format": "[x0, y0, x1, y1] pixels, inclusive-exclusive",
+        "heldout_accuracy": round(accuracy, 4),
+        "heldout_size": args.n_test,
+        "gradcam_localisation": {k: {m: round(v, 4) for m, v in r.items()} for k, r in rates.items()},
+        "generator": "python -m models.demo_train",
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {len(boxes)} demo images, labels.txt, boxes.json, meta.json to {out}")
+
+    ok = accuracy >= 0.95 and all(r["iou_ge_0.5"] >= 0.8 and r["argmax_inside"] >= 0.9 for r in rates.values())
+    if not ok:
+        print("FAILED: accuracy < 0.95 or localisation below 80% IoU / 90% argmax", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

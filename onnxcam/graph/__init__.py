@@ -1,0 +1,1 @@
+"""Graph surgery on ONNX protobufs: splitting, shape fixing, building new models."""

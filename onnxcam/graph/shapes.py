@@ -1,0 +1,90 @@
+"""Shapes and types of the tensors in a graph, and copies of a model with fixed input dims."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+Dim = int | str | None
+
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Element type and shape of one tensor; a dim is an int, a symbol (str) or unknown (None)."""
+
+    name: str
+    elem_type: int
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def is_float(self) -> bool:
+        return self.elem_type in FLOAT_TYPES
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+def _info(value: onnx.ValueInfoProto) -> TensorInfo:
+    tt = value.type.tensor_type
+    shape: tuple[Dim, ...] | None = None
+    if tt.HasField("shape"):
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorInfo(value.name, int(tt.elem_type), shape)
+
+
+def tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Every tensor of the main graph whose type is known: inputs, outputs, value_info, initializers."""
+    g = model.graph
+    infos: dict[str, TensorInfo] = {}
+    for init in g.initializer:
+        infos[init.name] = TensorInfo(init.name, int(init.data_type), tuple(int(d) for d in init.dims))
+    for value in list(g.value_info) + list(g.input) + list(g.output):
+        if value.type.HasField("tensor_type"):
+            infos[value.name] = _info(value)
+    return infos
+
+
+def make_value_info(name: str, elem_type: int, shape: Sequence[Dim] | None) -> onnx.ValueInfoProto:
+    """A ValueInfoProto; ``None`` dims become anonymous."""
+    if shape is None:
+        return onnx.helper.make_tensor_value_info(name, elem_type, None)
+    return onnx.helper.make_tensor_value_info(name, elem_type, list(shape))
+
+
+def with_static_inputs(model: onnx.ModelProto, dims: Mapping[str, Sequence[Dim]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose named inputs have the given static dims, shapes re-inferred.
+
+    Intermediate value_info is dropped first: it carries the symbolic batch dim, which would
+    otherwise survive and keep the gradient builder from seeing static shapes.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.value_info[:]
+    for value in copy.graph.input:
+        if value.name in dims:
+            value.CopyFrom(make_value_info(value.name, value.type.tensor_type.elem_type, dims[value.name]))
+    for value in copy.graph.output:
+        # Output dims are re-derived by inference; stale symbolic dims would conflict with static ones.
+        tt = value.type.tensor_type
+        if tt.HasField("shape"):
+            for d in tt.shape.dim:
+                d.Clear()
+    try:
+        return onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+        return copy

@@ -1,0 +1,139 @@
+"""Read and validate an ONNX model file without ever modifying it.
+
+The file is read once, checked (protobuf parse, onnx checker, external data confined to the model's
+folder), and shape inference runs on an in-memory copy. Nothing is written back to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxcam.errors import ExternalDataError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+
+# onnxruntime refuses models older than this default-domain opset.
+MIN_OPSET = 7
+
+
+def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse ``path`` into a validated ``ModelProto`` with its external data loaded.
+
+    Raises ``ModelNotFoundError``, ``ModelLoadError``, ``ExternalDataError`` or ``UnsupportedModelError``
+    with a message naming the file and the fix.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelNotFoundError(f"model file not found: {p}: check the path (relative paths start at {Path.cwd()})")
+    if p.is_dir():
+        raise ModelNotFoundError(f"{p} is a directory, not a model file: pass the .onnx file inside it")
+    data = _read_bytes(p)
+    if not data:
+        raise ModelLoadError(f"{p} is empty (0 bytes): re-export the model or copy it again")
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise ModelLoadError(
+            f"{p} is not an ONNX model (protobuf parse failed: {_first_line(exc)}); the file may be truncated or "
+            "of another format: re-export it with your framework's ONNX exporter"
+        ) from exc
+    _check_is_model(model, p)
+    _load_external_data(model, p)
+    _check_opset(model, p)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelLoadError(
+            f"{p} fails the ONNX checker: {_first_line(exc)}; re-export the model or fix the named node"
+        ) from exc
+    except ValueError as exc:  # models > 2 GB must be checked by path
+        if "2GB" not in str(exc):
+            raise ModelLoadError(f"{p} fails the ONNX checker: {_first_line(exc)}") from exc
+    return model
+
+
+def _read_bytes(p: Path) -> bytes:
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot read {p}: {exc.strerror}; check its permissions") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _check_is_model(model: onnx.ModelProto, p: Path) -> None:
+    # Protobuf happily parses many byte strings as a ModelProto with unknown fields; a real model
+    # has an IR version and a graph with at least one node and one output.
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelLoadError(
+            f"{p} parses as protobuf but is not an ONNX model (no IR version or graph): "
+            "pass the exported .onnx file, not a weights or tensor file"
+        )
+    if len(model.graph.node) == 0 or len(model.graph.output) == 0:
+        raise ModelLoadError(f"{p} has an empty graph (no nodes or no outputs): re-export the model")
+
+
+def _check_opset(model: onnx.ModelProto, p: Path) -> None:
+    versions = {imp.domain: imp.version for imp in model.opset_import}
+    default = versions.get("", versions.get("ai.onnx", 0))
+    if default and default < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{p} uses opset {default}; onnxruntime needs opset >= {MIN_OPSET}: convert it with "
+            "onnx.version_converter.convert_version(model, 17)"
+        )
+    if model.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"{p} has IR version {model.ir_version}, newer than this onnx ({onnx.IR_VERSION}): "
+            "upgrade onnx and onnxruntime, or re-export with an older exporter"
+        )
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                tensors.append(attr.t)
+    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _load_external_data(model: onnx.ModelProto, p: Path) -> None:
+    tensors = _external_tensors(model)
+    if not tensors:
+        return
+    folder = p.resolve().parent
+    for tensor in tensors:
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in target.parents:
+            raise ExternalDataError(
+                f"{p}: tensor {tensor.name!r} stores its data at {location!r}, outside the model's folder {folder}; "
+                "onnxcam only reads external data next to the model: move the data file beside the .onnx file "
+                "and re-save with a relative location"
+            )
+        if not target.is_file():
+            raise ExternalDataError(
+                f"{p}: tensor {tensor.name!r} needs external data file {location!r}, which is missing from "
+                f"{folder}: copy it next to the model"
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ExternalDataError(f"{p}: external data could not be read: {_first_line(exc)}") from exc
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with inferred value_info; the caller's object is left untouched."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
+        # Shape inference is a convenience: shapes it misses are probed with onnxruntime instead.
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy

@@ -1,0 +1,96 @@
+"""Gradient-based CAMs: Grad-CAM, Grad-CAM++, XGrad-CAM (channel weights) and the element-wise
+family (LayerCAM, HiResCAM, Grad-CAM element-wise).
+
+Formulas, epsilons and float32 arithmetic follow pytorch-grad-cam 1.5.7 so maps agree to rounding.
+Inputs are ``(N, C, h, w)``; the gradients are those of the target score w.r.t. the activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcam.errors import ArgumentError, LayerShapeError
+from onnxcam.methods._checks import as_feature_map, same_shape
+
+_SPATIAL = (2, 3)
+
+
+def _pair(acts: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = as_feature_map(acts, "activations")
+    g = as_feature_map(grads, "gradients")
+    same_shape(a, g, "activations", "gradients")
+    return a, g
+
+
+def gradcam_weights(grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM: spatial mean of the gradients. ``(N, C, h, w) -> (N, C)``."""
+    return np.mean(as_feature_map(grads, "gradients"), axis=_SPATIAL)
+
+
+def gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (eq. 19 of arXiv:1710.11063, exponential-score closed form). ``-> (N, C)``.
+
+    ``alpha = g^2 / (2 g^2 + sum(A) g^3 + 1e-6)`` where g != 0 else 0; weights = sum(relu(g) * alpha).
+    ``sum(A)`` is the spatial sum of the activations, as in pytorch-grad-cam (not of A * g^3).
+    """
+    a, g = _pair(acts, grads)
+    g2 = g**2
+    g3 = g2 * g
+    sum_a = np.sum(a, axis=_SPATIAL)[:, :, None, None]
+    aij = g2 / (2 * g2 + sum_a * g3 + np.float32(1e-6))
+    aij = np.where(g != 0, aij, np.float32(0))
+    return np.sum(np.maximum(g, 0) * aij, axis=_SPATIAL)
+
+
+def xgradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """XGrad-CAM: ``sum(g * A / (sum(A) + 1e-7))`` over space. ``-> (N, C)``."""
+    a, g = _pair(acts, grads)
+    sum_a = np.sum(a, axis=_SPATIAL)[:, :, None, None]
+    return np.sum(g * a / (sum_a + np.float32(1e-7)), axis=_SPATIAL)
+
+
+def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Raw CAM ``sum_c w[n, c] * A[n, c]``: ``(N, C, h, w), (N, C) -> (N, h, w)`` (no ReLU)."""
+    a = as_feature_map(acts, "activations")
+    w = np.asarray(weights, dtype=np.float32)
+    if w.shape != a.shape[:2]:
+        raise LayerShapeError(
+            f"weights have shape {tuple(w.shape)} but activations {tuple(a.shape)} need (N, C) = "
+            f"{tuple(a.shape[:2])}"
+        )
+    return np.sum(w[:, :, None, None] * a, axis=1)
+
+
+def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """LayerCAM: ``sum_c relu(g) * A``. ``-> (N, h, w)``."""
+    a, g = _pair(acts, grads)
+    return np.sum(np.maximum(g, 0) * a, axis=1)
+
+
+def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """HiResCAM: ``sum_c g * A``. ``-> (N, h, w)``."""
+    a, g = _pair(acts, grads)
+    return np.sum(g * a, axis=1)
+
+
+def gradcam_elementwise(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM element-wise: ``sum_c relu(g * A)``. ``-> (N, h, w)``."""
+    a, g = _pair(acts, grads)
+    return np.sum(np.maximum(g * a, 0), axis=1)
+
+
+def elementwise_products(acts: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
+    """The per-channel terms ``(N, C, h, w)`` the element-wise methods sum, for ``eigen_smooth``.
+
+    ``method`` is 'layercam', 'hirescam' or 'gradcam_elementwise'.
+    """
+    a, g = _pair(acts, grads)
+    if method == "layercam":
+        return np.maximum(g, 0) * a
+    if method == "hirescam":
+        return g * a
+    if method == "gradcam_elementwise":
+        return np.maximum(g * a, 0)
+    raise ArgumentError(
+        f"unknown element-wise method {method!r}; use 'layercam', 'hirescam' or 'gradcam_elementwise'"
+    )

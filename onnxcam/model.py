@@ -1,0 +1,330 @@
+"""``Model``: one loaded ONNX model, its input contract, candidate layers, splits and sessions.
+
+The data flow reads in one direction: load -> pick layer -> split -> run body -> run head or the
+gradient graph. Everything built along the way (shape probes, splits, sessions, gradient graphs) is
+cached on the ``Model``, so a method called repeatedly builds nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
+from onnxcam.graph.shapes import Dim, TensorInfo, tensor_infos, with_static_inputs
+from onnxcam.graph.split import Split, split_model
+from onnxcam.layers import Layer, candidate_layers, resolve_layer
+from onnxcam.loading import infer_shapes, read_model
+from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
+
+LayerSpec = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input: name, layout, (C, H, W) size and batch constraint."""
+
+    name: str
+    layout: str  # "NCHW" or "NHWC"
+    channels: int
+    height: int
+    width: int
+    batch: Dim  # an int for a fixed-batch model, else its symbol
+    elem_type: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def shape(self, n: int) -> tuple[int, ...]:
+        if self.layout == "NCHW":
+            return (n, self.channels, self.height, self.width)
+        return (n, self.height, self.width, self.channels)
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.batch if isinstance(self.batch, int) else None
+
+
+def _guess_layout(shape: tuple[Dim, ...], layout: str | None) -> str:
+    if layout is not None:
+        if layout not in ("NCHW", "NHWC"):
+            raise ArgumentError(f"unknown layout {layout!r}: use NCHW or NHWC")
+        return layout
+    c_first, c_last = shape[1], shape[3]
+    small = (1, 3, 4)
+    if c_last in small and c_first not in small:
+        return "NHWC"
+    return "NCHW"
+
+
+class Model:
+    """An ONNX model ready for CAMs. Create with ``onnxcam.load``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        input_size: tuple[int, int] | None = None,
+        layout: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.requested_device: Device = check_device(device)
+        self.threads = threads
+        self.proto = read_model(self.path)
+        self.input = self._find_input(input_size, layout)
+        fixed = with_static_inputs(self.proto, {self.input.name: self._input_dims(self.input.batch)})
+        self._shaped = infer_shapes(fixed)
+        self._infos: dict[str, TensorInfo] = tensor_infos(self._shaped)
+        self._probe_missing_shapes()
+        self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
+        self._layers: list[Layer] | None = None
+        self._splits: dict[tuple[str, ...], Split] = {}
+        self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
+        self._device: str | None = None
+
+    # -- input contract -------------------------------------------------------------------------
+    def _find_input(self, input_size: tuple[int, int] | None, layout: str | None) -> InputSpec:
+        graph = self.proto.graph
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        if not inputs:
+            raise UnsupportedModelError(f"{self.name} has no graph input: onnxcam explains models that take an image")
+        infos = tensor_infos(self.proto)
+        images = [i for i in inputs if infos[i.name].rank == 4 and infos[i.name].is_float]
+        if len(inputs) > 1:
+            names = ", ".join(f"{i.name}{_fmt(infos[i.name].shape)}" for i in inputs)
+            raise UnsupportedModelError(
+                f"{self.name} has {len(inputs)} inputs ({names}); onnxcam explains single-input image models: "
+                "export the model with the other inputs folded into constants"
+            )
+        if not images:
+            info = infos[inputs[0].name]
+            raise UnsupportedModelError(
+                f"{self.name}'s input {info.name!r} has shape {_fmt(info.shape)}, not an image batch (N, C, H, W) or "
+                "(N, H, W, C) of floats: onnxcam explains vision models with one image input"
+            )
+        info = infos[images[0].name]
+        assert info.shape is not None
+        lay = _guess_layout(info.shape, layout)
+        c, h, w = (info.shape[1], info.shape[2], info.shape[3]) if lay == "NCHW" else (
+            info.shape[3], info.shape[1], info.shape[2])
+        if not isinstance(c, int):
+            raise UnsupportedModelError(
+                f"{self.name}'s input {info.name!r} has shape {_fmt(info.shape)} with an unknown channel count: "
+                "pass layout= to say where the channels are"
+            )
+        if input_size is not None:
+            h, w = input_size
+        if not isinstance(h, int) or not isinstance(w, int):
+            raise ArgumentError(
+                f"{self.name}'s input {info.name!r} has a dynamic spatial size {_fmt(info.shape)}: pass input_size=(H, W) "
+                "(CLI: --size HxW)"
+            )
+        batch = info.shape[0]
+        if batch is None or (isinstance(batch, int) and batch <= 0):
+            batch = "N"
+        return InputSpec(info.name, lay, c, h, w, batch, info.elem_type)
+
+    def _input_dims(self, batch: Dim) -> tuple[Dim, ...]:
+        spec = self.input
+        if spec.layout == "NCHW":
+            return (batch, spec.channels, spec.height, spec.width)
+        return (batch, spec.height, spec.width, spec.channels)
+
+    def _probe_missing_shapes(self) -> None:
+        """Shapes that inference could not derive are read off one onnxruntime run at batch 1."""
+        missing = [o for n in self.proto.graph.node for o in n.output if o and o not in self._infos]
+        if not missing:
+            return
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.proto)
+        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in missing)
+        sess = make_session(probe, "cpu", self.threads, what=f"shape probe of {self.name}")
+        x = np.zeros(self.input.shape(1), dtype=np.float32)
+        values = sess.run(missing, {self.input.name: x.astype(_np_dtype(self.input.elem_type))})
+        batch = self.input.batch
+        for name, value in zip(missing, values):
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "fiub":
+                continue
+            shape: tuple[Dim, ...] = tuple(int(d) for d in arr.shape)
+            if len(shape) >= 1 and not isinstance(batch, int) and shape[0] == 1:
+                shape = (batch,) + shape[1:]
+            self._infos[name] = TensorInfo(name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), shape)
+
+    # -- device -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where sessions actually run: ``cuda`` or ``cpu`` (``auto`` resolved on first use)."""
+        if self._device is None:
+            self.session("forward")
+        assert self._device is not None
+        return self._device
+
+    # -- layers -----------------------------------------------------------------------------------
+    def layers(self) -> list[Layer]:
+        """Candidate feature tensors (every 4-D float tensor produced by a node), in graph order."""
+        if self._layers is None:
+            self._layers = candidate_layers(self.proto, self._infos)
+        return self._layers
+
+    def layer(self, name: str = "auto") -> Layer:
+        """Resolve a layer name (exact tensor, node name, unique suffix or ``auto``)."""
+        return resolve_layer(name, self.layers(), self._infos, self.name)
+
+    def resolve_layers(self, layer: LayerSpec) -> tuple[str, ...]:
+        names = [layer] if isinstance(layer, str) else list(layer)
+        if not names:
+            raise ArgumentError("no layer given: pass a layer name, a list of names, or 'auto'")
+        return tuple(dict.fromkeys(self.layer(n).name for n in names))
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    # -- splits and sessions ----------------------------------------------------------------------
+    def split(self, cut: Sequence[str]) -> Split:
+        """The body/head split at ``cut`` (tensor names), cached."""
+        key = tuple(cut)
+        if key not in self._splits:
+            self._splits[key] = split_model(self.proto, key, self._infos, batch_dim=self.input.batch)
+        return self._splits[key]
+
+    def session(self, kind: str, key: tuple[Any, ...] = (), build: Any = None) -> ort.InferenceSession:
+        """A cached session: ``forward`` (the model), ``body``/``head`` of a split, or anything ``build()`` makes."""
+        cache_key = (kind,) + tuple(key)
+        sess = self._sessions.get(cache_key)
+        if sess is None:
+            if kind == "forward":
+                proto: onnx.ModelProto = self.proto
+            elif kind == "body":
+                proto = self.split(key).body
+            elif kind == "head":
+                proto = self.split(key).head
+            else:
+                proto = build()
+            device: Device = self.requested_device if self._device is None else self._device  # type: ignore[assignment]
+            sess = make_session(proto, device, self.threads, what=f"{kind} of {self.name}")
+            self._device = session_device(sess)
+            self._sessions[cache_key] = sess
+        return sess
+
+    def batch_limit(self, batch_size: int) -> int:
+        if batch_size < 1:
+            raise ArgumentError(f"batch size must be >= 1, got {batch_size}")
+        limit = self.input.max_batch
+        return batch_size if limit is None else min(batch_size, limit)
+
+    # -- running ----------------------------------------------------------------------------------
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate a preprocessed batch against the model's input; returns it in the model's dtype."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            raise InputError(
+                f"got one image of shape {x.shape}; {self.name} takes a batch {self.input.shape(1)}: add a batch axis "
+                "(x[None])"
+            )
+        expected = self.input.shape(x.shape[0] if x.ndim == 4 else 1)
+        if x.shape != expected:
+            other = "NHWC" if self.input.layout == "NCHW" else "NCHW"
+            hint = ""
+            if x.ndim == 4 and tuple(np.transpose(np.empty(x.shape, dtype=np.uint8),
+                                                  (0, 2, 3, 1) if other == "NCHW" else (0, 3, 1, 2)).shape) == expected:
+                hint = f" (the array looks {other}; the model takes {self.input.layout})"
+            raise InputError(
+                f"input of shape {x.shape} does not fit {self.name}'s input {self.input.name!r} {expected}{hint}: "
+                "preprocess with onnxcam.preprocess / the model's size and layout"
+            )
+        if not np.all(np.isfinite(x)):
+            raise InputError(f"input batch {x.shape} contains NaN or Inf values: check the preprocessing")
+        return x.astype(_np_dtype(self.input.elem_type), copy=False)
+
+    def forward(self, x: np.ndarray, batch_size: int = 16) -> list[np.ndarray]:
+        """All model outputs for a preprocessed batch ``x`` (see ``InputSpec.shape``)."""
+        x = self.check_input(x)
+        outs = run_batched(self.session("forward"), {self.input.name: x}, None, self.batch_limit(batch_size),
+                           what=f"model {self.name}")
+        _check_finite(outs, self.outputs, self.name)
+        return outs
+
+    def run_body(self, x: np.ndarray, cut: Sequence[str], batch_size: int = 16) -> tuple[dict[str, np.ndarray],
+                                                                                       list[np.ndarray]]:
+        """Run the body of the split at ``cut``: (head input tensors by name, model outputs)."""
+        x = self.check_input(x)
+        split = self.split(cut)
+        names = list(split.head_inputs) + list(split.model_outputs)
+        values = run_batched(self.session("body", tuple(cut)), {self.input.name: x}, names,
+                             self.batch_limit(batch_size), what=f"body of {self.name}")
+        feeds = dict(zip(split.head_inputs, values[: len(split.head_inputs)]))
+        outputs = values[len(split.head_inputs):]
+        _check_finite(outputs, split.model_outputs, self.name)
+        return feeds, outputs
+
+    def run_head(self, cut: Sequence[str], feeds: dict[str, np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Run the head of the split at ``cut`` on ``feeds`` (all head inputs); returns its outputs."""
+        split = self.split(cut)
+        return run_batched(self.session("head", tuple(cut)), {k: feeds[k] for k in split.head_inputs},
+                           list(split.head_outputs), self.batch_limit(batch_size), what=f"head of {self.name}")
+
+    def static_head(self, cut: Sequence[str], n: int) -> onnx.ModelProto:
+        """The head of the split at ``cut`` with batch dim fixed to ``n`` (for the gradient builder)."""
+        split = self.split(cut)
+        dims: dict[str, tuple[Dim, ...]] = {}
+        for name in split.head_inputs:
+            shape = self._infos[name].shape
+            if shape is None:
+                raise UnsupportedModelError(f"shape of tensor {name!r} in {self.name} is unknown")
+            dims[name] = (n,) + tuple(shape[1:]) if shape and not isinstance(shape[0], int) else tuple(shape)
+        return with_static_inputs(split.head, dims)
+
+    def __repr__(self) -> str:
+        spec = self.input
+        return (f"Model({self.name!r}, input={spec.name!r} {spec.layout} {spec.channels}x{spec.height}x{spec.width}, "
+                f"outputs={list(self.outputs)})")
+
+
+def _np_dtype(elem_type: int) -> np.dtype[Any]:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def _check_finite(outputs: Sequence[np.ndarray], names: Sequence[str], model_name: str) -> None:
+    for name, value in zip(names, outputs):
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise OnnxRuntimeError(
+                f"{model_name} output {name!r} {tuple(value.shape)} contains {bad} NaN/Inf values: the model or its "
+                "input is broken (check preprocessing, or the export); onnxcam will not normalise them away"
+            )
+
+
+def _fmt(shape: tuple[Dim, ...] | None) -> str:
+    if shape is None:
+        return "(unknown)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def load(
+    path: str | os.PathLike[str],
+    device: str = "auto",
+    input_size: tuple[int, int] | None = None,
+    layout: str | None = None,
+    threads: int | None = None,
+) -> Model:
+    """Load an ONNX model for explaining. The file is read, never modified.
+
+    ``device``: ``auto`` (CUDA if a CUDA session really starts, else CPU, quietly), ``cpu`` or ``cuda``.
+    ``input_size``: (H, W) for models with a dynamic spatial input size. ``layout``: force NCHW/NHWC.
+    """
+    return Model(path, device=device, input_size=input_size, layout=layout, threads=threads)
+
+
+__all__ = ["InputSpec", "Model", "load"]

@@ -1,0 +1,366 @@
+"""Writing results without endangering inputs or leaving half-written output behind.
+
+Three layers:
+- ``write_png`` / ``write_npy`` / ``write_json`` / ``write_text``: one file each, atomically
+  (a temp file in the same folder, then ``os.replace``), so a reader never sees a torn file;
+- ``OutputDir``: checks once, before any work, that the output folder is not an input folder
+  and can be created and written;
+- ``OutputDir.transaction()``: a context manager whose writers only write inside the folder,
+  never over an input, and which on any exception (KeyboardInterrupt included) removes what it
+  wrote, puts back files it overwrote, and removes folders it created if they are left empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path, PurePath
+from types import TracebackType
+from typing import Any, BinaryIO, Self
+
+import cv2
+import numpy as np
+
+from onnxcam.errors import ArgumentError, OutputError
+
+__all__ = [
+    "OutputDir",
+    "OutputTransaction",
+    "write_json",
+    "write_npy",
+    "write_png",
+    "write_text",
+]
+
+_HINT = "choose another output folder (--out)"
+
+
+# --------------------------------------------------------------------------- atomic writers
+
+
+def _atomic_write(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` via a temp file in its folder and ``os.replace``; no temp file survives."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        # os.open with 0o666 lets the umask decide permissions, as a normal open() would;
+        # tempfile.mkstemp would leave every output readable by its owner only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; {_HINT}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(
+                f"cannot write {str(path)!r}: {exc.strerror or exc}; {_HINT}"
+            ) from exc
+        raise
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8 ``rgb`` as a PNG, atomically."""
+    arr = np.asarray(rgb)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ArgumentError(
+            f"write_png({str(path)!r}) needs a (H, W, 3) or (H, W) uint8 array, "
+            f"got {arr.dtype} of shape {arr.shape}"
+        )
+    # imencode + our own write instead of imwrite: imwrite cannot handle non-ASCII paths on
+    # Windows and writes in place.
+    bgr = arr if arr.ndim == 2 else np.ascontiguousarray(arr[:, :, ::-1])
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OutputError(f"OpenCV could not encode {str(path)!r} as PNG (shape {arr.shape})")
+    data = buf.tobytes()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` in NumPy ``.npy`` format (no pickling), atomically."""
+    arr = np.asarray(array)
+    if arr.dtype.hasobject:
+        raise ArgumentError(
+            f"write_npy({str(path)!r}) got an object array; only numeric arrays are saved "
+            "(pickled objects would be unsafe to load)"
+        )
+    _atomic_write(Path(path), lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON (indent 2; numpy values and paths converted), atomically.
+
+    NaN/Infinity are refused rather than written as the non-standard tokens Python emits.
+    """
+    try:
+        text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"cannot write {str(path)!r} as JSON: {exc}") from exc
+    write_text(path, text + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` as UTF-8, atomically (newlines written as given)."""
+    data = text.encode("utf-8")
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def _resolve(p: Path) -> Path:
+    return Path(os.path.abspath(p)).resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Same file or folder; samefile also catches case-insensitive file systems and hard links."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return _resolve(a) == _resolve(b)
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    """``child`` is ``parent`` or below it."""
+    if _resolve(child).is_relative_to(_resolve(parent)):
+        return True
+    if not parent.exists():
+        return False
+    return any(_same(anc, parent) for anc in (child, *_resolve(child).parents) if anc.exists())
+
+
+class OutputDir:
+    """An output folder checked against the inputs; nothing is created until a transaction.
+
+    Refused (``OutputError``): the folder is an existing file; it is an input folder or inside
+    one (``inputs`` may hold folders); it is the folder an input file lies in (writing next to
+    inputs is how they get overwritten); its nearest existing ancestor is not a writable folder.
+    A sibling of the inputs' folder, or a subfolder of an input file's folder, is fine. Pass the
+    model file among ``inputs`` too, so that it is protected like the images.
+    """
+
+    def __init__(self, path: str | Path, inputs: Sequence[str | Path] = ()) -> None:
+        self.path = Path(path)
+        self.inputs = [Path(p) for p in inputs]
+        self._check()
+
+    def _check(self) -> None:
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise OutputError(
+                f"output path {str(out)!r} is an existing file, not a folder; {_HINT}"
+            )
+        for inp in self.inputs:
+            if inp.is_dir():
+                if _is_within(out, inp):
+                    raise OutputError(
+                        f"output folder {str(out)!r} is inside the input folder {str(inp)!r}; "
+                        f"results would mix with the inputs; {_HINT}, e.g. a sibling folder"
+                    )
+            elif _same(out, inp.parent if str(inp.parent) else Path(".")):
+                raise OutputError(
+                    f"output folder {str(out)!r} is the folder of input {str(inp)!r}; writing "
+                    f"next to the inputs risks overwriting them; {_HINT}, e.g. a subfolder"
+                )
+        anc = _resolve(out)
+        while not anc.exists():
+            anc = anc.parent
+        if not anc.is_dir():
+            raise OutputError(
+                f"cannot create output folder {str(out)!r}: {str(anc)!r} is a file; {_HINT}"
+            )
+        if not os.access(anc, os.W_OK | os.X_OK):
+            what = "write to output folder" if anc == _resolve(out) else "create output folder"
+            raise OutputError(
+                f"cannot {what} {str(out)!r}: no write permission on {str(anc)!r}; {_HINT}"
+            )
+
+    def target(self, name: str | Path) -> Path:
+        """The path for output ``name`` (relative, may contain subfolders) inside the folder.
+
+        Refuses absolute names, ``..``, and any name that would land on an input file.
+        """
+        rel = Path(name)
+        if not str(name) or rel.is_absolute() or rel.drive or ".." in rel.parts:
+            raise OutputError(
+                f"output name {str(name)!r} must be a relative path inside {str(self.path)!r} "
+                "(no absolute paths, no '..')"
+            )
+        dest = self.path / rel
+        if not _resolve(dest).is_relative_to(_resolve(self.path)):
+            # A symlinked subfolder could point anywhere.
+            raise OutputError(f"output {str(dest)!r} resolves outside {str(self.path)!r}")
+        for inp in self.inputs:
+            if _resolve(dest) == _resolve(inp) or (
+                dest.exists() and inp.exists() and _same(dest, inp)
+            ):
+                raise OutputError(
+                    f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}"
+                )
+        return dest
+
+    def transaction(self) -> OutputTransaction:
+        """All-or-nothing writing into this folder; see ``OutputTransaction``."""
+        return OutputTransaction(self)
+
+
+class OutputTransaction:
+    """Context manager for writing a run's outputs; undone entirely if the block raises.
+
+    ``with OutputDir(out, inputs).transaction() as tx: tx.write_png("cat_cam.png", rgb)``.
+    On an exception (``KeyboardInterrupt`` too) every file written is removed, files it replaced
+    are restored, and folders it created are removed when empty; then the exception propagates.
+    Writing the same name twice in one transaction is refused: it means two inputs map to the
+    same output name and one result would silently replace the other.
+    """
+
+    def __init__(self, out: OutputDir) -> None:
+        self.out = out
+        self.written: list[Path] = []
+        self._created_dirs: list[Path] = []
+        self._backups: list[tuple[Path, Path]] = []  # (original, backup)
+        self._backup_dir: Path | None = None
+        self._active = False
+
+    def __enter__(self) -> Self:
+        self._makedirs(self.out.path)
+        self._active = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active = False
+        if exc_type is None:
+            if self._backup_dir is not None:
+                shutil.rmtree(self._backup_dir, ignore_errors=True)
+        else:
+            self.rollback()
+
+    def rollback(self) -> None:
+        """Undo everything this transaction did (called automatically on an exception)."""
+        for path in reversed(self.written):
+            with suppress(OSError):
+                path.unlink()
+        for original, backup in reversed(self._backups):
+            with suppress(OSError):
+                os.replace(backup, original)
+        if self._backup_dir is not None:
+            shutil.rmtree(self._backup_dir, ignore_errors=True)
+        for d in reversed(self._created_dirs):
+            with suppress(OSError):
+                d.rmdir()  # fails, as wanted, if something else was put there
+        self.written.clear()
+        self._backups.clear()
+        self._created_dirs.clear()
+
+    def _makedirs(self, d: Path) -> None:
+        missing = []
+        cur = d
+        while not cur.exists():
+            missing.append(cur)
+            cur = cur.parent
+        for m in reversed(missing):
+            try:
+                m.mkdir()
+            except FileExistsError:
+                continue  # created concurrently; not ours to remove
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot create output folder {str(m)!r}: {exc.strerror or exc}; {_HINT}"
+                ) from exc
+            self._created_dirs.append(m)
+
+    def _prepare(self, name: str | Path) -> Path:
+        if not self._active:
+            raise OutputError("write outside 'with OutputDir(...).transaction() as tx:' block")
+        dest = self.out.target(name)
+        if any(_resolve(dest) == _resolve(w) for w in self.written):
+            raise OutputError(
+                f"output {str(dest)!r} was already written in this run; two inputs map to the "
+                "same output name (same file name in different folders?); rename one"
+            )
+        self._makedirs(dest.parent)
+        if dest.is_dir():
+            raise OutputError(f"output {str(dest)!r} is an existing folder; {_HINT}")
+        if dest.exists() or dest.is_symlink():
+            self._backup(dest)
+        return dest
+
+    def _backup(self, dest: Path) -> None:
+        if self._backup_dir is None:
+            self._backup_dir = self.out.path / f".onnxcam-backup-{secrets.token_hex(4)}"
+            self._backup_dir.mkdir()
+        backup = self._backup_dir / str(len(self._backups))
+        # A hard link (or copy) keeps the old file in place until os.replace swaps in the new
+        # one, so the output path never goes missing; a symlink is moved aside instead.
+        try:
+            if dest.is_symlink():
+                os.replace(dest, backup)
+            else:
+                try:
+                    os.link(dest, backup)
+                except OSError:
+                    shutil.copy2(dest, backup)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot keep a backup of existing {str(dest)!r} before replacing it: "
+                f"{exc.strerror or exc}; {_HINT}"
+            ) from exc
+        self._backups.append((dest, backup))
+
+    def _write(self, name: str | Path, writer: Callable[[Path], None]) -> Path:
+        dest = self._prepare(name)
+        try:
+            writer(dest)
+        except BaseException:
+            # The atomic write left ``dest`` as it was; restore or drop its backup right away.
+            if self._backups and self._backups[-1][0] == dest:
+                _, backup = self._backups.pop()
+                with suppress(OSError):
+                    if dest.exists() or dest.is_symlink():
+                        backup.unlink()
+                    else:
+                        os.replace(backup, dest)
+            raise
+        self.written.append(dest)
+        return dest
+
+    def write_png(self, name: str | Path, rgb: np.ndarray) -> Path:
+        """``write_png`` to ``name`` inside the folder; returns the path written."""
+        return self._write(name, lambda p: write_png(p, rgb))
+
+    def write_npy(self, name: str | Path, array: np.ndarray) -> Path:
+        """``write_npy`` to ``name`` inside the folder; returns the path written."""
+        return self._write(name, lambda p: write_npy(p, array))
+
+    def write_json(self, name: str | Path, obj: Any) -> Path:
+        """``write_json`` to ``name`` inside the folder; returns the path written."""
+        return self._write(name, lambda p: write_json(p, obj))
+
+    def write_text(self, name: str | Path, text: str) -> Path:
+        """``write_text`` to ``name`` inside the folder; returns the path written."""
+        return self._write(name, lambda p: write_text(p, text))

@@ -1,0 +1,132 @@
+"""Turning raw CAMs ``(N, h, w)`` into displayable maps ``(N, H, W)`` in [0, 1].
+
+The order is pytorch-grad-cam's, because parity depends on it: per layer ReLU -> min-max
+normalise -> cv2 resize (:func:`layer_to_image`), then across layers ReLU -> mean -> normalise
+(:func:`fuse_layers`; a single layer goes through it too, as the reference does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from onnxcam.errors import ArgumentError
+
+# pytorch-grad-cam's scale_cam_image epsilon; kept so normalised values match to float32 rounding.
+NORMALIZE_EPS = 1e-7
+
+
+def relu(maps: np.ndarray) -> np.ndarray:
+    """Element-wise max(x, 0) as float32."""
+    return np.maximum(np.asarray(maps, dtype=np.float32), np.float32(0))
+
+
+def _as_maps(maps: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(maps, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ArgumentError(f"{name} must have shape (N, H, W), got {tuple(arr.shape)}")
+    return arr
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each map of ``(N, H, W)`` to [0, 1] (pytorch-grad-cam ``scale_cam_image``).
+
+    ``(x - min) / (max - min + 1e-7)``: a constant map gives exact zeros. NaN entries count as 0
+    and +/-inf are clipped to the largest finite float32, so the result is always finite.
+    """
+    arr = _as_maps(maps, "maps")
+    finfo = np.finfo(np.float32)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
+    out = np.empty_like(arr)
+    for i, img in enumerate(arr):
+        shifted = img - img.min()
+        # float32 arithmetic like the reference, so values agree to rounding.
+        out[i] = shifted / (np.float32(NORMALIZE_EPS) + shifted.max())
+    return out
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(N, h, w)`` to ``(N, H, W)`` with ``cv2.resize(..., (W, H))`` (bilinear, as the reference)."""
+    arr = _as_maps(maps, "maps")
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ArgumentError(f"resize size must be positive (H, W), got {size!r}")
+    if arr.shape[1:] == (height, width):
+        return arr.copy()
+    return np.stack([cv2.resize(img, (width, height)) for img in arr]).astype(np.float32, copy=False)
+
+
+def layer_to_image(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One layer's raw CAM ``(N, h, w)`` -> ReLU -> normalise -> resize to ``(N, H, W)``."""
+    return resize_maps(normalize_maps(relu(raw)), size)
+
+
+def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
+    """Aggregate per-layer maps (each the output of :func:`layer_to_image`, same ``(N, H, W)``).
+
+    ReLU, mean over layers, normalise, as pytorch-grad-cam's ``aggregate_multi_layers``. Call it with
+    one layer too: the reference normalises once more after resizing.
+    """
+    if len(layer_maps) == 0:
+        raise ArgumentError("fuse_layers needs at least one layer map")
+    stacked = [_as_maps(m, f"layer map {i}") for i, m in enumerate(layer_maps)]
+    shapes = {m.shape for m in stacked}
+    if len(shapes) != 1:
+        raise ArgumentError(
+            f"layer maps must share one shape (N, H, W) to be fused, got {sorted(shapes)}; "
+            "resize each with layer_to_image(raw, (H, W)) first"
+        )
+    cube = np.maximum(np.stack(stacked, axis=1), np.float32(0))
+    return normalize_maps(np.mean(cube, axis=1))
+
+
+def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> np.ndarray:
+    """pytorch-grad-cam ``eigen_smooth=True``: first principal component of ``(N, C, h, w)`` -> ``(N, h, w)``.
+
+    Use it instead of the channel sum of ``weights[:, :, None, None] * activations`` (or of the
+    element-wise products of LayerCAM / HiResCAM). Sign rule: see
+    :func:`onnxcam.methods.eigen.principal_projection`.
+    """
+    # Imported here because onnxcam.methods.fullgrad imports this module.
+    from onnxcam.methods.eigen import principal_projection
+
+    return principal_projection(weighted_activations, sign)  # type: ignore[arg-type]
+
+
+def zero_map_reasons(
+    maps: np.ndarray,
+    *,
+    activations: np.ndarray | None = None,
+    gradients: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> list[str | None]:
+    """For each raw map of ``(N, h, w)``, why it will display as blank, or None when it will not.
+
+    A map is blank when ReLU leaves nothing with a positive range. The reasons are checked from the
+    most upstream cause down, so the caller's warning names the root cause.
+    """
+    arr = _as_maps(maps, "maps")
+    reasons: list[str | None] = []
+    for i, img in enumerate(arr):
+        positive = np.maximum(np.nan_to_num(img), 0)
+        if positive.max() - positive.min() > 0:
+            reasons.append(None)
+            continue
+        if not np.all(np.isfinite(img)):
+            reasons.append("the map contains NaN or Inf values")
+        elif activations is not None and not np.any(activations[i]):
+            reasons.append("the layer's activations are all zero for this image")
+        elif gradients is not None and not np.any(gradients[i]):
+            reasons.append(
+                "the gradients of the target score w.r.t. the layer are all zero "
+                "(saturated or disconnected target)"
+            )
+        elif weights is not None and np.all(np.asarray(weights[i]) <= 0):
+            reasons.append("all channel weights are zero or negative")
+        elif np.all(img <= 0):
+            reasons.append("the map is zero or negative everywhere, so ReLU removes it")
+        else:
+            reasons.append("the map is constant")
+    return reasons

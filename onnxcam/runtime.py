@@ -1,0 +1,174 @@
+"""onnxruntime sessions: provider choice, thread settings, batching.
+
+Every session onnxcam creates comes from ``make_session``, so providers, logging and threads are
+decided in one place; callers cache sessions (per model x split x batch size) on their ``Model``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcam.errors import ArgumentError, OnnxRuntimeError
+
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+# Severity 3 = errors only: a CPU-only machine must not print CUDA provider warnings on every run.
+ort.set_default_logger_severity(3)
+
+
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether a CUDA session really starts here (probed once per process, silently).
+
+    onnxruntime-gpu lists the CUDA provider even where the CUDA libraries are missing and then
+    prints a load error for every session; probing with a tiny model at fatal-only logging keeps
+    CPU-only machines quiet.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    import onnx.helper as h
+
+    node = h.make_node("Identity", ["x"], ["y"])
+    graph = h.make_graph([node], "probe", [h.make_tensor_value_info("x", 1, [1])],
+                         [h.make_tensor_value_info("y", 1, [1])])
+    probe = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    probe.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), opts,
+                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return bool(sess.get_providers()[0] == "CUDAExecutionProvider")
+    except Exception:  # any failure to start CUDA means: use the CPU
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def _physical_cores() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or _physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return opts
+
+
+def check_device(device: str) -> Device:
+    if device not in DEVICES:
+        raise ArgumentError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    return device  # type: ignore[return-value]
+
+
+def providers_for(device: Device) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if not cuda_usable():
+        if device == "cuda":
+            raise OnnxRuntimeError(
+                "device='cuda' asked for, but no CUDA session starts here (onnxruntime providers: "
+                f"{', '.join(ort.get_available_providers())}; CUDA/cuDNN libraries or GPU missing): install "
+                "onnxruntime-gpu with its CUDA requirements, or use --device cpu"
+            )
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def make_session(
+    model: onnx.ModelProto | bytes,
+    device: Device = "cpu",
+    threads: int | None = None,
+    what: str = "model",
+) -> ort.InferenceSession:
+    """An InferenceSession for ``model`` on ``device``.
+
+    ``auto`` tries CUDA and quietly falls back to the CPU if a CUDA session does not start
+    (no driver, no GPU); ``cuda`` fails loudly instead.
+    """
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    providers = providers_for(device)
+    try:
+        sess = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        if device == "auto" and providers[0] != "CPUExecutionProvider":
+            return make_session(data, "cpu", threads, what)
+        raise OnnxRuntimeError(f"onnxruntime could not load the {what}: {_first_line(exc)}") from exc
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise OnnxRuntimeError(
+            f"device='cuda' asked for, but the CUDA provider did not start for the {what}: check the CUDA/cuDNN "
+            "install (onnxruntime-gpu's requirements) or use --device cpu"
+        )
+    return sess
+
+
+def session_device(sess: ort.InferenceSession) -> str:
+    """``cuda`` or ``cpu``: where the session actually runs."""
+    return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:400]
+
+
+def chunks(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` of at most ``batch_size`` items."""
+    if batch_size < 1:
+        raise ArgumentError(f"batch size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def run(
+    sess: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    what: str = "model",
+) -> list[np.ndarray]:
+    """One ``sess.run`` with onnxruntime's failures turned into ``OnnxRuntimeError``."""
+    try:
+        return list(sess.run(list(outputs) if outputs is not None else None, dict(feeds)))
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in feeds.items())
+        raise OnnxRuntimeError(f"onnxruntime failed running the {what} on {shapes}: {_first_line(exc)}") from exc
+
+
+def run_batched(
+    sess: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    batch_size: int = 16,
+    what: str = "model",
+) -> list[np.ndarray]:
+    """Run ``sess`` over feeds split along axis 0 in chunks of ``batch_size``; outputs concatenated.
+
+    Every feed must share the same leading (batch) dimension.
+    """
+    sizes = {v.shape[0] for v in feeds.values()}
+    if len(sizes) != 1:
+        raise ArgumentError(f"feeds have different batch sizes {sorted(sizes)}; they must share axis 0")
+    n = sizes.pop()
+    if n <= batch_size:
+        return run(sess, feeds, outputs, what)
+    parts: list[list[np.ndarray]] = []
+    for sl in chunks(n, batch_size):
+        parts.append(run(sess, {k: v[sl] for k, v in feeds.items()}, outputs, what))
+    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
