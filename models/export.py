@@ -20,8 +20,29 @@ MAX_IR_VERSION = 9
 PARITY_TOL = 1e-4
 
 
+def prune_dead(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads, then initializers nothing reads.
+
+    The quantizer folds Clips into their Convs but leaves the Clip bounds' Constant nodes behind;
+    onnxruntime would log a warning per leftover on every session creation.
+    """
+    graph = model.graph
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        live = [node for node in graph.node if any(o in used for o in node.output)]
+        if len(live) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(live)
+    used = {name for node in graph.node for name in node.input}
+    inits = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
 def finalize(model: onnx.ModelProto, path: Path, doc: str = "") -> None:
-    """Clamp the IR version, check, and write ``model`` to ``path`` atomically."""
+    """Prune dead nodes, clamp the IR version, check, and write ``model`` to ``path`` atomically."""
+    prune_dead(model)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name = "onnxcam-models"
     if doc:

@@ -1,8 +1,40 @@
-"""onnxcam: class activation maps for exported ONNX vision models, run with onnxruntime."""
+"""onnxcam: class activation maps for exported ONNX vision models, run with onnxruntime.
+
+    import onnxcam
+    model = onnxcam.load("model.onnx")
+    x = onnxcam.preprocess([onnxcam.load_image("cat.jpg")], model.preprocessing("imagenet"))
+    maps = onnxcam.GradCAM(model, layer="auto")(x)          # (N, H, W) in [0, 1]
+"""
 
 from onnxcam import errors
+from onnxcam.backprop import Gradients
+from onnxcam.boxes import box_iou, cam_to_boxes
+from onnxcam.explainers.base import BaseCAM, Explanation
+from onnxcam.explainers.gradient import (
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    SmoothGradCAMPlusPlus,
+    XGradCAM,
+)
+from onnxcam.explainers.perturbation import SSCAM, AblationCAM, ScoreCAM
+from onnxcam.explainers.structural import CAM, EigenCAM, FullGrad
+from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, load_image, preprocess, to_display
 from onnxcam.model import InputSpec, Model, load
+from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
+from onnxcam.registry import METHODS, get_method, method_info
+from onnxcam.targets import ClassTarget, EmbeddingTarget, SegmentationTarget, SoftmaxTarget, Target
 
 __version__ = "0.1.0"
 
-__all__ = ["InputSpec", "Model", "errors", "load", "__version__"]
+__all__ = [
+    "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "AblationCAM", "BaseCAM", "ClassTarget", "EigenCAM",
+    "EigenGradCAM", "EmbeddingTarget", "Explanation", "FullGrad", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "Gradients", "HiResCAM", "InputSpec", "LayerCAM", "Model", "Preprocess", "ScoreCAM",
+    "SegmentationTarget", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "XGradCAM", "__version__",
+    "box_iou", "cam_to_boxes", "errors", "expand_image_paths", "get_method", "get_preset", "load", "load_image",
+    "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
+]

@@ -55,9 +55,7 @@ ResizeMode = Literal["stretch", "center_crop"]
 # --------------------------------------------------------------------------- loading
 
 
-def load_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, downscale: bool = False
-) -> np.ndarray:
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, downscale: bool = False) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB.
 
     - grayscale -> the gray value copied to R, G and B;
@@ -84,9 +82,7 @@ def load_image(
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise ImageError(
-            f"cannot read image file {str(p)!r}: {exc.strerror or exc}; check its permissions"
-        ) from exc
+        raise ImageError(f"cannot read image file {str(p)!r}: {exc.strerror or exc}; check its permissions") from exc
     if not data:
         raise ImageError(f"image file {str(p)!r} is empty (0 bytes); re-export or re-download it")
 
@@ -219,16 +215,10 @@ def _expand_one(item: str) -> list[Path]:
         files = [m for m in matches if m.is_file()]
         images = [m for m in files if _is_image_name(m)]
         if not images:
-            detail = (
-                f"it matched {len(files)} file(s), none with an image extension"
-                if files
-                else "it matched nothing"
-            )
+            detail = f"it matched {len(files)} file(s), none with an image extension" if files else "it matched nothing"
             raise ImageError(f"glob pattern {item!r} found no image files: {detail}")
         return images
-    raise ImageError(
-        f"input {item!r} is not an existing file or folder, and not a glob pattern; check the path"
-    )
+    raise ImageError(f"input {item!r} is not an existing file or folder, and not a glob pattern; check the path")
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -265,9 +255,7 @@ PRESETS: dict[str, Preprocess] = {
     "tf": Preprocess(mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), scale=1 / 127.5),
     "unit": Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1 / 255),
     # Keras/Caffe "caffe" mode: BGR, ImageNet means in BGR order, no scaling.
-    "caffe": Preprocess(
-        mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"
-    ),
+    "caffe": Preprocess(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"),
     "raw": Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0),
 }
 
@@ -285,9 +273,7 @@ def get_preset(
     """The preset ``name`` for an input of ``size`` ``(H, W)`` and ``layout``; mean/std override."""
     key = name.lower()
     if key not in PRESETS:
-        raise ArgumentError(
-            f"unknown preprocessing preset {name!r}; valid presets: {', '.join(PRESETS)}"
-        )
+        raise ArgumentError(f"unknown preprocessing preset {name!r}; valid presets: {', '.join(PRESETS)}")
     if layout not in ("NCHW", "NHWC"):
         raise ArgumentError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     if resize_mode not in ("stretch", "center_crop"):
@@ -308,9 +294,7 @@ def get_preset(
     )
 
 
-def _triple(
-    what: str, values: Sequence[float], nonzero: bool = False
-) -> tuple[float, float, float]:
+def _triple(what: str, values: Sequence[float], nonzero: bool = False) -> tuple[float, float, float]:
     vals = tuple(float(v) for v in values)
     if len(vals) != 3:
         raise ArgumentError(f"{what} needs 3 values (one per channel), got {len(vals)}: {vals}")
@@ -319,10 +303,8 @@ def _triple(
     return vals  # type: ignore[return-value]  # length checked above
 
 
-def _crop_plan(
-    hw: tuple[int, int], size: tuple[int, int], crop_fraction: float
-) -> tuple[int, int, int, int]:
-    """``(new_h, new_w, y0, x0)``: resize an ``hw`` image to ``new`` then crop ``size`` at y0, x0."""
+def _crop_plan(hw: tuple[int, int], size: tuple[int, int], crop_fraction: float) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, y0, x0)``: resize ``hw`` to ``(new_h, new_w)``, crop ``size`` at y0, x0."""
     h, w = hw
     out_h, out_w = size
     scale = max(out_h / crop_fraction / h, out_w / crop_fraction / w)
@@ -369,20 +351,9 @@ def geometry(
 
 
 def _check_rgb_uint8(image: np.ndarray, what: str) -> None:
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or (image.shape[2] != 3)
-    ):
-        desc = (
-            f"{image.dtype} array of shape {image.shape}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise InputError(
-            f"{what} must be a (H, W, 3) uint8 RGB array, got {desc}; load it with load_image"
-        )
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or (image.shape[2] != 3):
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise InputError(f"{what} must be a (H, W, 3) uint8 RGB array, got {desc}; load it with load_image")
 
 
 def preprocess(images: Sequence[np.ndarray], pp: Preprocess) -> np.ndarray:

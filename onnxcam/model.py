@@ -17,12 +17,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.shapes import Dim, TensorInfo, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model
 from onnxcam.layers import Layer, candidate_layers, resolve_layer
 from onnxcam.loading import infer_shapes, read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
+from onnxcam.targets import TargetSpec
 
 LayerSpec = str | Sequence[str]
 
@@ -91,6 +93,7 @@ class Model:
         self._splits: dict[tuple[str, ...], Split] = {}
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._device: str | None = None
+        self._grad_meta: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, str]]] = {}
 
     # -- input contract -------------------------------------------------------------------------
     def _find_input(self, input_size: tuple[int, int] | None, layout: str | None) -> InputSpec:
@@ -261,11 +264,14 @@ class Model:
         """Run the body of the split at ``cut``: (head input tensors by name, model outputs)."""
         x = self.check_input(x)
         split = self.split(cut)
-        names = list(split.head_inputs) + list(split.model_outputs)
+        crossing = [n for n in split.head_inputs if n != self.input.name]
+        names = crossing + list(split.model_outputs)
         values = run_batched(self.session("body", tuple(cut)), {self.input.name: x}, names,
                              self.batch_limit(batch_size), what=f"body of {self.name}")
-        feeds = dict(zip(split.head_inputs, values[: len(split.head_inputs)]))
-        outputs = values[len(split.head_inputs):]
+        feeds = dict(zip(crossing, values[: len(crossing)]))
+        if self.input.name in split.head_inputs:
+            feeds[self.input.name] = x
+        outputs = values[len(crossing):]
         _check_finite(outputs, split.model_outputs, self.name)
         return feeds, outputs
 
@@ -285,6 +291,33 @@ class Model:
                 raise UnsupportedModelError(f"shape of tensor {name!r} in {self.name} is unknown")
             dims[name] = (n,) + tuple(shape[1:]) if shape and not isinstance(shape[0], int) else tuple(shape)
         return with_static_inputs(split.head, dims)
+
+    def gradients(
+        self,
+        x: np.ndarray,
+        layer: LayerSpec = "auto",
+        targets: TargetSpec = None,
+        batch_size: int = 16,
+        mode: GradientMode = "auto",
+    ) -> Gradients:
+        """Activations ``(N, C, h, w)``, exact per-sample gradients of each image's target score w.r.t.
+        them, and the scores ``(N,)``, at one layer or several (see ``onnxcam.backprop``).
+
+        ``targets``: None (top-1 per image), an int, a ``Target``, or one entry per image.
+        ``mode``: ``auto`` (gradient graph, finite differences if an op has no rule), ``graph``, ``finite``.
+        """
+        return compute_gradients(self, x, self.resolve_layers(layer), targets, batch_size, mode)
+
+    def gradients_at(
+        self,
+        x: np.ndarray,
+        tensors: Sequence[str],
+        targets: TargetSpec = None,
+        batch_size: int = 16,
+        mode: GradientMode = "auto",
+    ) -> Gradients:
+        """Like ``gradients`` but at exact tensor names, the model input included (FullGrad)."""
+        return compute_gradients(self, x, tuple(tensors), targets, batch_size, mode)
 
     def __repr__(self) -> str:
         spec = self.input

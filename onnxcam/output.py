@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -60,9 +60,7 @@ def _atomic_write(path: Path, fill: Callable[[BinaryIO], object]) -> None:
         with suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            raise OutputError(
-                f"cannot write {str(path)!r}: {exc.strerror or exc}; {_HINT}"
-            ) from exc
+            raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}; {_HINT}") from exc
         raise
 
 
@@ -71,8 +69,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise ArgumentError(
-            f"write_png({str(path)!r}) needs a (H, W, 3) or (H, W) uint8 array, "
-            f"got {arr.dtype} of shape {arr.shape}"
+            f"write_png({str(path)!r}) needs a (H, W, 3) or (H, W) uint8 array, got {arr.dtype} of shape {arr.shape}"
         )
     # imencode + our own write instead of imwrite: imwrite cannot handle non-ASCII paths on
     # Windows and writes in place.
@@ -167,9 +164,7 @@ class OutputDir:
     def _check(self) -> None:
         out = self.path
         if out.exists() and not out.is_dir():
-            raise OutputError(
-                f"output path {str(out)!r} is an existing file, not a folder; {_HINT}"
-            )
+            raise OutputError(f"output path {str(out)!r} is an existing file, not a folder; {_HINT}")
         for inp in self.inputs:
             if inp.is_dir():
                 if _is_within(out, inp):
@@ -177,7 +172,7 @@ class OutputDir:
                         f"output folder {str(out)!r} is inside the input folder {str(inp)!r}; "
                         f"results would mix with the inputs; {_HINT}, e.g. a sibling folder"
                     )
-            elif _same(out, inp.parent if str(inp.parent) else Path(".")):
+            elif _same(out, inp.parent):
                 raise OutputError(
                     f"output folder {str(out)!r} is the folder of input {str(inp)!r}; writing "
                     f"next to the inputs risks overwriting them; {_HINT}, e.g. a subfolder"
@@ -186,14 +181,10 @@ class OutputDir:
         while not anc.exists():
             anc = anc.parent
         if not anc.is_dir():
-            raise OutputError(
-                f"cannot create output folder {str(out)!r}: {str(anc)!r} is a file; {_HINT}"
-            )
+            raise OutputError(f"cannot create output folder {str(out)!r}: {str(anc)!r} is a file; {_HINT}")
         if not os.access(anc, os.W_OK | os.X_OK):
             what = "write to output folder" if anc == _resolve(out) else "create output folder"
-            raise OutputError(
-                f"cannot {what} {str(out)!r}: no write permission on {str(anc)!r}; {_HINT}"
-            )
+            raise OutputError(f"cannot {what} {str(out)!r}: no write permission on {str(anc)!r}; {_HINT}")
 
     def target(self, name: str | Path) -> Path:
         """The path for output ``name`` (relative, may contain subfolders) inside the folder.
@@ -211,12 +202,8 @@ class OutputDir:
             # A symlinked subfolder could point anywhere.
             raise OutputError(f"output {str(dest)!r} resolves outside {str(self.path)!r}")
         for inp in self.inputs:
-            if _resolve(dest) == _resolve(inp) or (
-                dest.exists() and inp.exists() and _same(dest, inp)
-            ):
-                raise OutputError(
-                    f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}"
-                )
+            if _resolve(dest) == _resolve(inp) or (dest.exists() and inp.exists() and _same(dest, inp)):
+                raise OutputError(f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}")
         return dest
 
     def transaction(self) -> OutputTransaction:
@@ -242,7 +229,7 @@ class OutputTransaction:
         self._backup_dir: Path | None = None
         self._active = False
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> OutputTransaction:
         self._makedirs(self.out.path)
         self._active = True
         return self
@@ -289,9 +276,7 @@ class OutputTransaction:
             except FileExistsError:
                 continue  # created concurrently; not ours to remove
             except OSError as exc:
-                raise OutputError(
-                    f"cannot create output folder {str(m)!r}: {exc.strerror or exc}; {_HINT}"
-                ) from exc
+                raise OutputError(f"cannot create output folder {str(m)!r}: {exc.strerror or exc}; {_HINT}") from exc
             self._created_dirs.append(m)
 
     def _prepare(self, name: str | Path) -> Path:
@@ -327,8 +312,7 @@ class OutputTransaction:
                     shutil.copy2(dest, backup)
         except OSError as exc:
             raise OutputError(
-                f"cannot keep a backup of existing {str(dest)!r} before replacing it: "
-                f"{exc.strerror or exc}; {_HINT}"
+                f"cannot keep a backup of existing {str(dest)!r} before replacing it: {exc.strerror or exc}; {_HINT}"
             ) from exc
         self._backups.append((dest, backup))
 

@@ -227,9 +227,7 @@ def test_tf_unit_raw_values() -> None:
 def test_caffe_is_bgr_mean_subtracted() -> None:
     x = preprocess([IMG], get_preset("caffe", (2, 2)))
     # pixel RGB (10, 20, 30) -> BGR (30, 20, 10) minus BGR means
-    np.testing.assert_allclose(
-        x[0, :, 0, 1], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6
-    )
+    np.testing.assert_allclose(x[0, :, 0, 1], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
 
 
 def test_nhwc_layout_and_batch() -> None:
@@ -319,6 +317,4 @@ def test_to_display_matches_preprocess_geometry() -> None:
         assert disp.dtype == np.float32 and disp.shape == (20, 24, 3)
         np.testing.assert_allclose(disp, preprocess([img], pp)[0], atol=1e-7)
         assert 0.0 <= disp.min() and disp.max() <= 1.0
-    np.testing.assert_allclose(
-        to_display(img, (20, 24)), cv2.resize(img, (24, 20)).astype(np.float32) / 255, atol=1e-7
-    )
+    np.testing.assert_allclose(to_display(img, (20, 24)), cv2.resize(img, (24, 20)).astype(np.float32) / 255, atol=1e-7)

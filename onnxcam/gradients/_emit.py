@@ -132,6 +132,12 @@ class Emitter:
         )
         return self.op("ConstantOfShape", [self.op("Shape", [ref])], value=value)
 
+    def compare(self, op_type: str, a: str, b: str) -> str:
+        """GreaterOrEqual/LessOrEqual, spelled Not(Less/Greater) before opset 12 introduced them."""
+        if self.opset >= 12 or op_type not in ("GreaterOrEqual", "LessOrEqual"):
+            return self.op(op_type, [a, b])
+        return self.op("Not", [self.op("Less" if op_type == "GreaterOrEqual" else "Greater", [a, b])])
+
     def mul(self, a: str, b: str) -> str:
         return self.op("Mul", [a, b])
 

@@ -73,7 +73,7 @@ def _clip(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
     # inclusive at the bounds, like torch.clamp
     for bound, op in zip(bounds, ("GreaterOrEqual", "LessOrEqual"), strict=True):
         if bound is not None:
-            m = e.op(op, [x, bound])
+            m = e.compare(op, x, bound)
             mask = m if mask is None else e.op("And", [mask, m])
     out = g if mask is None else e.op("Where", [mask, g, e.scalar(0.0, x)])
     return _only_x(node, out)
@@ -103,7 +103,7 @@ def _hardswish(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[
     x, g = node.input[0], _gy(gys)
     # torch: 0 below -3, x/3 + 1/2 on [-3, 3], 1 above
     mid = e.op("Add", [e.mul(x, e.scalar(1.0 / 3.0, x)), e.scalar(0.5, x)])
-    upper = e.op("Where", [e.op("LessOrEqual", [x, e.scalar(3.0, x)]), mid, e.scalar(1.0, x)])
+    upper = e.op("Where", [e.compare("LessOrEqual", x, e.scalar(3.0, x)), mid, e.scalar(1.0, x)])
     d = e.op("Where", [e.op("Less", [x, e.scalar(-3.0, x)]), e.scalar(0.0, x), upper])
     return [e.mul(g, d)]
 
@@ -267,7 +267,7 @@ def _maxmin(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str
         raise NoRule(f"{node.op_type} with {len(node.input)} inputs")
     g, (a, b) = _gy(gys), node.input
     zero = e.scalar(0.0, node.output[0])
-    pick_a = e.op("GreaterOrEqual" if node.op_type == "Max" else "LessOrEqual", [a, b])
+    pick_a = e.compare("GreaterOrEqual" if node.op_type == "Max" else "LessOrEqual", a, b)
     return _binary(e, node, e.op("Where", [pick_a, g, zero]), e.op("Where", [pick_a, zero, g]))
 
 

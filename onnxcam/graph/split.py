@@ -131,7 +131,8 @@ def split_model(
     body = onnx.ModelProto()
     body.CopyFrom(model)
     existing = set(model_outputs)
-    extra = [_value_info(infos, name) for name in head_inputs if name not in existing]
+    # A graph input crossing the cut (FullGrad cuts at the image) is fed from the input itself.
+    extra = [_value_info(infos, name) for name in head_inputs if name not in existing and name not in graph_inputs]
     outputs = extra + list(body.graph.output)
     del body.graph.output[:]
     body.graph.output.extend(outputs)
@@ -167,3 +168,21 @@ def _batch_free(infos: Mapping[str, TensorInfo], name: str, batch_dim: Dim) -> o
     if shape is not None and len(shape) > 0:
         shape = (batch_dim,) + tuple(shape[1:])
     return make_value_info(name, info.elem_type, shape)
+
+
+def upstream_frontier(model: onnx.ModelProto, names: Sequence[str]) -> tuple[str, ...]:
+    """The tensors of ``names`` that no other tensor of ``names`` feeds (order kept).
+
+    Cutting there leaves the others inside the head, where gradients still reach them through
+    every path; cutting at all of them would sever the paths between them.
+    """
+    wanted = list(dict.fromkeys(names))
+    downstream_of: dict[str, set[str]] = {}
+    for start in wanted:
+        reach = {start}
+        for node in model.graph.node:
+            if any(i in reach for i in node.input if i):
+                reach.update(o for o in node.output if o)
+        downstream_of[start] = reach - {start}
+    fed = {n for n in wanted for other in wanted if other != n and n in downstream_of[other]}
+    return tuple(n for n in wanted if n not in fed)

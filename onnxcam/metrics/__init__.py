@@ -12,7 +12,7 @@ from onnxcam.metrics.correlation import (
     sanity_check,
     top_region_iou,
 )
-from onnxcam.metrics.deletion_insertion import DeletionInsertion, blur_images, deletion_insertion
+from onnxcam.metrics.rise import DeletionInsertion, blur_images, deletion_insertion
 from onnxcam.metrics.localisation import (
     box_iou,
     cam_box_iou,
@@ -20,7 +20,7 @@ from onnxcam.metrics.localisation import (
     energy_pointing_game,
     pointing_game,
 )
-from onnxcam.metrics.road import RoadResult, noisy_linear_impute, road, road_combined
+from onnxcam.metrics.road_eval import RoadResult, noisy_linear_impute, road, road_combined
 
 __all__ = [
     "AverageDropIncrease",

@@ -15,7 +15,7 @@ A correlation with a constant map is undefined: it is NaN, with an
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -97,7 +97,7 @@ def _maps_of(fn: ExplainFn, images: NDArray[np.float32], name: str) -> NDArray[n
 
 def sanity_check(
     explain_fn: ExplainFn,
-    randomized_explain_fns: list[ExplainFn],
+    randomized_explain_fns: Sequence[ExplainFn],
     images: ArrayLike,
     absolute: bool = False,
 ) -> list[float]:

@@ -51,7 +51,7 @@ from onnxcam.metrics._common import (
     spatial_size,
     to_hwc,
 )
-from onnxcam.metrics.deletion_insertion import pixel_ranks
+from onnxcam.metrics.rise import pixel_ranks
 
 Order = Literal["morf", "lerf"]
 

@@ -1,0 +1,135 @@
+"""Gradient-based CAMs: gradients from the ONNX gradient graph, maps from ``onnxcam.methods``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcam import methods
+from onnxcam.explainers.base import BaseCAM, RawMaps
+from onnxcam.postprocess import eigen_smooth
+from onnxcam.targets import TargetSpec
+
+
+class _ChannelWeightCAM(BaseCAM):
+    """Map = sum_c w_c A_c, with weights from (activations, gradients)."""
+
+    def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        g = self.gradients(x, targets)
+        maps: dict[str, np.ndarray] = {}
+        weights: dict[str, np.ndarray] = {}
+        for layer in self.layers:
+            a, d = g.activations[layer], g.gradients[layer]
+            w = self.weights(a, d)
+            weights[layer] = w
+            maps[layer] = (eigen_smooth(w[:, :, None, None] * a) if self.eigen_smooth
+                           else methods.weighted_sum(a, w))
+        return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients, weights,
+                       notes=[f"gradients: {g.source}", *g.notes])
+
+
+class GradCAM(_ChannelWeightCAM):
+    """Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of the gradients."""
+
+    name = "gradcam"
+
+    def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        return methods.gradcam_weights(grads)
+
+
+class GradCAMPlusPlus(_ChannelWeightCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018): higher-order alpha weighting of positive gradients."""
+
+    name = "gradcam++"
+
+    def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        return methods.gradcam_plusplus_weights(acts, grads)
+
+
+class XGradCAM(_ChannelWeightCAM):
+    """XGrad-CAM (Fu et al. 2020): gradients weighted by normalised activations."""
+
+    name = "xgradcam"
+
+    def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        return methods.xgradcam_weights(acts, grads)
+
+
+class _ElementWiseCAM(BaseCAM):
+    """Map = sum_c f(A, dA) element-wise (no channel pooling of the gradients)."""
+
+    kind = ""
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        g = self.gradients(x, targets)
+        maps = {}
+        for layer in self.layers:
+            a, d = g.activations[layer], g.gradients[layer]
+            terms = methods.elementwise_products(a, d, self.kind)
+            maps[layer] = eigen_smooth(terms) if self.eigen_smooth else terms.sum(axis=1)
+        return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
+                       notes=[f"gradients: {g.source}", *g.notes])
+
+
+class LayerCAM(_ElementWiseCAM):
+    """LayerCAM (Jiang et al. 2021): sum_c relu(dA) * A."""
+
+    name = "layercam"
+    kind = "layercam"
+
+
+class HiResCAM(_ElementWiseCAM):
+    """HiResCAM (Draelos & Carin 2020): sum_c dA * A, faithful to the model's computation."""
+
+    name = "hirescam"
+    kind = "hirescam"
+
+
+class GradCAMElementWise(_ElementWiseCAM):
+    """Grad-CAM element-wise (pytorch-grad-cam): sum_c relu(dA * A)."""
+
+    name = "gradcam-elementwise"
+    kind = "gradcam_elementwise"
+
+
+class EigenGradCAM(BaseCAM):
+    """Eigen-Grad-CAM: first principal component of dA * A."""
+
+    name = "eigengradcam"
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        g = self.gradients(x, targets)
+        maps = {k: methods.eigengradcam(g.activations[k], g.gradients[k]) for k in self.layers}
+        return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
+                       notes=[f"gradients: {g.source}", *g.notes])
+
+
+class SmoothGradCAMPlusPlus(BaseCAM):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradient powers averaged over noisy
+    copies of the input (torchcam's formulas). ``num_samples`` noisy runs, noise std ``std``."""
+
+    name = "smoothgradcam++"
+
+    def __init__(self, *args: object, num_samples: int = 4, std: float = 0.3, seed: int = 0,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.num_samples = num_samples
+        self.std = std
+        self.seed = seed
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        clean = self.gradients(x, targets)
+        fixed = clean.targets
+        maps = {}
+        for layer in self.layers:
+            def grads_fn(noisy: np.ndarray, layer: str = layer) -> tuple[np.ndarray, np.ndarray]:
+                r = self.gradients(noisy.astype(np.float32), fixed, [layer])
+                return r.activations[layer], r.gradients[layer]
+
+            maps[layer] = methods.smooth_gradcam_plusplus(
+                clean.activations[layer], x, grads_fn, num_samples=self.num_samples, std=self.std,
+                rng=np.random.default_rng(self.seed))
+        return RawMaps(maps, clean.targets, clean.scores, clean.outputs, clean.activations, clean.gradients,
+                       notes=[f"gradients: {clean.source}", f"{self.num_samples} noisy samples, std {self.std}"])

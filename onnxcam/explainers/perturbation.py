@@ -1,0 +1,120 @@
+"""Gradient-free CAMs that re-run the model: Score-CAM, SS-CAM (whole model on masked images) and
+Ablation-CAM (only the head, on ablated activations; the body runs once)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxcam import methods
+from onnxcam.backprop import target_scores
+from onnxcam.explainers.base import BaseCAM, RawMaps
+from onnxcam.targets import Target, TargetSpec
+
+
+class _MaskingCAM(BaseCAM):
+    uses_gradients = False
+    default_batch_size = 32
+
+    def _score_fn(self, targets: list[Target]):  # type: ignore[no-untyped-def]
+        def score_fn(images: np.ndarray, i: int) -> np.ndarray:
+            outs = self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
+            t = targets[i]
+            return np.array([t.score(o) for o in outs[t.output_index]], dtype=np.float32)
+
+        return score_fn
+
+
+class ScoreCAM(_MaskingCAM):
+    """Score-CAM (Wang et al. 2020): channel weights = softmax of the target scores of the input masked
+    by each upsampled, normalised channel. Constant channels are scored once (exact).
+    ``max_channels=k``: Faster-Score-CAM, only the k channels of highest variance."""
+
+    name = "scorecam"
+
+    def __init__(self, *args: object, max_channels: int | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.max_channels = max_channels
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        acts, resolved, scores, outputs = self.activations(x, targets)
+        score_fn = self._score_fn(resolved)
+        maps, weights = {}, {}
+        for layer in self.layers:
+            w = methods.scorecam_weights(acts[layer], self.model.input.size, x, score_fn, self.batch_size,
+                                         self.max_channels, self.model.input.layout)
+            weights[layer] = w
+            maps[layer] = methods.weighted_sum(acts[layer], w)
+        return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
+
+
+class SSCAM(_MaskingCAM):
+    """SS-CAM (Wang et al. 2020): Score-CAM with Gaussian noise on the masks, averaged (torchcam's
+    formulas). ``num_samples`` rounds, noise std ``std``, seeded."""
+
+    name = "sscam"
+
+    def __init__(self, *args: object, num_samples: int = 35, std: float = 2.0, seed: int = 0,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.num_samples = num_samples
+        self.std = std
+        self.seed = seed
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        acts, resolved, scores, outputs = self.activations(x, targets)
+        score_fn = self._score_fn(resolved)
+        maps, weights = {}, {}
+        for layer in self.layers:
+            w = methods.sscam_weights(acts[layer], x, score_fn, self.batch_size, self.num_samples, self.std,
+                                      np.random.default_rng(self.seed), self.model.input.layout)
+            weights[layer] = w
+            maps[layer] = methods.weighted_sum(acts[layer], w)
+        return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
+
+
+class AblationCAM(BaseCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target score when
+    the channel is ablated. Only the head re-runs, batched over channels."""
+
+    name = "ablationcam"
+    uses_gradients = False
+    default_batch_size = 64
+
+    def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
+        maps, weights = {}, {}
+        acts_all: dict[str, np.ndarray] = {}
+        resolved: list[Target] = []
+        scores = np.zeros(0, np.float32)
+        outputs: list[np.ndarray] = []
+        for layer in self.layers:
+            cut = (layer,)
+            split = self.model.split(cut)
+            feeds, outputs = self.model.run_body(x, cut, self.batch_size)
+            resolved = self._targets(targets, outputs, resolved)
+            scores = target_scores(resolved, outputs)
+            a = feeds[layer]
+            acts_all[layer] = a
+            head_out = {name: k for k, name in enumerate(split.head_outputs)}
+
+            def head_score_fn(ablated: np.ndarray, i: int, feeds: dict[str, np.ndarray] = feeds,
+                              layer: str = layer, split_outputs: dict[str, int] = head_out,
+                              model_outputs: tuple[str, ...] = split.model_outputs) -> np.ndarray:
+                m = ablated.shape[0]
+                f = {k: np.repeat(v[i:i + 1], m, axis=0) for k, v in feeds.items() if k != layer}
+                f[layer] = ablated
+                outs = self.model.run_head((layer,), f, self.batch_size)
+                t = resolved[i]
+                out = outs[split_outputs[model_outputs[t.output_index]]]
+                return np.array([t.score(o) for o in out], dtype=np.float32)
+
+            w = methods.ablation_weights(a, head_score_fn, scores, self.batch_size)
+            weights[layer] = w
+            maps[layer] = methods.weighted_sum(a, w)
+        return RawMaps(maps, resolved, scores, outputs, acts_all, weights=weights,
+                       notes=["only the head re-ran; the body ran once"])
+
+    @staticmethod
+    def _targets(targets: TargetSpec, outputs: list[np.ndarray], previous: list[Target]) -> list[Target]:
+        from onnxcam.targets import resolve_targets
+
+        return previous or resolve_targets(targets, outputs[0])

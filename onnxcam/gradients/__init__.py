@@ -1,0 +1,30 @@
+"""Exact gradients of ONNX graphs as plain ONNX ops (reverse mode), plus finite differences.
+
+``build_gradient_model(model, wrt, outputs)`` keeps the forward graph and appends adjoint nodes that
+compute the vector-Jacobian product ``d/dt sum_o sum(seed_o * o)`` for every tensor ``t`` in ``wrt``
+(graph inputs or intermediate tensors). The caller feeds one seed per seeded output -- a one-hot
+class per sample gives every sample's target-logit gradient in one run. The result runs in the
+regular onnxruntime: ORT's own ``*Grad`` ops exist only in its training build.
+
+Only nodes that are both forward-reachable from ``wrt`` and backward-reachable from the seeded
+outputs get adjoints, so weights and constants never do; the builder is linear in graph size.
+Convolutions are transposed with ConvTranspose on the same weights (SAME/VALID auto_pad resolved
+on static shapes), MaxPool routes to its argmax via its ``Indices`` output and
+ScatterElements(reduction="add") (opset >= 16), Resize is applied transposed with per-axis
+interpolation matrices that onnxruntime itself measures at build time, and ties in ReduceMax share
+the gradient evenly as in torch. QuantizeLinear/DequantizeLinear pass the gradient straight
+through (the straight-through estimator of quantisation-aware training), so a Q->DQ pair is
+differentiated as the identity. Ops without a rule raise ``UnsupportedOpError``; ``finite_diff``
+then stands in.
+
+Why not ``onnx-ad`` (PyPI, 0.3.0, evaluated for this package): it is correct on a graph with
+explicit pads (depthwise Conv -> ConvTranspose, MaxPool via ScatterND, no weight gradients, runs in
+plain onnxruntime), but it rejects Conv with ``auto_pad=SAME_*`` (common in TF/EfficientNet
+exports), differentiates only graph inputs (an intermediate feature tensor raises "is not a graph
+input"), and appends a trailing seed axis that wraps every op in extra Transpose/Expand nodes. So
+the rules here are our own.
+"""
+
+from onnxcam.gradients.builder import GradientModel, build_gradient_model, missing_rules
+
+__all__ = ["GradientModel", "build_gradient_model", "missing_rules"]

@@ -1,0 +1,249 @@
+"""Turns an ONNX model into a gradient model: the forward graph plus reverse-mode adjoint nodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcam.errors import ArgumentError, LayerNotFoundError, UnsupportedOpError
+from onnxcam.gradients import rules_math, rules_nn, rules_shape  # noqa: F401  (fill RULES)
+from onnxcam.gradients._emit import Emitter, NoRule, Shape, attr
+from onnxcam.gradients._registry import RULES
+from onnxcam.graph.protos import make_model, opset_version
+
+# Outputs of these ops are piecewise constant (or integer) in their inputs: no adjoint flows through.
+_ZERO_GRAD_OPS = frozenset(
+    "Shape Size NonZero ArgMax ArgMin Equal Greater GreaterOrEqual Less LessOrEqual Not And Or Xor "
+    "IsNaN IsInf Sign Floor Ceil Round ConstantOfShape EyeLike RandomNormalLike RandomUniformLike "
+    "Bernoulli Multinomial".split()
+)
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+# A quantised tensor is integer-typed, yet the straight-through estimator carries an adjoint across it.
+_STRAIGHT_THROUGH_OPS = frozenset({"QuantizeLinear"})
+
+
+@dataclass(frozen=True)
+class GradientModel:
+    """A model computing the original outputs and the VJP ``sum_o sum(seed_o * o)`` w.r.t. ``wrt``.
+
+    ``model`` inputs: the original inputs, then one seed per seeded output (shaped like that output).
+    ``model`` outputs: the original outputs, then one gradient per ``wrt`` tensor (shaped like it).
+    """
+
+    model: onnx.ModelProto
+    seed_inputs: dict[str, str]
+    grad_outputs: dict[str, str]
+
+
+@dataclass
+class _Failure:
+    op_type: str
+    node: str
+    reason: str
+
+
+def _collect_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: rules that need a shape say so by name
+        inferred = model
+    shapes: dict[str, Shape | None] = {}
+    dtypes: dict[str, int] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.elem_type:
+            dtypes[vi.name] = t.elem_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    for init in g.initializer:
+        dtypes[init.name] = init.data_type
+        shapes[init.name] = list(init.dims)
+    return shapes, dtypes
+
+
+def _collect_consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = attr(node, "value")
+            if isinstance(value, onnx.TensorProto):
+                consts[node.output[0]] = numpy_helper.to_array(value)
+            elif attr(node, "value_ints") is not None:
+                consts[node.output[0]] = np.asarray(attr(node, "value_ints"), dtype=np.int64)
+            elif attr(node, "value_int") is not None:
+                consts[node.output[0]] = np.asarray(attr(node, "value_int"), dtype=np.int64)
+            elif attr(node, "value_float") is not None:
+                consts[node.output[0]] = np.asarray(attr(node, "value_float"), dtype=np.float32)
+    return consts
+
+
+def _is_float(dtypes: dict[str, int], name: str) -> bool:
+    return dtypes.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:/-]", "_", name)
+
+
+class _Plan:
+    """The part of the graph the adjoint flows through, and the nodes a rule is missing for."""
+
+    def __init__(self, model: onnx.ModelProto, wrt: Sequence[str], outputs: Sequence[str] | None) -> None:
+        graph = model.graph
+        self.model = model
+        produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+        for name in wrt:
+            if name not in produced:
+                raise LayerNotFoundError(
+                    f"cannot differentiate w.r.t. '{name}': no graph input or node output has that name; "
+                    "pass a tensor name from the model (see `onnxcam layers`)"
+                )
+        graph_outputs = [o.name for o in graph.output]
+        self.outputs = list(outputs) if outputs is not None else graph_outputs
+        for name in self.outputs:
+            if name not in graph_outputs:
+                raise ArgumentError(
+                    f"cannot seed '{name}': it is not a graph output (outputs are {graph_outputs}); "
+                    "add it as a graph output first"
+                )
+        if not wrt:
+            raise ArgumentError("build_gradient_model needs at least one tensor in `wrt`")
+        self.wrt = list(dict.fromkeys(wrt))
+        self.shapes, self.dtypes = _collect_shapes(model)
+        self.consts = _collect_consts(graph)
+        self.opset = opset_version(model)
+
+        active = set(self.wrt)
+        for node in graph.node:
+            if node.op_type in _ZERO_GRAD_OPS or not any(i in active for i in node.input if i):
+                continue
+            for out in node.output:
+                if out and (_is_float(self.dtypes, out) or node.op_type in _STRAIGHT_THROUGH_OPS):
+                    active.add(out)
+        self.active = active
+
+        needed = set(self.outputs) & active
+        relevant: list[onnx.NodeProto] = []
+        for node in reversed(graph.node):
+            if node.op_type in _ZERO_GRAD_OPS or not any(o in needed for o in node.output):
+                continue
+            inputs = [i for i in node.input if i in active]
+            if inputs:
+                relevant.append(node)
+                needed.update(inputs)
+        self.relevant = relevant  # reverse topological order
+        self.failures: list[_Failure] = []
+
+    def emit(self) -> tuple[Emitter, dict[str, str], dict[str, str]]:
+        graph = self.model.graph
+        taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+        taken |= {i.name for i in graph.initializer}
+        e = Emitter(self.shapes, self.dtypes, self.consts, self.active, self.opset, taken)
+
+        contributions: dict[str, list[str]] = {}
+        seeds: dict[str, str] = {}
+        for out in self.outputs:
+            seed = e.fresh(f"seed_{_safe(out)}").replace("onnxcam_grad/", "onnxcam_seed/")
+            taken.add(seed)
+            seeds[out] = seed
+            contributions.setdefault(out, []).append(seed)
+
+        summed: dict[str, str | None] = {}
+
+        def adjoint(name: str) -> str | None:
+            if name not in summed:
+                parts = contributions.pop(name, [])
+                summed[name] = None if not parts else parts[0] if len(parts) == 1 else e.op("Sum", parts)
+            return summed[name]
+
+        for node in self.relevant:
+            gys = [adjoint(o) if o else None for o in node.output]
+            if all(g is None for g in gys):
+                continue
+            fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if fn is None:
+                self.failures.append(_Failure(node.op_type, node.name, "no rule"))
+                continue
+            try:
+                grads = fn(e, node, gys)
+            except NoRule as exc:
+                self.failures.append(_Failure(node.op_type, node.name, str(exc)))
+                continue
+            for name, g in zip(node.input, grads, strict=False):
+                if g is not None and name in self.active:
+                    contributions.setdefault(name, []).append(g)
+
+        grads_out: dict[str, str] = {}
+        for name in self.wrt:
+            g = adjoint(name)
+            out = e.fresh(f"grad_{_safe(name)}").replace("onnxcam_grad/", "onnxcam_gradient/")
+            if g is None:  # wrt does not reach any seeded output: its gradient is exactly zero
+                g = e.zeros_like(name)
+            e.nodes.append(helper.make_node("Identity", [g], [out], name=out))
+            grads_out[name] = out
+        return e, seeds, grads_out
+
+    def error(self) -> UnsupportedOpError:
+        op_types = sorted({f.op_type for f in self.failures})
+        details = "; ".join(f"{f.op_type} node '{f.node}': {f.reason}" for f in self.failures[:10])
+        more = f" (+{len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
+        return UnsupportedOpError(
+            f"no reverse-mode gradient rule for op(s) {', '.join(op_types)} between {self.wrt} and "
+            f"outputs {self.outputs} ({details}{more}); finite differences will be used instead "
+            "(they can also be forced for every model)",
+            op_types,
+        )
+
+
+def missing_rules(model: onnx.ModelProto, wrt: Sequence[str], outputs: Sequence[str] | None = None) -> list[str]:
+    """Op types on a path from ``wrt`` to ``outputs`` that the builder cannot differentiate (sorted)."""
+    plan = _Plan(model, wrt, outputs)
+    plan.emit()
+    return sorted({f.op_type for f in plan.failures})
+
+
+def build_gradient_model(
+    model: onnx.ModelProto, wrt: Sequence[str], outputs: Sequence[str] | None = None
+) -> GradientModel:
+    """Append reverse-mode nodes computing d(sum_o sum(seed_o * o)) / d(t) for each ``t`` in ``wrt``.
+
+    ``wrt`` may name graph inputs and intermediate tensors; ``outputs`` defaults to every graph output.
+    Only nodes between ``wrt`` and ``outputs`` get adjoints; weights never do.
+    Raises ``UnsupportedOpError`` when a node on that path has no rule.
+    """
+    plan = _Plan(model, wrt, outputs)
+    e, seeds, grads = plan.emit()
+    if plan.failures:
+        raise plan.error()
+    graph = model.graph
+    seed_inputs = []
+    for out, seed in seeds.items():
+        shape = plan.shapes.get(out)
+        seed_inputs.append(
+            helper.make_tensor_value_info(seed, plan.dtypes.get(out, onnx.TensorProto.FLOAT), shape)
+        )
+    grad_outputs = []
+    for name, out in grads.items():
+        grad_outputs.append(
+            helper.make_tensor_value_info(
+                out, plan.dtypes.get(name, onnx.TensorProto.FLOAT), plan.shapes.get(name)
+            )
+        )
+    new_graph = helper.make_graph(
+        list(graph.node) + e.nodes,
+        graph.name or "gradient",
+        list(graph.input) + seed_inputs,
+        list(graph.output) + grad_outputs,
+        list(graph.initializer) + e.initializers,
+        value_info=list(graph.value_info),
+    )
+    result = make_model(new_graph, model.opset_import, ir_version=max(model.ir_version, 3))
+    return GradientModel(result, dict(seeds), dict(grads))

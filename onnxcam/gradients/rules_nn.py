@@ -1,0 +1,308 @@
+"""Reverse-mode rules for convolutions, pooling, normalisation layers and Resize."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcam.gradients._emit import Emitter, NoRule, attr
+from onnxcam.gradients._registry import rule
+from onnxcam.gradients.rules_math import _gy, _only_x
+
+
+def _window_pads(
+    e: Emitter, node: onnx.NodeProto, spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]
+) -> list[int]:
+    """Explicit begin+end pads of a Conv/pool node, with auto_pad resolved on static sizes."""
+    n = len(spatial)
+    auto = attr(node, "auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for x, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+            total = max((math.ceil(x / s) - 1) * s + (k - 1) * d + 1 - x, 0)
+            small = total // 2
+            begin.append(small if auto == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+    if auto == "VALID":
+        return [0] * (2 * n)
+    return list(attr(node, "pads", None) or [0] * (2 * n))
+
+
+def _geometry(e: Emitter, node: onnx.NodeProto, x: str, kernel: list[int]) -> tuple[list[int], ...]:
+    shape = e.shape(x)
+    if shape is None or any(d is None for d in shape[2:]):
+        raise NoRule(f"{node.op_type} needs static spatial dims of '{x}' (got {shape})")
+    spatial = [int(d or 0) for d in shape[2:]]
+    n = len(spatial)
+    strides = list(attr(node, "strides", None) or [1] * n)
+    dilations = list(attr(node, "dilations", None) or [1] * n)
+    pads = _window_pads(e, node, spatial, kernel, strides, dilations)
+    return spatial, strides, dilations, pads
+
+
+def _transpose_fit(
+    spatial: list[int], out: list[int], kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]
+) -> tuple[list[int], list[int]]:
+    """Pads and output_padding that make a ConvTranspose of an ``out``-sized map ``spatial``-sized."""
+    n = len(spatial)
+    begin, end, extra = list(pads[:n]), [0] * n, [0] * n
+    for i in range(n):
+        keff = (kernel[i] - 1) * dilations[i] + 1
+        natural = strides[i] * (out[i] - 1) + keff - begin[i]
+        # rows the forward window never reached (floor division) come back as output_padding
+        if natural >= spatial[i]:
+            end[i] = natural - spatial[i]
+        else:
+            extra[i] = spatial[i] - natural
+    return begin + end, extra
+
+
+@rule("Conv")
+def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, w = node.input[0], node.input[1]
+    if e.active(w) or (len(node.input) > 2 and e.active(node.input[2])):
+        raise NoRule("Conv weights depend on the differentiated tensor")
+    w_shape = e.static_shape(w)
+    kernel = list(attr(node, "kernel_shape", None) or w_shape[2:])
+    spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
+    out = [int(d or 0) for d in (e.static_shape(node.output[0])[2:])]
+    t_pads, extra = _transpose_fit(spatial, out, kernel, strides, dilations, pads)
+    g = e.op(
+        "ConvTranspose",
+        [_gy(gys), w],
+        strides=strides,
+        dilations=dilations,
+        pads=t_pads,
+        output_padding=extra,
+        group=attr(node, "group", 1),
+        kernel_shape=kernel,
+    )
+    return _only_x(node, g)
+
+
+@rule("ConvTranspose")
+def _conv_transpose(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, w = node.input[0], node.input[1]
+    if e.active(w) or (len(node.input) > 2 and e.active(node.input[2])):
+        raise NoRule("ConvTranspose weights depend on the differentiated tensor")
+    if attr(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "output_shape") is not None:
+        raise NoRule("ConvTranspose with auto_pad or output_shape")
+    kernel = list(attr(node, "kernel_shape", None) or e.static_shape(w)[2:])
+    n = len(kernel)
+    g = e.op(
+        "Conv",
+        [_gy(gys), w],
+        strides=list(attr(node, "strides", None) or [1] * n),
+        dilations=list(attr(node, "dilations", None) or [1] * n),
+        pads=list(attr(node, "pads", None) or [0] * (2 * n)),
+        group=attr(node, "group", 1),
+        kernel_shape=kernel,
+    )
+    return _only_x(node, g)
+
+
+def _max_pool_grad(e: Emitter, node: onnx.NodeProto, g: str, attrs: dict) -> str:
+    x = node.input[0]
+    if e.opset < 16:
+        raise NoRule("MaxPool needs ScatterElements(reduction='add') from opset 16; re-export with opset >= 16")
+    # a second MaxPool yields the argmax as flat indices into x; scatter-add routes the adjoint there
+    _, indices = e.op_n("MaxPool", [x], 2, **attrs)
+    flat = e.op("Reshape", [e.zeros_like(x), e.ints([-1])])
+    scattered = e.op(
+        "ScatterElements",
+        [flat, e.op("Reshape", [indices, e.ints([-1])]), e.op("Reshape", [g, e.ints([-1])])],
+        axis=0,
+        reduction="add",
+    )
+    return e.reshape_like(scattered, x)
+
+
+@rule("MaxPool")
+def _maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    kernel = list(attr(node, "kernel_shape"))
+    spatial, strides, dilations, pads = _geometry(e, node, node.input[0], kernel)
+    attrs = {
+        "kernel_shape": kernel,
+        "strides": strides,
+        "dilations": dilations,
+        "pads": pads,
+        "ceil_mode": attr(node, "ceil_mode", 0),
+        "storage_order": attr(node, "storage_order", 0),
+    }
+    return [_max_pool_grad(e, node, _gy(gys), attrs)]
+
+
+@rule("GlobalMaxPool")
+def _global_maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    kernel = e.static_shape(node.input[0])[2:]
+    return [_max_pool_grad(e, node, _gy(gys), {"kernel_shape": kernel})]
+
+
+@rule("GlobalAveragePool")
+def _gap(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x = node.input[0]
+    shape = e.shape(x)
+    if shape is None or any(d is None for d in shape[2:]):
+        raise NoRule(f"GlobalAveragePool needs static spatial dims of '{x}'")
+    scale = e.scalar(1.0 / math.prod(int(d or 0) for d in shape[2:]), x)
+    return [e.op("Expand", [e.mul(_gy(gys), scale), e.op("Shape", [x])])]
+
+
+@rule("AveragePool")
+def _avgpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, y = node.input[0], node.output[0]
+    kernel = list(attr(node, "kernel_shape"))
+    spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
+    if any(d != 1 for d in dilations):
+        raise NoRule("AveragePool with dilations")
+    channels = e.static_shape(x)[1]
+    out = [int(d or 0) for d in e.static_shape(y)[2:]]
+    n = len(kernel)
+    include_pad = attr(node, "count_include_pad", 0)
+    # the divisor of each output cell: its window clipped to the (padded) input
+    counts = np.ones((), dtype=np.float64)
+    for i in range(n):
+        start = np.arange(out[i]) * strides[i] - pads[i]
+        stop = start + kernel[i]
+        lo, hi = (-pads[i], spatial[i] + pads[n + i]) if include_pad else (0, spatial[i])
+        counts = np.multiply.outer(counts, np.minimum(stop, hi) - np.maximum(start, lo))
+    counts = counts.reshape([1, 1, *out])
+    t_pads, extra = _transpose_fit(spatial, out, kernel, strides, [1] * n, pads)
+    weight = np.ones([channels, 1, *kernel])
+    g = e.op("Div", [_gy(gys), e.array_like(counts, x)])
+    g = e.op(
+        "ConvTranspose",
+        [g, e.array_like(weight, x)],
+        strides=strides,
+        pads=t_pads,
+        output_padding=extra,
+        group=channels,
+        kernel_shape=kernel,
+    )
+    return [g]
+
+
+def _channel_view(e: Emitter, v: str, rank: int, like: str) -> str:
+    """Reshape a per-channel (C,) vector to (C, 1, ...) so it broadcasts over N, C, spatial."""
+    return e.op("Reshape", [e.op("Cast", [v], to=e.dtype(like)), e.ints([-1] + [1] * (rank - 2))])
+
+
+@rule("BatchNormalization")
+def _batchnorm(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, scale, _, _, var = node.input[:5]
+    if attr(node, "training_mode", 0):
+        raise NoRule("BatchNormalization in training mode")
+    if any(e.active(t) for t in node.input[1:]):
+        raise NoRule("BatchNormalization parameters depend on the differentiated tensor")
+    eps = e.scalar(attr(node, "epsilon", 1e-5), var)
+    factor = e.op("Div", [scale, e.op("Sqrt", [e.op("Add", [var, eps])])])
+    return _only_x(node, e.mul(_gy(gys), _channel_view(e, factor, e.rank(x), x)))
+
+
+def _normalize_grad(e: Emitter, x: str, g: str, axes: list[int], eps: float) -> str:
+    """Adjoint of (x - mean) / sqrt(var + eps) over ``axes``, given the adjoint ``g`` of its output."""
+    mean = e.reduce("ReduceMean", x, axes)
+    centred = e.op("Sub", [x, mean])
+    var = e.reduce("ReduceMean", e.mul(centred, centred), axes)
+    inv = e.op("Reciprocal", [e.op("Sqrt", [e.op("Add", [var, e.scalar(eps, x)])])])
+    xhat = e.mul(centred, inv)
+    inner = e.op("Sub", [g, e.reduce("ReduceMean", g, axes)])
+    inner = e.op("Sub", [inner, e.mul(xhat, e.reduce("ReduceMean", e.mul(g, xhat), axes))])
+    return e.mul(inv, inner)
+
+
+@rule("LayerNormalization")
+def _layernorm(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, scale = node.input[0], node.input[1]
+    if any(e.active(t) for t in node.input[1:]):
+        raise NoRule("LayerNormalization parameters depend on the differentiated tensor")
+    rank = e.rank(x)
+    axes = list(range(attr(node, "axis", -1) % rank, rank))
+    g = e.mul(_gy(gys), scale)
+    return _only_x(node, _normalize_grad(e, x, g, axes, attr(node, "epsilon", 1e-5)))
+
+
+@rule("InstanceNormalization")
+def _instancenorm(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, scale = node.input[0], node.input[1]
+    if any(e.active(t) for t in node.input[1:]):
+        raise NoRule("InstanceNormalization parameters depend on the differentiated tensor")
+    rank = e.rank(x)
+    g = e.mul(_gy(gys), _channel_view(e, scale, rank, x))
+    return _only_x(node, _normalize_grad(e, x, g, list(range(2, rank)), attr(node, "epsilon", 1e-5)))
+
+
+# --- Resize: separable and linear in x, so its adjoint is a product with transposed 1-D matrices --
+def _resize_matrix(e: Emitter, node: onnx.NodeProto, axis: int, in_shape: list[int], out_shape: list[int]) -> np.ndarray:
+    """The (out, in) matrix that ``node`` applies along ``axis``, measured with onnxruntime.
+
+    A probe of shape (1, n, ..) whose channel k is the k-th basis vector along ``axis`` and constant
+    along the other axes goes through a copy of the node; interpolation weights sum to one, so
+    reading one position of the other axes gives the 1-D matrix with onnxruntime's exact semantics.
+    """
+    import onnxruntime as ort
+
+    from onnxcam.graph.protos import make_model
+
+    n = in_shape[axis]
+    probe_shape = [1, n] + in_shape[2:]
+    basis = np.zeros(probe_shape, dtype=np.float32)
+    for k in range(n):
+        index = [0, k] + [slice(None)] * (len(in_shape) - 2)
+        index[axis] = k
+        basis[tuple(index)] = 1.0
+    inputs = ["probe"] + [name if name else "" for name in node.input[1:]]
+    inits = []
+    for name in node.input[1:]:
+        if not name:
+            continue
+        value = e.need_value(name, "Resize roi/scales/sizes")
+        if name == (node.input[3] if len(node.input) > 3 else None) and value.size == len(in_shape):
+            value = np.array([1, n, *value[2:]], dtype=value.dtype)
+        inits.append(onnx.numpy_helper.from_array(value, name))
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    graph = helper.make_graph(
+        [helper.make_node("Resize", inputs, ["out"], **attrs)],
+        "resize_probe",
+        [helper.make_tensor_value_info("probe", onnx.TensorProto.FLOAT, probe_shape)],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = make_model(graph, [helper.make_opsetid("", e.opset)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    result = session.run(None, {"probe": basis})[0]
+    if list(result.shape[2:]) != out_shape[2:]:
+        raise NoRule("Resize probe did not reproduce the output shape")
+    index = [0, slice(None)] + [0] * (len(in_shape) - 2)
+    index[axis] = slice(None)
+    return np.asarray(result[tuple(index)]).T  # (out, in)
+
+
+@rule("Resize", "Upsample")
+def _resize(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
+    x, y = node.input[0], node.output[0]
+    if node.op_type == "Upsample" or attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize":
+        raise NoRule(f"{node.op_type} with this mode")
+    in_shape, out_shape = e.static_shape(x), e.static_shape(y)
+    if in_shape[:2] != out_shape[:2]:
+        raise NoRule("Resize along the batch or channel axis")
+    if axes := attr(node, "axes"):
+        if any(a % len(in_shape) < 2 for a in axes):
+            raise NoRule("Resize along the batch or channel axis")
+    g = _gy(gys)
+    rank = len(in_shape)
+    for axis in range(2, rank):
+        matrix = _resize_matrix(e, node, axis, in_shape, out_shape)
+        if matrix.shape[0] == matrix.shape[1] and np.array_equal(matrix, np.eye(matrix.shape[0])):
+            continue
+        # contract the adjoint's `axis` (length out) with matrix (out, in)
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        moved = e.op("Transpose", [g], perm=perm) if axis != rank - 1 else g
+        moved = e.op("MatMul", [moved, e.array_like(matrix, x)])
+        g = e.op("Transpose", [moved], perm=perm) if axis != rank - 1 else moved
+    return [g] + [None] * (len(node.input) - 1)
