@@ -66,7 +66,8 @@ def method_info() -> list[MethodInfo]:
     """One row per method: name, whether it needs gradients, its cost, a one-line summary."""
     rows = []
     for name, cls in METHODS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        doc = doc.split(": ", 1)[-1] if len(doc) > 90 else doc
         rows.append(MethodInfo(name, cls.uses_gradients, _COST[name], doc))
     return rows
 

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from onnxcam.errors import ArgumentError, LayerNotFoundError, UnsupportedOpError
 from onnxcam.gradients import rules_math, rules_nn, rules_shape  # noqa: F401  (fill RULES)
 from onnxcam.gradients._emit import Emitter, NoRule, Shape, attr
-from onnxcam.gradients._registry import RULES
+from onnxcam.gradients._registry import RULES, Rule
 from onnxcam.graph.protos import make_model, opset_version
 
 # Outputs of these ops are piecewise constant (or integer) in their inputs: no adjoint flows through.
@@ -25,8 +25,6 @@ _ZERO_GRAD_OPS = frozenset(
 _FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
-# A quantised tensor is integer-typed, yet the straight-through estimator carries an adjoint across it.
-_STRAIGHT_THROUGH_OPS = frozenset({"QuantizeLinear"})
 
 
 @dataclass(frozen=True)
@@ -85,10 +83,6 @@ def _collect_consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return consts
 
 
-def _is_float(dtypes: dict[str, int], name: str) -> bool:
-    return dtypes.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:/-]", "_", name)
 
@@ -121,26 +115,39 @@ class _Plan:
         self.consts = _collect_consts(graph)
         self.opset = opset_version(model)
 
+        # integer outputs stay active (a quantised tensor carries the straight-through adjoint, and
+        # an integer-only op such as QLinearConv must surface as unsupported, not as a zero gradient)
         active = set(self.wrt)
         for node in graph.node:
-            if node.op_type in _ZERO_GRAD_OPS or not any(i in active for i in node.input if i):
+            if self._zero_grad(node) or not any(i in active for i in node.input if i):
                 continue
-            for out in node.output:
-                if out and (_is_float(self.dtypes, out) or node.op_type in _STRAIGHT_THROUGH_OPS):
-                    active.add(out)
+            active.update(o for o in node.output if o)
         self.active = active
 
         needed = set(self.outputs) & active
         relevant: list[onnx.NodeProto] = []
         for node in reversed(graph.node):
-            if node.op_type in _ZERO_GRAD_OPS or not any(o in needed for o in node.output):
+            if self._zero_grad(node) or not any(o in needed for o in node.output):
                 continue
             inputs = [i for i in node.input if i in active]
             if inputs:
                 relevant.append(node)
                 needed.update(inputs)
         self.relevant = relevant  # reverse topological order
-        self.failures: list[_Failure] = []
+        # ops without any rule are reported up front, so a failure downstream of them (whose
+        # adjoint then never arrives) cannot hide them
+        self.failures: list[_Failure] = [
+            _Failure(n.op_type, n.name, "no rule") for n in reversed(relevant) if self._rule(n) is None
+        ]
+
+    def _zero_grad(self, node: onnx.NodeProto) -> bool:
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            return attr(node, "to") not in _FLOAT_TYPES
+        return node.op_type in _ZERO_GRAD_OPS and node.domain in ("", "ai.onnx")
+
+    @staticmethod
+    def _rule(node: onnx.NodeProto) -> Rule | None:
+        return RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
 
     def emit(self) -> tuple[Emitter, dict[str, str], dict[str, str]]:
         graph = self.model.graph
@@ -168,9 +175,8 @@ class _Plan:
             gys = [adjoint(o) if o else None for o in node.output]
             if all(g is None for g in gys):
                 continue
-            fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            fn = self._rule(node)
             if fn is None:
-                self.failures.append(_Failure(node.op_type, node.name, "no rule"))
                 continue
             try:
                 grads = fn(e, node, gys)
@@ -193,7 +199,7 @@ class _Plan:
 
     def error(self) -> UnsupportedOpError:
         op_types = sorted({f.op_type for f in self.failures})
-        details = "; ".join(f"{f.op_type} node '{f.node}': {f.reason}" for f in self.failures[:10])
+        details = "; ".join(f"{f.op_type} node '{f.node or '?'}': {f.reason}" for f in self.failures[:10])
         more = f" (+{len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
         return UnsupportedOpError(
             f"no reverse-mode gradient rule for op(s) {', '.join(op_types)} between {self.wrt} and "

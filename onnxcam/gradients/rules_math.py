@@ -330,8 +330,11 @@ def _reduce_sum(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list
     axes = _reduce_axes(e, node)
     g = _expand_back(e, node, _gy(gys), axes)
     if node.op_type == "ReduceMean" and axes:
-        shape = e.static_shape(x)
-        g = e.mul(g, e.scalar(1.0 / math.prod(shape[a] for a in axes), x))
+        shape = e.shape(x) or []
+        dims = [shape[a] if a < len(shape) else None for a in axes]
+        if any(d is None for d in dims):
+            raise NoRule(f"ReduceMean needs static sizes of '{x}' along axes {axes}")
+        g = e.mul(g, e.scalar(1.0 / math.prod(int(d or 0) for d in dims), x))
     return _only_x(node, e.op("Expand", [g, e.op("Shape", [x])]))
 
 

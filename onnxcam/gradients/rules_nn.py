@@ -61,6 +61,13 @@ def _transpose_fit(
     return begin + end, extra
 
 
+def _spatial(e: Emitter, name: str) -> list[int]:
+    shape = e.shape(name)
+    if shape is None or any(d is None for d in shape[2:]):
+        raise NoRule(f"needs static spatial dims of '{name}' (got {shape})")
+    return [int(d or 0) for d in shape[2:]]
+
+
 @rule("Conv")
 def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
     x, w = node.input[0], node.input[1]
@@ -69,7 +76,7 @@ def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
     w_shape = e.static_shape(w)
     kernel = list(attr(node, "kernel_shape", None) or w_shape[2:])
     spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
-    out = [int(d or 0) for d in (e.static_shape(node.output[0])[2:])]
+    out = _spatial(e, node.output[0])
     t_pads, extra = _transpose_fit(spatial, out, kernel, strides, dilations, pads)
     g = e.op(
         "ConvTranspose",
@@ -138,7 +145,7 @@ def _maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
 
 @rule("GlobalMaxPool")
 def _global_maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    kernel = e.static_shape(node.input[0])[2:]
+    kernel = _spatial(e, node.input[0])
     return [_max_pool_grad(e, node, _gy(gys), {"kernel_shape": kernel})]
 
 
@@ -159,8 +166,10 @@ def _avgpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
     spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
     if any(d != 1 for d in dilations):
         raise NoRule("AveragePool with dilations")
-    channels = e.static_shape(x)[1]
-    out = [int(d or 0) for d in e.static_shape(y)[2:]]
+    channels = (e.shape(x) or [None, None])[1]
+    if channels is None:
+        raise NoRule(f"AveragePool needs the static channel count of '{x}'")
+    out = _spatial(e, y)
     n = len(kernel)
     include_pad = attr(node, "count_include_pad", 0)
     # the divisor of each output cell: its window clipped to the (padded) input
@@ -287,8 +296,10 @@ def _resize(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str
     x, y = node.input[0], node.output[0]
     if node.op_type == "Upsample" or attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize":
         raise NoRule(f"{node.op_type} with this mode")
-    in_shape, out_shape = e.static_shape(x), e.static_shape(y)
-    if in_shape[:2] != out_shape[:2]:
+    in_shape, out_shape = [1, *_spatial(e, x)], [1, *_spatial(e, y)]
+    in_shape.insert(1, (e.shape(x) or [0, 0])[1] or 0)
+    out_shape.insert(1, (e.shape(y) or [0, 0])[1] or 0)
+    if in_shape[1] != out_shape[1] or (e.shape(x) or [0])[0] != (e.shape(y) or [0])[0]:
         raise NoRule("Resize along the batch or channel axis")
     if axes := attr(node, "axes"):
         if any(a % len(in_shape) < 2 for a in axes):

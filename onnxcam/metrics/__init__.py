@@ -12,7 +12,6 @@ from onnxcam.metrics.correlation import (
     sanity_check,
     top_region_iou,
 )
-from onnxcam.metrics.rise import DeletionInsertion, blur_images, deletion_insertion
 from onnxcam.metrics.localisation import (
     box_iou,
     cam_box_iou,
@@ -20,6 +19,7 @@ from onnxcam.metrics.localisation import (
     energy_pointing_game,
     pointing_game,
 )
+from onnxcam.metrics.rise import DeletionInsertion, blur_images, deletion_insertion
 from onnxcam.metrics.road_eval import RoadResult, noisy_linear_impute, road, road_combined
 
 __all__ = [

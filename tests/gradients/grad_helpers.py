@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from onnxcam.gradients import GradientModel, build_gradient_model
 from onnxcam.graph.protos import make_model
@@ -51,11 +53,31 @@ def _to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+class Erf(OpRun):
+    # the stock reference Erf computes in float32, too coarse for a float64 oracle
+    op_domain = ""
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray]:
+        return (np.vectorize(math.erf)(x),)
+
+
+class LayerNormalization(OpRun):
+    # the stock reference computes in float32 (stash_type=1)
+    op_domain = ""
+
+    def _run(self, x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):  # type: ignore[no-untyped-def]
+        axes = tuple(range(axis % x.ndim, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+        y = (x - mean) / np.sqrt(var + epsilon) * scale
+        return (y if bias is None else y + bias,)
+
+
 class Oracle:
     """sum(seed * output) evaluated in float64 by onnx's reference evaluator."""
 
     def __init__(self, model: onnx.ModelProto, seeds: dict[str, np.ndarray]) -> None:
-        self.ref = ReferenceEvaluator(_to_float64(model))
+        self.ref = ReferenceEvaluator(_to_float64(model), new_ops=[Erf, LayerNormalization])
         self.seeds = seeds
 
     def score(self, feeds: dict[str, np.ndarray]) -> float:
@@ -91,7 +113,7 @@ def check_against_fd(
     rng = rng or np.random.default_rng(1)
     wrt = list(wrt or feeds)
     gm = build_gradient_model(model, wrt)
-    ref = ReferenceEvaluator(_to_float64(model))
+    ref = ReferenceEvaluator(_to_float64(model), new_ops=[Erf, LayerNormalization])
     outs = ref.run(None, {k: v.astype(np.float64) for k, v in feeds.items()})
     if seeds is None:
         seeds = {o.name: rng.standard_normal(np.shape(v)) for o, v in zip(model.graph.output, outs, strict=True)}

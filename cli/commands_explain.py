@@ -1,0 +1,120 @@
+"""``onnxcam explain`` and ``onnxcam demo``: arguments in, ``onnxcam.pipeline`` does the work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from onnxcam.data import demo_files
+from onnxcam.image import expand_image_paths, get_preset
+from onnxcam.model import Model, load
+from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
+
+from .errors import friendly
+from .parsing import parse_floats, parse_size
+from .progress import progress_bar
+
+EXPLAIN_HELP = """Explain IMAGES (files, folders or globs) with class activation maps of MODEL.
+
+Writes one overlay PNG per image and method (the CAM box drawn on it), optional raw maps (.npy),
+a side-by-side grid when several methods are given, and summary.json with predictions and boxes.
+
+Examples:
+
+    onnxcam explain model.onnx photos/ --method gradcam --out cams/
+
+    onnxcam explain model.onnx cat.jpg --method gradcam,scorecam,ablationcam --labels labels.txt --top-k 2
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explain", help=EXPLAIN_HELP)(explain)
+    app.command("demo", help="Run explain on the model and images that ship with onnxcam; writes to "
+                             "./onnxcam-demo/.\n\nExample:\n\n    onnxcam demo --method gradcam,scorecam")(demo)
+
+
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _report(summary: ExplainSummary, quiet: bool) -> None:
+    if quiet:
+        return
+    n = len(summary.images)
+    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}; "
+               f"results in {summary.out_dir}/ (summary.json)")
+    for item in summary.failed:
+        typer.echo(f"skipped {item['file']}: {item['error']}", err=True)
+
+
+@friendly
+def explain(
+    model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
+    images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns.", show_default=False),
+    method: str = typer.Option("gradcam", "--method", "-m", help="Method(s), comma-separated (see `onnxcam methods`)."),
+    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name(s), comma-separated, or 'auto'."),
+    target: int = typer.Option(-1, "--target", "-t", help="Class index to explain for every image (-1: top classes)."),
+    top_k: int = typer.Option(1, "--top-k", "-k", help="Explain each image's top K classes."),
+    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    out: Path = typer.Option(Path("onnxcam-out"), "--out", "-o", help="Output folder (created)."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    preset: str = typer.Option("imagenet", "--preprocess", "-p", help="imagenet, tf, unit, caffe or raw."),
+    size: str = typer.Option("", "--size", help="Input size HxW (default: read from the model)."),
+    mean: str = typer.Option("", "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (overrides the preset)."),
+    std: str = typer.Option("", "--std", help="Per-channel std, e.g. 0.229,0.224,0.225 (overrides the preset)."),
+    layout: str = typer.Option("", "--layout", help="Force NCHW or NHWC (default: read from the model)."),
+    center_crop: bool = typer.Option(False, "--center-crop", help="Resize the shorter side, then center-crop."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Heatmap opacity in the overlay, 0..1."),
+    colormap: str = typer.Option("jet", "--colormap", help="jet, turbo, viridis, inferno, magma, ..."),
+    boxes: bool = typer.Option(True, "--boxes/--no-boxes", help="Draw the CAM box (20% of the map's max)."),
+    save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
+    max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
+) -> None:
+    input_size = parse_size(size) if size else None
+    m = load(model, device=device, input_size=input_size, layout=layout or None)
+    paths = expand_image_paths(images)
+    pp = get_preset(preset, m.input.size, m.input.layout,
+                    mean=parse_floats(mean, 3, "--mean") if mean else None,
+                    std=parse_floats(std, 3, "--std") if std else None,
+                    resize_mode="center_crop" if center_crop else "stretch")
+    config = ExplainConfig(
+        preprocess=pp, methods=_methods(method), layer=[s.strip() for s in layer.split(",")] if "," in layer else layer,
+        target=None if target < 0 else target, top_k=top_k,
+        labels=read_labels(labels) if labels else None, batch_size=batch_size, alpha=alpha, colormap=colormap,
+        boxes=boxes, save_npy=save_npy,
+        method_options={"scorecam": {"max_channels": max_channels}} if max_channels > 0 else {},
+    )
+    _run(m, paths, out, config, quiet)
+
+
+def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: bool) -> None:
+    heavy = any(name.lower().replace("-", "") in ("scorecam", "sscam", "ablationcam") for name in config.methods)
+    with progress_bar(len(paths), "explaining", enabled=not quiet and (len(paths) > 3 or heavy)) as advance:
+        summary = explain_images(m, paths, out, config, progress=advance)
+    _report(summary, quiet)
+    if not summary.images and summary.failed:
+        raise typer.Exit(5)
+
+
+@friendly
+def demo(
+    method: str = typer.Option("gradcam", "--method", "-m", help="Method(s), comma-separated."),
+    out: Path = typer.Option(Path("onnxcam-demo"), "--out", "-o", help="Output folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    files = demo_files()
+    m = load(files.model, device=device)
+    pp = get_preset(files.preset, m.input.size, m.input.layout, mean=files.mean, std=files.std)
+    config = ExplainConfig(preprocess=pp, methods=_methods(method), labels=files.labels, save_npy=True)
+    _run(m, files.images, out, config, quiet)
+    if not quiet:
+        summary = json.loads((out / "summary.json").read_text())
+        hits = sum(1 for item in summary["images"]
+                   if item["predictions"][0]["label"] == files.truth[Path(item["file"]).name]["label"])
+        typer.echo(f"demo: {hits}/{len(summary['images'])} images classified correctly; open {out}/*_grid.png or "
+                   f"{out}/*.png to see where the model looked")

@@ -1,0 +1,248 @@
+"""The explain job behind ``onnxcam explain`` and ``onnxcam demo``: images in, overlays, maps,
+CAM boxes and a JSON summary out.
+
+Images are decoded and run in batches; an unreadable image is reported and skipped, never fatal
+for the others. Everything is written through one output transaction, so an error or Ctrl-C
+leaves no half-written output behind.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcam.boxes import cam_to_boxes, scale_box
+from onnxcam.errors import ArgumentError, ImageError, TargetError
+from onnxcam.explainers.base import BaseCAM
+from onnxcam.image import Preprocess, load_image, preprocess, to_display
+from onnxcam.model import LayerSpec, Model
+from onnxcam.output import OutputDir
+from onnxcam.overlay import colormap_code, draw_boxes, make_grid, show_cam_on_image
+from onnxcam.registry import get_method
+from onnxcam.targets import ClassTarget
+
+
+@dataclass
+class ExplainConfig:
+    """What to explain and how to draw it."""
+
+    preprocess: Preprocess
+    methods: Sequence[str] = ("gradcam",)
+    layer: LayerSpec = "auto"
+    target: int | None = None  # one class for every image; None = the model's own top classes
+    top_k: int = 1  # explain this many top classes per image (when target is None)
+    labels: Sequence[str] | None = None
+    batch_size: int = 16
+    alpha: float = 0.5
+    colormap: str = "jet"
+    boxes: bool = True
+    box_threshold: float = 0.2
+    save_npy: bool = False
+    report_top: int = 5
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExplainSummary:
+    out_dir: Path
+    images: list[dict[str, Any]]
+    failed: list[dict[str, str]]
+    seconds: float
+    device: str
+    files: list[Path]
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One label per line (blank lines kept out); ``ArgumentError`` if unreadable or empty."""
+    p = Path(path)
+    try:
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArgumentError(f"cannot read labels file {p}: {exc}; pass a UTF-8 text file, one label per line") from exc
+    labels = [line for line in lines if line]
+    if not labels:
+        raise ArgumentError(f"labels file {p} is empty: it needs one class name per line")
+    return labels
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem) or "image"
+
+
+class _Job:
+    def __init__(self, model: Model, config: ExplainConfig) -> None:
+        self.model = model
+        self.config = config
+        if config.top_k < 1:
+            raise ArgumentError(f"--top-k must be >= 1, got {config.top_k}")
+        if config.batch_size < 1:
+            raise ArgumentError(f"--batch-size must be >= 1, got {config.batch_size}")
+        if not 0.0 <= config.alpha <= 1.0:
+            raise ArgumentError(f"--alpha must be in [0, 1], got {config.alpha}")
+        colormap_code(config.colormap)  # validates the name before any work
+        pp = config.preprocess
+        if pp.size != model.input.size or pp.layout != model.input.layout:
+            raise ArgumentError(
+                f"preprocessing gives {pp.layout} {pp.size[0]}x{pp.size[1]} but {model.name} takes "
+                f"{model.input.layout} {model.input.height}x{model.input.width}: drop --size/--layout or fix them"
+            )
+        if not config.methods:
+            raise ArgumentError("no method given: pass --method gradcam (see `onnxcam methods`)")
+        self.cams: list[BaseCAM] = []
+        for name in config.methods:
+            cls = get_method(name)
+            options = config.method_options.get(cls.name, {})
+            self.cams.append(cls(model, config.layer, batch_size=config.batch_size, **options))
+        self.classes: int | None = None
+
+    def check_labels(self, outputs: np.ndarray) -> None:
+        k = int(outputs.shape[1])
+        labels = self.config.labels
+        if labels is not None and len(labels) != k:
+            raise ArgumentError(
+                f"the labels file has {len(labels)} names but {self.model.name} outputs {k} classes: "
+                "pass the labels file that belongs to this model"
+            )
+        if self.config.target is not None and not 0 <= self.config.target < k:
+            raise TargetError(f"--target {self.config.target} is out of range: the model has {k} classes (0..{k - 1})")
+
+    def label(self, k: int) -> str:
+        labels = self.config.labels
+        return labels[k] if labels is not None and k < len(labels) else str(k)
+
+
+def explain_images(
+    model: Model,
+    paths: Sequence[Path],
+    out: str | Path,
+    config: ExplainConfig,
+    progress: Callable[[int], None] | None = None,
+) -> ExplainSummary:
+    """Explain every image in ``paths`` with every method of ``config``; write results under ``out``.
+
+    ``progress(n)`` is called after each batch with the number of images done in it.
+    """
+    start = time.perf_counter()
+    job = _Job(model, config)
+    out_dir = OutputDir(out, inputs=[*paths, model.path])
+    images_out: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    stems: dict[str, int] = {}
+    with out_dir.transaction() as tx:
+        for batch_start in range(0, len(paths), config.batch_size):
+            batch_paths = paths[batch_start: batch_start + config.batch_size]
+            loaded: list[tuple[Path, np.ndarray]] = []
+            for p in batch_paths:
+                try:
+                    loaded.append((p, load_image(p)))
+                except ImageError as exc:
+                    failed.append({"file": str(p), "error": str(exc)})
+            if loaded:
+                x = preprocess([img for _, img in loaded], config.preprocess)
+                _explain_batch(job, loaded, x, tx, images_out, stems)
+            if progress is not None:
+                progress(len(batch_paths))
+        summary = {
+            "model": str(model.path),
+            "device": model.device,
+            "methods": [c.name for c in job.cams],
+            "layers": {c.name: list(c.layers) for c in job.cams},
+            "images": images_out,
+            "failed": failed,
+        }
+        tx.write_json("summary.json", summary)
+        files = list(tx.written)
+    return ExplainSummary(Path(out), images_out, failed, time.perf_counter() - start, model.device, files)
+
+
+def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray]], x: np.ndarray, tx: Any,
+                   images_out: list[dict[str, Any]], stems: dict[str, int]) -> None:
+    config = job.config
+    outputs: np.ndarray | None = None
+    explain_targets: list[list[int]]
+    if config.target is not None:
+        explain_targets = [[config.target]] * len(loaded)
+    elif config.top_k == 1:
+        explain_targets = []  # decided by the first method's own forward pass (no extra run)
+    else:
+        outputs = job.model.forward(x, config.batch_size)[0]
+        job.check_labels(outputs)
+        order = np.argsort(-outputs.reshape(len(loaded), -1), axis=1)[:, : config.top_k]
+        explain_targets = [[int(k) for k in row] for row in order]
+
+    ranks = config.top_k if config.target is None else 1
+    results: dict[tuple[int, int], np.ndarray] = {}  # (method index, rank) -> maps (N, H, W)
+    for m, cam in enumerate(job.cams):
+        for r in range(ranks):
+            targets = [ClassTarget(t[r]) for t in explain_targets] if explain_targets else None
+            e = cam.explain(x, targets)
+            if outputs is None:
+                outputs = e.outputs[0]
+                job.check_labels(outputs)
+            if not explain_targets:
+                explain_targets = [[t.category] if isinstance(t, ClassTarget) else [0] for t in e.targets]
+            results[(m, r)] = e.maps
+    assert outputs is not None
+    probs = _softmax(outputs.reshape(len(loaded), -1))
+    pp = config.preprocess
+    for i, (path, img) in enumerate(loaded):
+        stem = _safe_stem(path)
+        n = stems.get(stem, 0)
+        stems[stem] = n + 1
+        if n:
+            stem = f"{stem}-{n + 1}"
+        view = to_display(img, pp)
+        top = np.argsort(-probs[i])[: config.report_top]
+        record: dict[str, Any] = {
+            "file": str(path),
+            "size": [int(img.shape[1]), int(img.shape[0])],
+            "predictions": [{"class": int(k), "label": job.label(int(k)), "probability": float(probs[i, k]),
+                             "score": float(outputs.reshape(len(loaded), -1)[i, k])} for k in top],
+            "explanations": [],
+        }
+        tiles, titles = [], []
+        for (m, r), maps in results.items():
+            cam = job.cams[m]
+            k = explain_targets[i][r]
+            cmap = maps[i]
+            overlay = show_cam_on_image(view, cmap, config.alpha, config.colormap)
+            found = cam_to_boxes(cmap, config.box_threshold) if config.boxes else None
+            box = found if isinstance(found, tuple) else None
+            if box is not None:
+                overlay = draw_boxes(overlay, [box], (255, 255, 255), None)
+            suffix = f"_top{r + 1}" if ranks > 1 else ""
+            name = f"{stem}_{cam.name.replace('+', 'p')}{suffix}"
+            tx.write_png(f"{name}.png", overlay)
+            entry: dict[str, Any] = {
+                "method": cam.name, "layers": list(cam.layers), "class": int(k), "label": job.label(int(k)),
+                "overlay": f"{name}.png",
+            }
+            peak = np.unravel_index(int(np.argmax(cmap)), cmap.shape)
+            entry["peak_xy"] = [int(peak[1]), int(peak[0])]
+            if box is not None:
+                entry["box"] = [int(v) for v in box]
+                if pp.resize_mode == "stretch":
+                    hw = (int(cmap.shape[0]), int(cmap.shape[1]))
+                    entry["box_original"] = [int(v) for v in scale_box(box, hw, (img.shape[0], img.shape[1]))]
+            if config.save_npy:
+                tx.write_npy(f"{name}.npy", cmap.astype(np.float32))
+                entry["npy"] = f"{name}.npy"
+            record["explanations"].append(entry)
+            tiles.append(overlay)
+            titles.append(f"{cam.name} {job.label(int(k))}"[:40])
+        if len(tiles) > 1:
+            tx.write_png(f"{stem}_grid.png", make_grid(tiles, titles, columns=min(len(tiles), 4)))
+            record["grid"] = f"{stem}_grid.png"
+        images_out.append(record)
