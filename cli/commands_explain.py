@@ -40,13 +40,14 @@ def _methods(text: str) -> list[str]:
 
 
 def _report(summary: ExplainSummary, quiet: bool) -> None:
+    # Skipped images are reported even with --quiet: a silent partial result would look complete.
+    for item in summary.failed:
+        typer.echo(f"onnxcam: skipped {item['file']}: {item['error']}", err=True)
     if quiet:
         return
     n = len(summary.images)
     typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}; "
                f"results in {summary.out_dir}/ (summary.json)")
-    for item in summary.failed:
-        typer.echo(f"skipped {item['file']}: {item['error']}", err=True)
 
 
 @friendly
@@ -88,13 +89,14 @@ def explain(
         boxes=boxes, save_npy=save_npy,
         method_options={"scorecam": {"max_channels": max_channels}} if max_channels > 0 else {},
     )
-    _run(m, paths, out, config, quiet)
+    _run(m, paths, out, config, quiet, folders=[Path(i) for i in images if Path(i).is_dir()])
 
 
-def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: bool) -> None:
+def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: bool,
+         folders: list[Path] | None = None) -> None:
     heavy = any(name.lower().replace("-", "") in ("scorecam", "sscam", "ablationcam") for name in config.methods)
     with progress_bar(len(paths), "explaining", enabled=not quiet and (len(paths) > 3 or heavy)) as advance:
-        summary = explain_images(m, paths, out, config, progress=advance)
+        summary = explain_images(m, paths, out, config, progress=advance, input_folders=folders or ())
     _report(summary, quiet)
     if not summary.images and summary.failed:
         raise typer.Exit(5)

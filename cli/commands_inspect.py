@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxcam.model import load
+
 from .errors import friendly
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands_explain, commands_gradients, commands_inspect
+from . import commands_audit, commands_bench, commands_explain, commands_gradients, commands_inspect
 from .errors import DEBUG
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ def main(
 commands_inspect.register(app)
 commands_explain.register(app)
 commands_gradients.register(app)
+commands_bench.register(app)
+commands_audit.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -13,9 +13,7 @@ from torch import nn
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv (no bias) + BatchNorm; the exporter folds the BN into the Conv."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
 
 
 # ---------------------------------------------------------------- resnet_small / resnet50

@@ -94,27 +94,33 @@ def _shape_mask(cls: int, cx: float, cy: float, radius: float, angle: float, siz
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``(size, size, 3)`` float32 RGB: a random linear gradient plus class-irrelevant clutter."""
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    """``(size, size, 3)`` float32 RGB: a gentle random gradient plus class-irrelevant clutter."""
+    c0 = rng.uniform(0, 255, 3)
+    c1 = np.clip(c0 + rng.normal(0, 40, 3), 0, 255)
     theta = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
     t = np.cos(theta) * xx + np.sin(theta) * yy
     t = (t - t.min()) / (t.max() - t.min() + 1e-6)
     img = (c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]).astype(np.float32)
-    # Distractors appear in every class, so the classifier must learn to ignore them and the CAM
-    # has to sit on the object: straight lines, random-walk scribbles and small blobs.
+    base = (c0 + c1) / 2
+
+    def colour() -> list[float]:
+        # Distractors contrast less with the background than the object does, so the object stays
+        # the salient thing; they appear in every class, so the CAM learns to ignore them.
+        return np.clip(base + rng.normal(0, 1, 3) / np.sqrt(3) * rng.uniform(25, 70), 0, 255).tolist()
+
     for _ in range(int(rng.integers(3, 9))):
         p0 = tuple(int(v) for v in rng.integers(-20, size + 20, 2))
         p1 = tuple(int(v) for v in rng.integers(-20, size + 20, 2))
-        cv2.line(img, p0, p1, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.line(img, p0, p1, colour(), int(rng.integers(1, 3)), cv2.LINE_AA)
     for _ in range(int(rng.integers(1, 4))):
         steps = rng.normal(0, 6, (int(rng.integers(4, 10)), 2))
         walk = np.cumsum(steps, axis=0) + rng.uniform(0, size, 2)
-        cv2.polylines(img, [walk.astype(np.int32)], False, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 3)))
+        cv2.polylines(img, [walk.astype(np.int32)], False, colour(), 1, cv2.LINE_AA)
     for _ in range(int(rng.integers(4, 14))):
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
-        axes = tuple(int(v) for v in rng.integers(1, 6, 2))
-        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
+        axes = tuple(int(v) for v in rng.integers(1, 5, 2))
+        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour(), -1, cv2.LINE_AA)
     return img
 
 
@@ -135,7 +141,7 @@ def render_sample(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.
     under = img[mask >= 128].mean(axis=0)
     colour = rng.uniform(0, 255, 3)
     for _ in range(50):
-        if np.linalg.norm(colour - under) >= 110:
+        if np.linalg.norm(colour - under) >= 120:
             break
         colour = rng.uniform(0, 255, 3)
     shade = 1.0 + 0.15 * (np.linspace(-1, 1, size, dtype=np.float32)[None, :, None] * rng.uniform(-1, 1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,7 +35,7 @@ class EfficientNetLite0(nn.Module):
     a forward hook on it fires several times; here ``head.2`` is the head activation alone.
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: Any) -> None:
         super().__init__()
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = net._blocks
@@ -45,7 +46,7 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for block in self.blocks:
-            x = block(x)
+            x = block(x)  # eval mode: no drop-connect, so no rate argument
         return self.fc(torch.flatten(self.pool(self.head(x)), 1))
 
 

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import torch
 
 from models.layermatch import rel_err
-from models.zoo import ModelSpec
 from models.weights import calibration_batch
+from models.zoo import ModelSpec
 
 OPSET = 17
 # onnxruntime rejects the IR version recent onnx stamps (14); 9 covers opset 17.

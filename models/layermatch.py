@@ -33,9 +33,7 @@ def onnx_tensors(path: str | Path, names: Sequence[str], x: np.ndarray) -> dict[
 def torch_activation(model: nn.Module, module_path: str, x: np.ndarray) -> np.ndarray:
     """Output of ``model.get_submodule(module_path)`` for input ``x``; it must run exactly once."""
     seen: list[torch.Tensor] = []
-    handle = model.get_submodule(module_path).register_forward_hook(
-        lambda _m, _i, out: seen.append(out.detach())
-    )
+    handle = model.get_submodule(module_path).register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
     try:
         with torch.no_grad():
             model(torch.from_numpy(x))
@@ -53,16 +51,12 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max() / max(float(np.abs(ref).max()), 1e-12))
 
 
-def find_matches(
-    path: str | Path, model: nn.Module, module_path: str, x: np.ndarray, tol: float = 1e-4
-) -> list[str]:
+def find_matches(path: str | Path, model: nn.Module, module_path: str, x: np.ndarray, tol: float = 1e-4) -> list[str]:
     """ONNX tensors (node outputs) whose value equals the output of ``module_path`` within ``tol``."""
     ref = torch_activation(model, module_path, x)
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
     floats = {
-        vi.name
-        for vi in [*graph.value_info, *graph.output]
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        vi.name for vi in [*graph.value_info, *graph.output] if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
     names = [o for n in graph.node for o in n.output if o in floats]
     values = onnx_tensors(path, names, x)

@@ -17,9 +17,7 @@ from torch import nn
 LOGIT_STD = 2.0
 
 
-def calibration_batch(
-    shape: tuple[int, int, int], layout: str, seed: int, batch: int = 8
-) -> torch.Tensor:
+def calibration_batch(shape: tuple[int, int, int], layout: str, seed: int, batch: int = 8) -> torch.Tensor:
     """Seeded smooth random images (low-frequency blobs + a little noise), `(batch, *shape)`."""
     g = torch.Generator().manual_seed(seed)
     c, h, w = shape if layout == "NCHW" else (shape[2], shape[0], shape[1])
@@ -27,6 +25,16 @@ def calibration_batch(
     x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
     x = x + 0.3 * torch.randn(batch, c, h, w, generator=g)
     return x if layout == "NCHW" else x.permute(0, 2, 3, 1).contiguous()
+
+
+def _norm_affines(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of every BatchNorm / LayerNorm / channels-first LayerNorm in ``model``."""
+    out = []
+    for m in model.modules():
+        weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+        if "Norm" in type(m).__name__ and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor):
+            out.append((weight, bias))
+    return out
 
 
 @torch.no_grad()
@@ -40,12 +48,10 @@ def calibrate(
     """Set BN stats from a seeded batch, jitter norm affines, scale ``head`` to `LOGIT_STD`; eval mode."""
     g = torch.Generator().manual_seed(seed + 1)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.LayerNorm)]
-    norms += [m for m in model.modules() if type(m).__name__ == "LayerNorm2d"]
-    for m in norms:
+    for weight, bias in _norm_affines(model):
         # Jitter before calibrating so the stats see the real affine of upstream layers.
-        m.weight.copy_(1.0 + 0.2 * torch.randn(m.weight.shape, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+        weight.copy_(1.0 + 0.2 * torch.randn(weight.shape, generator=g))
+        bias.copy_(0.1 * torch.randn(bias.shape, generator=g))
     x = calibration_batch(shape, layout, seed)
     for bn in bns:
         bn.reset_running_stats()
@@ -58,6 +64,7 @@ def calibrate(
     for bn in bns:
         bn.momentum = 0.1
         # Off-by-a-bit stats, so the folded BN is not a pure standardisation.
+        assert bn.running_mean is not None
         bn.running_mean.add_(0.05 * torch.randn(bn.running_mean.shape, generator=g))
     out = model(x)
     head_mod = model.get_submodule(head)
@@ -72,9 +79,7 @@ def calibrate(
     return model
 
 
-def seeded(
-    make: Callable[[], nn.Module], head: str, shape: tuple[int, int, int], layout: str, seed: int
-) -> nn.Module:
+def seeded(make: Callable[[], nn.Module], head: str, shape: tuple[int, int, int], layout: str, seed: int) -> nn.Module:
     """Build ``make()`` under ``seed`` and calibrate it; same weights on every call."""
     with torch.random.fork_rng():  # leave the caller's global RNG stream untouched
         torch.manual_seed(seed)

@@ -86,7 +86,10 @@ ZOO: dict[str, ModelSpec] = {
     s.name: s
     for s in (
         _spec(
-            "resnet_small", archs.ResNetSmall, "fc", 101,
+            "resnet_small",
+            archs.ResNetSmall,
+            "fc",
+            101,
             {
                 "last": ("layer3.1", "/layer3/layer3.1/relu2/Relu_output_0"),
                 "mid": ("layer2.0.relu1", "/layer2/layer2.0/relu1/Relu_output_0"),
@@ -95,7 +98,10 @@ ZOO: dict[str, ModelSpec] = {
             description="stem conv + MaxPool, basic residual blocks (Add), GAP -> Linear",
         ),
         _spec(
-            "mobilenet_se", archs.MobileNetSE, "classifier.2", 102,
+            "mobilenet_se",
+            archs.MobileNetSE,
+            "classifier.2",
+            102,
             {
                 "last": ("head.1", "/head/head.1/HardSwish_output_0"),
                 "mid": ("blocks.3.se", "/blocks/blocks.3/se/Mul_output_0"),
@@ -104,7 +110,10 @@ ZOO: dict[str, ModelSpec] = {
             description="MobileNetV3-style: depthwise conv, squeeze-excite, HardSwish/HardSigmoid",
         ),
         _spec(
-            "densenet_small", archs.DenseNetSmall, "fc", 103,
+            "densenet_small",
+            archs.DenseNetSmall,
+            "fc",
+            103,
             {
                 "last": ("final_relu", "/final_relu/Relu_output_0"),
                 "mid": ("block2.1", "/block2/block2.1/Concat_output_0"),
@@ -112,7 +121,10 @@ ZOO: dict[str, ModelSpec] = {
             description="dense blocks (Concat), transition AvgPool, GAP -> Linear",
         ),
         _spec(
-            "vgg_maxpool", archs.VGGMaxPool, "classifier.2", 104,
+            "vgg_maxpool",
+            archs.VGGMaxPool,
+            "classifier.2",
+            104,
             {
                 "last": ("features.13", "/features/features.13/Relu_output_0"),
                 "mid": ("features.8", "/features/features.8/Relu_output_0"),
@@ -121,7 +133,10 @@ ZOO: dict[str, ModelSpec] = {
             description="plain convs, MaxPool after the last conv stage, flatten -> MLP; fixed batch 1",
         ),
         _spec(
-            "convnext_small", archs.ConvNeXtSmall, "head", 105,
+            "convnext_small",
+            archs.ConvNeXtSmall,
+            "head",
+            105,
             {
                 "last": ("stages.1", "/stages/stages.1/stages.1.3/Add_output_0"),
                 "mid": ("stages.1.2.dwconv", "/stages/stages.1/stages.1.2/dwconv/Conv_output_0"),
@@ -130,7 +145,10 @@ ZOO: dict[str, ModelSpec] = {
             description="ConvNeXt blocks: dw 7x7, LayerNorm (channels-last + channels-first), GELU, MLP",
         ),
         _spec(
-            "shufflenet_small", archs.ShuffleNetSmall, "fc", 106,
+            "shufflenet_small",
+            archs.ShuffleNetSmall,
+            "fc",
+            106,
             {
                 "last": ("conv5.1", "/conv5/conv5.1/Relu_output_0"),
                 "mid": ("stage2.1.shuffle", "/stage2/stage2.1/shuffle/Reshape_1_output_0"),
@@ -138,7 +156,10 @@ ZOO: dict[str, ModelSpec] = {
             description="ShuffleNetV2-style: chunk -> Split, channel shuffle (Reshape/Transpose)",
         ),
         _spec(
-            "silu_net", archs.SiLUNet, "fc", 107,
+            "silu_net",
+            archs.SiLUNet,
+            "fc",
+            107,
             {
                 "last": ("stage3.2", "/stage3/stage3.2/act/Mul_output_0"),
                 "mid": ("stage2.2.conv1.1", "/stage2/stage2.2/conv1/conv1.1/Mul_output_0"),
@@ -146,7 +167,10 @@ ZOO: dict[str, ModelSpec] = {
             description="SiLU (Sigmoid*Mul) residual blocks with AvgPool downsampling",
         ),
         _spec(
-            "nhwc_net", archs.NHWCNet, "fc", 108,
+            "nhwc_net",
+            archs.NHWCNet,
+            "fc",
+            108,
             {
                 "last": ("block2", "/block2/relu2/Relu_output_0"),
                 "mid": ("block1.relu1", "/block1/relu1/Relu_output_0"),
@@ -156,7 +180,10 @@ ZOO: dict[str, ModelSpec] = {
             description="TensorFlow-like NHWC input (N, 64, 64, 3), transposed to NCHW inside",
         ),
         _spec(
-            "segnet_small", archs.SegNetSmall, "classifier", 109,
+            "segnet_small",
+            archs.SegNetSmall,
+            "classifier",
+            109,
             {
                 "last": ("dec.1", "/dec/dec.1/Relu_output_0"),
                 "mid": ("enc2.3", "/enc2/enc2.3/Relu_output_0"),
@@ -166,7 +193,10 @@ ZOO: dict[str, ModelSpec] = {
             description="segmentation (N, 5, 64, 64): ConvTranspose + skip Concat + bilinear Resize",
         ),
         _spec(
-            "resnet50", archs.ResNet50, "fc", 110,
+            "resnet50",
+            archs.ResNet50,
+            "fc",
+            110,
             {
                 "last": ("layer4.2", "/layer4/layer4.2/relu3/Relu_output_0"),
                 "mid": ("layer3.0.relu2", "/layer3/layer3.0/relu2/Relu_output_0"),

@@ -101,6 +101,9 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, downsc
             f"cannot decode image file {str(p)!r}: not an image format OpenCV reads "
             f"(supported: {', '.join(sorted(IMAGE_EXTENSIONS))}) or the file is corrupt/truncated"
         )
+    if not downscale:
+        # Refuse before the RGB/float conversion, which would multiply an oversized image's memory.
+        _limit_pixels(raw, p, max_pixels, downscale)
     rgb = _to_rgb_uint8(raw, p)
     return _limit_pixels(rgb, p, max_pixels, downscale)
 

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
+from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model
 from onnxcam.layers import Layer, candidate_layers, resolve_layer
@@ -94,6 +95,12 @@ class Model:
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._device: str | None = None
         self._grad_meta: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, str]]] = {}
+        # onnxruntime fuses QuantizeLinear/DequantizeLinear around convolutions into int8 kernels
+        # only when the whole pattern is in one session; a split would change the arithmetic by up to
+        # a quantisation step. Basic optimisation keeps QDQ as float simulation in every session, so
+        # the forward, the body/head and the gradient graph compute exactly the same function.
+        self.quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
+        self.optimization = "basic" if self.quantized else "all"
 
     # -- input contract -------------------------------------------------------------------------
     def _find_input(self, input_size: tuple[int, int] | None, layout: str | None) -> InputSpec:
@@ -130,8 +137,8 @@ class Model:
             h, w = input_size
         if not isinstance(h, int) or not isinstance(w, int):
             raise ArgumentError(
-                f"{self.name}'s input {info.name!r} has a dynamic spatial size {_fmt(info.shape)}: pass input_size=(H, W) "
-                "(CLI: --size HxW)"
+                f"{self.name}'s input {info.name!r} has a dynamic spatial size {_fmt(info.shape)}: "
+                "pass input_size=(H, W) (CLI: --size HxW)"
             )
         batch = info.shape[0]
         if batch is None or (isinstance(batch, int) and batch <= 0):
@@ -146,7 +153,13 @@ class Model:
 
     def _probe_missing_shapes(self) -> None:
         """Shapes that inference could not derive are read off one onnxruntime run at batch 1."""
-        missing = [o for n in self.proto.graph.node for o in n.output if o and o not in self._infos]
+        def unknown(name: str) -> bool:
+            info = self._infos.get(name)
+            if info is None or info.shape is None:
+                return True
+            return not all(isinstance(d, int) for d in info.shape[1:])
+
+        missing = [o for n in self.proto.graph.node for o in n.output if o and unknown(o)]
         if not missing:
             return
         probe = onnx.ModelProto()
@@ -216,7 +229,8 @@ class Model:
             else:
                 proto = build()
             device: Device = self.requested_device if self._device is None else self._device  # type: ignore[assignment]
-            sess = make_session(proto, device, self.threads, what=f"{kind} of {self.name}")
+            sess = make_session(proto, device, self.threads, what=f"{kind} of {self.name}",
+                                optimization=self.optimization)
             self._device = session_device(sess)
             self._sessions[cache_key] = sess
         return sess
@@ -231,6 +245,10 @@ class Model:
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate a preprocessed batch against the model's input; returns it in the model's dtype."""
         x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise InputError(f"input array has dtype {x.dtype}; pass a numeric float32 batch {self.input.shape(1)}")
+        if x.ndim >= 1 and x.shape[0] == 0:
+            raise InputError(f"input batch {x.shape} is empty: pass at least one image")
         if x.ndim == 3:
             raise InputError(
                 f"got one image of shape {x.shape}; {self.name} takes a batch {self.input.shape(1)}: add a batch axis "
@@ -255,7 +273,7 @@ class Model:
         """All model outputs for a preprocessed batch ``x`` (see ``InputSpec.shape``)."""
         x = self.check_input(x)
         outs = run_batched(self.session("forward"), {self.input.name: x}, None, self.batch_limit(batch_size),
-                           what=f"model {self.name}")
+                           what=f"model {self.name}", fixed_batch=self.input.max_batch)
         _check_finite(outs, self.outputs, self.name)
         return outs
 
@@ -267,7 +285,8 @@ class Model:
         crossing = [n for n in split.head_inputs if n != self.input.name]
         names = crossing + list(split.model_outputs)
         values = run_batched(self.session("body", tuple(cut)), {self.input.name: x}, names,
-                             self.batch_limit(batch_size), what=f"body of {self.name}")
+                             self.batch_limit(batch_size), what=f"body of {self.name}",
+                             fixed_batch=self.input.max_batch)
         feeds = dict(zip(crossing, values[: len(crossing)]))
         if self.input.name in split.head_inputs:
             feeds[self.input.name] = x
@@ -279,7 +298,8 @@ class Model:
         """Run the head of the split at ``cut`` on ``feeds`` (all head inputs); returns its outputs."""
         split = self.split(cut)
         return run_batched(self.session("head", tuple(cut)), {k: feeds[k] for k in split.head_inputs},
-                           list(split.head_outputs), self.batch_limit(batch_size), what=f"head of {self.name}")
+                           list(split.head_outputs), self.batch_limit(batch_size), what=f"head of {self.name}",
+                           fixed_batch=self.input.max_batch)
 
     def static_head(self, cut: Sequence[str], n: int) -> onnx.ModelProto:
         """The head of the split at ``cut`` with batch dim fixed to ``n`` (for the gradient builder)."""
@@ -290,7 +310,7 @@ class Model:
             if shape is None:
                 raise UnsupportedModelError(f"shape of tensor {name!r} in {self.name} is unknown")
             dims[name] = (n,) + tuple(shape[1:]) if shape and not isinstance(shape[0], int) else tuple(shape)
-        return with_static_inputs(split.head, dims)
+        return fold_shape_computations(with_static_inputs(split.head, dims))
 
     def gradients(
         self,

@@ -129,14 +129,17 @@ def explain_images(
     out: str | Path,
     config: ExplainConfig,
     progress: Callable[[int], None] | None = None,
+    input_folders: Sequence[str | Path] = (),
 ) -> ExplainSummary:
     """Explain every image in ``paths`` with every method of ``config``; write results under ``out``.
 
     ``progress(n)`` is called after each batch with the number of images done in it.
+    ``input_folders``: folders the user named as inputs (before expansion to ``paths``); ``out``
+    may not be one of them or lie inside one, or results would mix with the inputs.
     """
     start = time.perf_counter()
     job = _Job(model, config)
-    out_dir = OutputDir(out, inputs=[*paths, model.path])
+    out_dir = OutputDir(out, inputs=[*paths, model.path, *input_folders])
     images_out: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     stems: dict[str, int] = {}

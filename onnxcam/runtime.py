@@ -62,10 +62,17 @@ def _physical_cores() -> int:
     return max(1, n)
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+OPTIMIZATION = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+}
+
+
+def session_options(threads: int | None = None, optimization: str = "all") -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = OPTIMIZATION[optimization]
     opts.intra_op_num_threads = threads or _physical_cores()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -97,6 +104,7 @@ def make_session(
     device: Device = "cpu",
     threads: int | None = None,
     what: str = "model",
+    optimization: str = "all",
 ) -> ort.InferenceSession:
     """An InferenceSession for ``model`` on ``device``.
 
@@ -106,10 +114,10 @@ def make_session(
     data = model if isinstance(model, bytes) else model.SerializeToString()
     providers = providers_for(device)
     try:
-        sess = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)
+        sess = ort.InferenceSession(data, sess_options=session_options(threads, optimization), providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         if device == "auto" and providers[0] != "CPUExecutionProvider":
-            return make_session(data, "cpu", threads, what)
+            return make_session(data, "cpu", threads, what, optimization)
         raise OnnxRuntimeError(f"onnxruntime could not load the {what}: {_first_line(exc)}") from exc
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxRuntimeError(
@@ -157,18 +165,27 @@ def run_batched(
     outputs: Sequence[str] | None = None,
     batch_size: int = 16,
     what: str = "model",
+    fixed_batch: int | None = None,
 ) -> list[np.ndarray]:
     """Run ``sess`` over feeds split along axis 0 in chunks of ``batch_size``; outputs concatenated.
 
-    Every feed must share the same leading (batch) dimension.
+    Every feed must share the same leading (batch) dimension. ``fixed_batch``: the model only
+    accepts exactly that many rows, so every chunk is that size, the last one padded with copies of
+    its last row and the padding cut from the outputs.
     """
     sizes = {v.shape[0] for v in feeds.values()}
     if len(sizes) != 1:
         raise ArgumentError(f"feeds have different batch sizes {sorted(sizes)}; they must share axis 0")
     n = sizes.pop()
-    if n <= batch_size:
+    if fixed_batch is not None:
+        batch_size = fixed_batch
+    if n == batch_size or (n < batch_size and fixed_batch is None):
         return run(sess, feeds, outputs, what)
     parts: list[list[np.ndarray]] = []
     for sl in chunks(n, batch_size):
-        parts.append(run(sess, {k: v[sl] for k, v in feeds.items()}, outputs, what))
+        chunk = {k: v[sl] for k, v in feeds.items()}
+        m = sl.stop - sl.start
+        if fixed_batch is not None and m < fixed_batch:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], fixed_batch - m, axis=0)]) for k, v in chunk.items()}
+        parts.append([o[:m] for o in run(sess, chunk, outputs, what)])
     return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]

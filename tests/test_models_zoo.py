@@ -65,7 +65,7 @@ def test_onnx_matches_torch(built: dict[str, Path], name: str) -> None:
     (got,) = _session(built[name]).run(None, {spec.input_name: x})
     with torch.no_grad():
         ref = _torch(name)(torch.from_numpy(x)).numpy()
-    expected_shape = (x.shape[0], spec.num_classes)
+    expected_shape: tuple[int, ...] = (x.shape[0], spec.num_classes)
     if spec.task == "segmentation":
         expected_shape += spec.spatial
     assert got.shape == expected_shape
@@ -138,6 +138,7 @@ def test_factory_is_reproducible() -> None:
     a, b = spec.factory().state_dict(), spec.factory().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     bn = spec.factory().get_submodule("layer2.0.conv1.1")
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.running_var is not None
     # BN must not be an identity, else CAM tests would not exercise the folded affine.
     assert float((bn.weight.detach() - 1).abs().max()) > 0.05 and float(bn.running_var.std()) > 0
 

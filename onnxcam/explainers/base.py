@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxcam.backprop import GradientMode, Gradients, target_scores
 from onnxcam.errors import ArgumentError, OnnxCamWarning
+from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.postprocess import fuse_layers, layer_to_image, zero_map_reasons
 from onnxcam.targets import Target, TargetSpec, resolve_targets
@@ -57,7 +58,10 @@ class BaseCAM:
     """Base of every CAM method.
 
     ``model``: an ``onnxcam.Model`` or a path to an .onnx file. ``layer``: a tensor name, a list of
-    names (maps fused as the mean of per-layer normalised maps), or ``"auto"``.
+    names (maps fused as the mean of per-layer normalised maps), or ``"auto"``. ``eigen_sign``: how
+    EigenCAM, EigenGradCAM and ``eigen_smooth`` orient the principal component ("activation": with
+    the plain map, deterministic; "reference": LAPACK's sign, as pytorch-grad-cam; see
+    ``onnxcam.methods.eigen``).
     """
 
     name = "base"
@@ -74,13 +78,20 @@ class BaseCAM:
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
         gradient_mode: GradientMode = "auto",
+        eigen_sign: SignRule = "activation",
     ) -> None:
         self.model = model if isinstance(model, Model) else load(model, device=device)
         self.layers = self.model.resolve_layers(layer)
-        self.batch_size = self.model.batch_limit(batch_size or self.default_batch_size)
+        self.batch_size = self.model.batch_limit(self.default_batch_size if batch_size is None else batch_size)
         self.eigen_smooth = eigen_smooth
         self.aug_smooth = aug_smooth
         self.gradient_mode: GradientMode = gradient_mode
+        if eigen_sign not in ("activation", "reference"):
+            raise ArgumentError(
+                f"eigen_sign must be 'activation' or 'reference', got {eigen_sign!r}; 'reference' keeps "
+                "LAPACK's singular-vector sign as pytorch-grad-cam does"
+            )
+        self.eigen_sign: SignRule = eigen_sign
 
     # -- to implement -------------------------------------------------------------------------------
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:

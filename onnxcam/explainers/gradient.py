@@ -24,7 +24,7 @@ class _ChannelWeightCAM(BaseCAM):
             a, d = g.activations[layer], g.gradients[layer]
             w = self.weights(a, d)
             weights[layer] = w
-            maps[layer] = (eigen_smooth(w[:, :, None, None] * a) if self.eigen_smooth
+            maps[layer] = (eigen_smooth(w[:, :, None, None] * a, self.eigen_sign) if self.eigen_smooth
                            else methods.weighted_sum(a, w))
         return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients, weights,
                        notes=[f"gradients: {g.source}", *g.notes])
@@ -68,7 +68,7 @@ class _ElementWiseCAM(BaseCAM):
         for layer in self.layers:
             a, d = g.activations[layer], g.gradients[layer]
             terms = methods.elementwise_products(a, d, self.kind)
-            maps[layer] = eigen_smooth(terms) if self.eigen_smooth else terms.sum(axis=1)
+            maps[layer] = eigen_smooth(terms, self.eigen_sign) if self.eigen_smooth else terms.sum(axis=1)
         return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
                        notes=[f"gradients: {g.source}", *g.notes])
 
@@ -101,23 +101,26 @@ class EigenGradCAM(BaseCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         g = self.gradients(x, targets)
-        maps = {k: methods.eigengradcam(g.activations[k], g.gradients[k]) for k in self.layers}
+        maps = {k: methods.eigengradcam(g.activations[k], g.gradients[k], self.eigen_sign) for k in self.layers}
         return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
                        notes=[f"gradients: {g.source}", *g.notes])
 
 
 class SmoothGradCAMPlusPlus(BaseCAM):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradient powers averaged over noisy
-    copies of the input (torchcam's formulas). ``num_samples`` noisy runs, noise std ``std``."""
+    copies of the input (torchcam's formulas). ``num_samples`` noisy runs, noise std ``std``.
+    ``torchcam_compat=True`` reproduces torchcam's use of the last noisy run's gradient and
+    activations (see ``onnxcam.methods.smooth_gradcam_plusplus``)."""
 
     name = "smoothgradcam++"
 
     def __init__(self, *args: object, num_samples: int = 4, std: float = 0.3, seed: int = 0,
-                 **kwargs: object) -> None:
+                 torchcam_compat: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.num_samples = num_samples
         self.std = std
         self.seed = seed
+        self.torchcam_compat = torchcam_compat
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         clean = self.gradients(x, targets)
@@ -130,6 +133,6 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
             maps[layer] = methods.smooth_gradcam_plusplus(
                 clean.activations[layer], x, grads_fn, num_samples=self.num_samples, std=self.std,
-                rng=np.random.default_rng(self.seed))
+                rng=np.random.default_rng(self.seed), torchcam_compat=self.torchcam_compat)
         return RawMaps(maps, clean.targets, clean.scores, clean.outputs, clean.activations, clean.gradients,
                        notes=[f"gradients: {clean.source}", f"{self.num_samples} noisy samples, std {self.std}"])

@@ -43,7 +43,7 @@ class EigenCAM(BaseCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
-        maps = {k: methods.eigencam(acts[k]) for k in self.layers}
+        maps = {k: methods.eigencam(acts[k], self.eigen_sign) for k in self.layers}
         return RawMaps(maps, resolved, scores, outputs, acts)
 
 

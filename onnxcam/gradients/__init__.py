@@ -10,7 +10,8 @@ Only nodes that are both forward-reachable from ``wrt`` and backward-reachable f
 outputs get adjoints, so weights and constants never do; the builder is linear in graph size.
 Convolutions are transposed with ConvTranspose on the same weights (SAME/VALID auto_pad resolved
 on static shapes), MaxPool routes to its argmax via its ``Indices`` output and
-ScatterElements(reduction="add") (opset >= 16), Resize is applied transposed with per-axis
+ScatterElements(reduction="add") (opset >= 16; below that MaxPool is reported unsupported),
+Resize is applied transposed with per-axis
 interpolation matrices that onnxruntime itself measures at build time, and ties in ReduceMax share
 the gradient evenly as in torch. QuantizeLinear/DequantizeLinear pass the gradient straight
 through (the straight-through estimator of quantisation-aware training), so a Q->DQ pair is

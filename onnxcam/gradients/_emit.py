@@ -127,9 +127,7 @@ class Emitter:
         return self.op("Reshape", [x, self.op("Shape", [ref])])
 
     def zeros_like(self, ref: str) -> str:
-        value = numpy_helper.from_array(
-            np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(self.dtype(ref))), "zero"
-        )
+        value = numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(self.dtype(ref))), "zero")
         return self.op("ConstantOfShape", [self.op("Shape", [ref])], value=value)
 
     def compare(self, op_type: str, a: str, b: str) -> str:

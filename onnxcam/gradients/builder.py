@@ -6,13 +6,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxcam.errors import ArgumentError, LayerNotFoundError, UnsupportedOpError
 from onnxcam.gradients import rules_math, rules_nn, rules_shape  # noqa: F401  (fill RULES)
-from onnxcam.gradients._emit import Emitter, NoRule, Shape, attr
+from onnxcam.gradients._emit import Emitter, NoRule, attr
+from onnxcam.gradients._facts import collect_facts
 from onnxcam.gradients._registry import RULES, Rule
 from onnxcam.graph.protos import make_model, opset_version
 
@@ -47,42 +47,6 @@ class _Failure:
     reason: str
 
 
-def _collect_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # inference is best effort: rules that need a shape say so by name
-        inferred = model
-    shapes: dict[str, Shape | None] = {}
-    dtypes: dict[str, int] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        t = vi.type.tensor_type
-        if t.elem_type:
-            dtypes[vi.name] = t.elem_type
-        if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in g.initializer:
-        dtypes[init.name] = init.data_type
-        shapes[init.name] = list(init.dims)
-    return shapes, dtypes
-
-
-def _collect_consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = attr(node, "value")
-            if isinstance(value, onnx.TensorProto):
-                consts[node.output[0]] = numpy_helper.to_array(value)
-            elif attr(node, "value_ints") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_ints"), dtype=np.int64)
-            elif attr(node, "value_int") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_int"), dtype=np.int64)
-            elif attr(node, "value_float") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_float"), dtype=np.float32)
-    return consts
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:/-]", "_", name)
 
@@ -111,8 +75,7 @@ class _Plan:
         if not wrt:
             raise ArgumentError("build_gradient_model needs at least one tensor in `wrt`")
         self.wrt = list(dict.fromkeys(wrt))
-        self.shapes, self.dtypes = _collect_shapes(model)
-        self.consts = _collect_consts(graph)
+        self.shapes, self.dtypes, self.consts = collect_facts(model)
         self.opset = opset_version(model)
 
         # integer outputs stay active (a quantised tensor carries the straight-through adjoint, and
@@ -233,15 +196,11 @@ def build_gradient_model(
     seed_inputs = []
     for out, seed in seeds.items():
         shape = plan.shapes.get(out)
-        seed_inputs.append(
-            helper.make_tensor_value_info(seed, plan.dtypes.get(out, onnx.TensorProto.FLOAT), shape)
-        )
+        seed_inputs.append(helper.make_tensor_value_info(seed, plan.dtypes.get(out, onnx.TensorProto.FLOAT), shape))
     grad_outputs = []
     for name, out in grads.items():
         grad_outputs.append(
-            helper.make_tensor_value_info(
-                out, plan.dtypes.get(name, onnx.TensorProto.FLOAT), plan.shapes.get(name)
-            )
+            helper.make_tensor_value_info(out, plan.dtypes.get(name, onnx.TensorProto.FLOAT), plan.shapes.get(name))
         )
     new_graph = helper.make_graph(
         list(graph.node) + e.nodes,

@@ -185,9 +185,7 @@ def _gelu(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
         d = e.op("Add", [e.mul(half, e.op("Add", [one, t])), e.mul(e.mul(half, x), e.mul(sech2, du))])
     else:
         cdf = e.mul(half, e.op("Add", [one, e.op("Erf", [e.mul(x, e.scalar(1 / math.sqrt(2), x))])]))
-        pdf = e.mul(
-            e.op("Exp", [e.mul(e.mul(x, x), e.scalar(-0.5, x))]), e.scalar(1 / math.sqrt(2 * math.pi), x)
-        )
+        pdf = e.mul(e.op("Exp", [e.mul(e.mul(x, x), e.scalar(-0.5, x))]), e.scalar(1 / math.sqrt(2 * math.pi), x))
         d = e.op("Add", [cdf, e.mul(x, pdf)])
     return _times(e, node, _gy(gys), d)
 
@@ -385,9 +383,7 @@ def _matmul(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str
 
 def _unbroadcast_to(e: Emitter, g: str, g_shape: list, target: list, ref: str) -> str:
     lead = len(g_shape) - len(target)
-    axes = list(range(lead)) + [
-        lead + i for i, d in enumerate(target[:-2]) if d == 1 and g_shape[lead + i] != 1
-    ]
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(target[:-2]) if d == 1 and g_shape[lead + i] != 1]
     if axes:
         g = e.reduce("ReduceSum", g, axes, keepdims=1)
     return e.reshape_like(g, ref)
@@ -400,7 +396,7 @@ def _gemm(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
     g = _gy(gys)
     alpha, beta = attr(node, "alpha", 1.0), attr(node, "beta", 1.0)
     ta, tb = attr(node, "transA", 0), attr(node, "transB", 0)
-    out: list[str | None] = [None, None] + ([None] if len(node.input) > 2 else [])
+    out: list[str | None] = [None] * len(node.input)
     if e.active(a):
         if ta:
             out[0] = e.op("Gemm", [b, g], alpha=alpha, transA=tb, transB=1)

@@ -93,7 +93,7 @@ def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
 
 @rule("ConvTranspose")
 def _conv_transpose(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    x, w = node.input[0], node.input[1]
+    w = node.input[1]
     if e.active(w) or (len(node.input) > 2 and e.active(node.input[2])):
         raise NoRule("ConvTranspose weights depend on the differentiated tensor")
     if attr(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "output_shape") is not None:
@@ -246,7 +246,9 @@ def _instancenorm(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> li
 
 
 # --- Resize: separable and linear in x, so its adjoint is a product with transposed 1-D matrices --
-def _resize_matrix(e: Emitter, node: onnx.NodeProto, axis: int, in_shape: list[int], out_shape: list[int]) -> np.ndarray:
+def _resize_matrix(
+    e: Emitter, node: onnx.NodeProto, axis: int, in_shape: list[int], out_shape: list[int]
+) -> np.ndarray:
     """The (out, in) matrix that ``node`` applies along ``axis``, measured with onnxruntime.
 
     A probe of shape (1, n, ..) whose channel k is the k-th basis vector along ``axis`` and constant
@@ -261,7 +263,7 @@ def _resize_matrix(e: Emitter, node: onnx.NodeProto, axis: int, in_shape: list[i
     probe_shape = [1, n] + in_shape[2:]
     basis = np.zeros(probe_shape, dtype=np.float32)
     for k in range(n):
-        index = [0, k] + [slice(None)] * (len(in_shape) - 2)
+        index: list[int | slice] = [0, k] + [slice(None)] * (len(in_shape) - 2)
         index[axis] = k
         basis[tuple(index)] = 1.0
     inputs = ["probe"] + [name if name else "" for name in node.input[1:]]
@@ -286,9 +288,10 @@ def _resize_matrix(e: Emitter, node: onnx.NodeProto, axis: int, in_shape: list[i
     result = session.run(None, {"probe": basis})[0]
     if list(result.shape[2:]) != out_shape[2:]:
         raise NoRule("Resize probe did not reproduce the output shape")
-    index = [0, slice(None)] + [0] * (len(in_shape) - 2)
-    index[axis] = slice(None)
-    return np.asarray(result[tuple(index)]).T  # (out, in)
+    pick: list[int | slice] = [0, slice(None)]
+    pick += [0] * (len(in_shape) - 2)
+    pick[axis] = slice(None)
+    return np.asarray(result[tuple(pick)]).T  # (out, in)
 
 
 @rule("Resize", "Upsample")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from onnxcam.errors import LayerError, LayerNotFoundError
@@ -100,10 +101,14 @@ def split_model(
     kept.reverse()
 
     produced_in_head = {o for i in kept for o in graph.node[i].output if o}
+    # Shape arithmetic crossing the cut (``x.view(x.size(0), -1)`` on an upstream tensor) must follow
+    # the head's own batch size, so it is recomputed inside the head instead of being fed.
+    shape_nodes, shape_outputs = _shape_subgraph(graph, kept, produced_in_head, cut, constants, infos, producers)
+    produced_in_head |= shape_outputs
     crossing: list[str] = []
     constant_needed: set[str] = set()
-    for i in kept:
-        for name in graph.node[i].input:
+    for node in shape_nodes + [graph.node[i] for i in kept]:
+        for name in node.input:
             if not name or name in produced_in_head or name in cut_set:
                 continue
             if name in constants:
@@ -118,7 +123,7 @@ def split_model(
                     {n for j in const_nodes for n in graph.node[j].input}]
 
     head_graph = onnx.helper.make_graph(
-        nodes=[graph.node[j] for j in sorted(const_nodes)] + [graph.node[i] for i in kept],
+        nodes=[graph.node[j] for j in sorted(const_nodes)] + shape_nodes + [graph.node[i] for i in kept],
         name=f"{graph.name or 'model'}_head",
         inputs=[_batch_free(infos, name, batch_dim) for name in head_inputs],
         outputs=[o for o in graph.output if o.name in head_outputs],
@@ -139,6 +144,107 @@ def split_model(
     # Outputs that are also head inputs keep their place among the model outputs.
     return Split(body=body, head=head, cut=cut, head_inputs=head_inputs, head_outputs=head_outputs,
                  model_outputs=model_outputs)
+
+
+def _shape_subgraph(
+    graph: onnx.GraphProto,
+    kept: Sequence[int],
+    produced_in_head: set[str],
+    cut: tuple[str, ...],
+    constants: set[str],
+    infos: Mapping[str, TensorInfo],
+    producers: Mapping[str, int],
+) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes that recompute, inside the head, shape tensors the head would otherwise receive.
+
+    ``Shape(u)`` of a tensor ``u`` upstream of the cut becomes ``Concat(Shape(cut0)[0:1], u.shape[1:])``
+    (non-batch dims are static); the arithmetic after it is copied. Returns ([], empty) when a
+    shape tensor cannot be rebuilt that way, and the tensor is then fed like any other.
+    """
+    from onnxcam.graph.fold import _static_tensors
+
+    static, _ = _static_tensors(graph)
+    wanted = [n for i in kept for n in graph.node[i].input if n and n in static and n not in produced_in_head
+              and n not in constants]
+    if not wanted:
+        return [], set()
+    chosen: dict[int, None] = {}
+    roots: list[int] = []
+    stack = list(dict.fromkeys(wanted))
+    while stack:
+        name = stack.pop()
+        j = producers.get(name)
+        if j is None or j in chosen:
+            continue
+        node = graph.node[j]
+        chosen[j] = None
+        if node.op_type in ("Shape", "Size"):
+            roots.append(j)
+            continue
+        stack.extend(n for n in node.input if n and n in static and n not in constants)
+    batch_src = cut[0]
+    out: list[onnx.NodeProto] = []
+    h = onnx.helper
+    batch_name = f"onnxcam_split/batch_of_{batch_src}"
+    out.append(h.make_node("Shape", [batch_src], [batch_name + "_shape"], name=batch_name + "_shape_node"))
+    out.append(h.make_node("Slice", [batch_name + "_shape", batch_name + "_0", batch_name + "_1"], [batch_name],
+                           name=batch_name + "_slice"))
+    out.append(h.make_node("Constant", [], [batch_name + "_0"], value=onnx.numpy_helper.from_array(
+        _np_i64([0]), batch_name + "_0"), name=batch_name + "_c0"))
+    out.append(h.make_node("Constant", [], [batch_name + "_1"], value=onnx.numpy_helper.from_array(
+        _np_i64([1]), batch_name + "_1"), name=batch_name + "_c1"))
+    rebuilt: dict[int, list[onnx.NodeProto]] = {}
+    for j in roots:
+        node = graph.node[j]
+        src = node.input[0]
+        if src in produced_in_head or src in cut:
+            rebuilt[j] = [node]
+            continue
+        info = infos.get(src)
+        if info is None or info.shape is None or not all(isinstance(d, int) for d in info.shape[1:]):
+            return [], set()
+        rest = [int(d) for d in info.shape[1:]]  # type: ignore[arg-type]
+        tag = f"onnxcam_split/{node.output[0]}"
+        const = h.make_node("Constant", [], [tag + "_rest"], value=onnx.numpy_helper.from_array(
+            _np_i64(rest), tag + "_rest"), name=tag + "_rest_node")
+        if node.op_type == "Size":
+            prod = h.make_node("Constant", [], [tag + "_prod"], value=onnx.numpy_helper.from_array(
+                _np_i64(int(_prod(rest))), tag + "_prod"), name=tag + "_prod_node")
+            squeeze = h.make_node("ReduceSum", [batch_name], [tag + "_b"], keepdims=0, name=tag + "_b_node")
+            mul = h.make_node("Mul", [tag + "_b", tag + "_prod"], [node.output[0]], name=tag + "_mul")
+            rebuilt[j] = [prod, squeeze, mul]
+            continue
+        start = next((a.i for a in node.attribute if a.name == "start"), None)
+        end = next((a.i for a in node.attribute if a.name == "end"), None)
+        full = tag + "_full" if (start is not None or end is not None) else node.output[0]
+        nodes = [const, h.make_node("Concat", [batch_name, tag + "_rest"], [full], axis=0, name=tag + "_concat")]
+        if full != node.output[0]:
+            rank = 1 + len(rest)
+            s0 = 0 if start is None else (start + rank if start < 0 else start)
+            e0 = rank if end is None else (end + rank if end < 0 else end)
+            nodes += [
+                h.make_node("Constant", [], [tag + "_s"], value=onnx.numpy_helper.from_array(_np_i64([s0]), tag + "_s"),
+                            name=tag + "_s_node"),
+                h.make_node("Constant", [], [tag + "_e"], value=onnx.numpy_helper.from_array(_np_i64([e0]), tag + "_e"),
+                            name=tag + "_e_node"),
+                h.make_node("Slice", [full, tag + "_s", tag + "_e"], [node.output[0]], name=tag + "_slice"),
+            ]
+        rebuilt[j] = nodes
+    for j in sorted(chosen):
+        out.extend(rebuilt.get(j, [graph.node[j]]))
+    produced = {o for node in out for o in node.output if o}
+    return out, produced
+
+
+def _np_i64(values: object) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _prod(values: Sequence[int]) -> int:
+    result = 1
+    for v in values:
+        result *= v
+    return result
 
 
 def _constant_closure(graph: onnx.GraphProto, names: set[str], producers: Mapping[str, int]) -> set[int]:

@@ -60,15 +60,24 @@ def ablation_weights(
             "target score per sample"
         )
     ablated = np.empty((n, c), dtype=np.float32)
+    # One (batch, C, h, w) buffer per sample, filled once: each chunk writes its ablated channels
+    # and restores them after the head ran, instead of copying the whole sample batch-size times
+    # per chunk (that copy cost as much as the head run itself). head_score_fn must not keep the
+    # array it is given beyond the call (it is overwritten for the next chunk).
+    buf = np.empty((min(bs, c), *a.shape[1:]), dtype=a.dtype)
     for i in range(n):
-        value = np.float32(ablation_value(a[i]))
+        sample = a[i]
+        value = np.asarray(ablation_value(sample), dtype=a.dtype)
+        buf[:] = sample
         for start in range(0, c, bs):
             stop = min(start + bs, c)
-            batch = np.repeat(a[i][None], stop - start, axis=0)
-            batch[np.arange(stop - start), np.arange(start, stop)] = value
+            rows, chans = np.arange(stop - start), np.arange(start, stop)
+            batch = buf[: stop - start]
+            batch[rows, chans] = value
             ablated[i, start:stop] = scores_vector(
                 head_score_fn(batch, i), stop - start, "head_score_fn"
             )
+            batch[rows, chans] = sample[chans]
     divisor = np.abs(orig)
     divisor[divisor == 0] = 1
     return ((orig[:, None] - ablated) / divisor[:, None]).astype(np.float32)

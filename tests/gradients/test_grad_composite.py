@@ -27,67 +27,116 @@ def _i(*values: int) -> np.ndarray:
 
 
 def _classifier(src: str) -> tuple[list, dict]:
-    nodes = [N("GlobalAveragePool", [src], ["gap"]), N("Flatten", ["gap"], ["flat"]),
-             N("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    nodes = [
+        N("GlobalAveragePool", [src], ["gap"]),
+        N("Flatten", ["gap"], ["flat"]),
+        N("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
     return nodes, {"fc_w": _w(K, C), "fc_b": _w(K)}
 
 
 def residual() -> tuple[list, dict]:
-    nodes = [N("Conv", ["A", "w1"], ["c1"], pads=[1, 1, 1, 1]), N("Relu", ["c1"], ["r1"]),
-             N("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), N("Add", ["c2", "A"], ["s"]), N("Relu", ["s"], ["r"])]
+    nodes = [
+        N("Conv", ["A", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        N("Relu", ["c1"], ["r1"]),
+        N("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        N("Add", ["c2", "A"], ["s"]),
+        N("Relu", ["s"], ["r"]),
+    ]
     head, inits = _classifier("r")
     return nodes + head, inits | {"w1": _w(C, C, 3, 3), "w2": _w(C, C, 3, 3)}
 
 
 def depthwise_se_hardswish() -> tuple[list, dict]:
-    nodes = [N("Conv", ["A", "dw"], ["d"], group=C, auto_pad="SAME_UPPER", strides=[2, 2]),
-             N("HardSwish", ["d"], ["h"]), N("GlobalAveragePool", ["h"], ["sq"]), N("Conv", ["sq", "se1"], ["e1"]),
-             N("Relu", ["e1"], ["e1r"]), N("Conv", ["e1r", "se2"], ["e2"]), N("HardSigmoid", ["e2"], ["gate"]),
-             N("Mul", ["h", "gate"], ["z"])]
+    nodes = [
+        N("Conv", ["A", "dw"], ["d"], group=C, auto_pad="SAME_UPPER", strides=[2, 2]),
+        N("HardSwish", ["d"], ["h"]),
+        N("GlobalAveragePool", ["h"], ["sq"]),
+        N("Conv", ["sq", "se1"], ["e1"]),
+        N("Relu", ["e1"], ["e1r"]),
+        N("Conv", ["e1r", "se2"], ["e2"]),
+        N("HardSigmoid", ["e2"], ["gate"]),
+        N("Mul", ["h", "gate"], ["z"]),
+    ]
     head, inits = _classifier("z")
     return nodes + head, inits | {"dw": _w(C, 1, 3, 3), "se1": _w(2, C, 1, 1), "se2": _w(C, 2, 1, 1)}
 
 
 def concat_maxpool() -> tuple[list, dict]:
-    nodes = [N("Conv", ["A", "w1"], ["c1"]), N("Relu", ["c1"], ["r1"]),
-             N("MaxPool", ["r1"], ["m"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
-             N("Concat", ["m", "A"], ["cat"], axis=1), N("Conv", ["cat", "w2"], ["c2"]),
-             N("MaxPool", ["c2"], ["m2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+    nodes = [
+        N("Conv", ["A", "w1"], ["c1"]),
+        N("Relu", ["c1"], ["r1"]),
+        N("MaxPool", ["r1"], ["m"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+        N("Concat", ["m", "A"], ["cat"], axis=1),
+        N("Conv", ["cat", "w2"], ["c2"]),
+        N("MaxPool", ["c2"], ["m2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    ]
     head, inits = _classifier("m2")
     return nodes + head, inits | {"w1": _w(2, C, 1, 1), "w2": _w(C, C + 2, 1, 1)}
 
 
 def layernorm_gelu() -> tuple[list, dict]:
-    nodes = [N("Reshape", ["A", "tok_shape"], ["t"]), N("Transpose", ["t"], ["tt"], perm=[0, 2, 1]),
-             N("LayerNormalization", ["tt", "ln_s", "ln_b"], ["ln"], axis=-1), N("MatMul", ["ln", "mw"], ["mm"]),
-             N("Gelu", ["mm"], ["g"]), N("ReduceMean", ["g", "ax1"], ["pooled"], keepdims=0),
-             N("MatMul", ["pooled", "cls"], ["pre"]), N("Softmax", ["pre"], ["logits"], axis=-1)]
-    return nodes, {"tok_shape": _i(0, C, -1), "ln_s": _w(C), "ln_b": _w(C), "mw": _w(C, 6), "ax1": _i(1),
-                   "cls": _w(6, K)}
+    nodes = [
+        N("Reshape", ["A", "tok_shape"], ["t"]),
+        N("Transpose", ["t"], ["tt"], perm=[0, 2, 1]),
+        N("LayerNormalization", ["tt", "ln_s", "ln_b"], ["ln"], axis=-1),
+        N("MatMul", ["ln", "mw"], ["mm"]),
+        N("Gelu", ["mm"], ["g"]),
+        N("ReduceMean", ["g", "ax1"], ["pooled"], keepdims=0),
+        N("MatMul", ["pooled", "cls"], ["pre"]),
+        N("Softmax", ["pre"], ["logits"], axis=-1),
+    ]
+    return nodes, {
+        "tok_shape": _i(0, C, -1),
+        "ln_s": _w(C),
+        "ln_b": _w(C),
+        "mw": _w(C, 6),
+        "ax1": _i(1),
+        "cls": _w(6, K),
+    }
 
 
 def split_shuffle_silu() -> tuple[list, dict]:
     half = C // 2
-    nodes = [N("Split", ["A", "sp"], ["a", "b"], axis=1), N("Conv", ["b", "w"], ["bc"], pads=[1, 1, 1, 1]),
-             N("Sigmoid", ["bc"], ["sg"]), N("Mul", ["bc", "sg"], ["silu"]), N("Concat", ["a", "silu"], ["cat"], axis=1),
-             N("Reshape", ["cat", "s5"], ["r5"]), N("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
-             N("Reshape", ["t5", "s4"], ["shuf"])]
+    nodes = [
+        N("Split", ["A", "sp"], ["a", "b"], axis=1),
+        N("Conv", ["b", "w"], ["bc"], pads=[1, 1, 1, 1]),
+        N("Sigmoid", ["bc"], ["sg"]),
+        N("Mul", ["bc", "sg"], ["silu"]),
+        N("Concat", ["a", "silu"], ["cat"], axis=1),
+        N("Reshape", ["cat", "s5"], ["r5"]),
+        N("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+        N("Reshape", ["t5", "s4"], ["shuf"]),
+    ]
     head, inits = _classifier("shuf")
-    return nodes + head, inits | {"sp": _i(half, half), "w": _w(half, half, 3, 3),
-                                  "s5": _i(0, 2, half, 6, 6), "s4": _i(0, C, 6, 6)}
+    return nodes + head, inits | {
+        "sp": _i(half, half),
+        "w": _w(half, half, 3, 3),
+        "s5": _i(0, 2, half, 6, 6),
+        "s4": _i(0, C, 6, 6),
+    }
 
 
 def resize_head() -> tuple[list, dict]:
-    nodes = [N("Conv", ["A", "w1"], ["c1"]), N("Resize", ["c1", "", "sc"], ["up"], mode="linear"),
-             N("Conv", ["up", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]), N("Tanh", ["c2"], ["th"]),
-             N("Resize", ["th", "", "sc"], ["up2"], mode="nearest")]
+    nodes = [
+        N("Conv", ["A", "w1"], ["c1"]),
+        N("Resize", ["c1", "", "sc"], ["up"], mode="linear"),
+        N("Conv", ["up", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        N("Tanh", ["c2"], ["th"]),
+        N("Resize", ["th", "", "sc"], ["up2"], mode="nearest"),
+    ]
     head, inits = _classifier("up2")
-    return nodes + head, inits | {"w1": _w(C, C, 1, 1), "w2": _w(C, C, 3, 3),
-                                  "sc": np.asarray([1, 1, 2, 2], dtype=np.float32)}
+    return nodes + head, inits | {
+        "w1": _w(C, C, 1, 1),
+        "w2": _w(C, C, 3, 3),
+        "sc": np.asarray([1, 1, 2, 2], dtype=np.float32),
+    }
 
 
-HEADS = {f.__name__: f for f in (residual, depthwise_se_hardswish, concat_maxpool, layernorm_gelu,
-                                 split_shuffle_silu, resize_head)}
+HEADS = {
+    f.__name__: f
+    for f in (residual, depthwise_se_hardswish, concat_maxpool, layernorm_gelu, split_shuffle_silu, resize_head)
+}
 
 
 _BUILT: dict[str, tuple[list, dict]] = {}
@@ -147,8 +196,9 @@ def test_symbolic_batch_dim() -> None:
     fixed = build_gradient_model(_head_model("residual", 2), ["A"])
     a = np.random.default_rng(2).standard_normal((2, C, 6, 6)).astype(np.float32)
     seeds = {"logits": np.eye(K)[[1, 4]]}
-    np.testing.assert_allclose(run_gradient(gm, {"A": a}, seeds)["A"], run_gradient(fixed, {"A": a}, seeds)["A"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        run_gradient(gm, {"A": a}, seeds)["A"], run_gradient(fixed, {"A": a}, seeds)["A"], rtol=1e-6
+    )
 
 
 def test_intermediate_and_input_wrt_match_split_models() -> None:
@@ -189,16 +239,26 @@ def test_weights_get_no_gradient_nodes() -> None:
 
 def test_unconnected_wrt_gets_zero_gradient() -> None:
     model = tiny_model([N("Relu", ["x"], ["y"])], {"x": [2, 3], "z": [2, 3]}, ["y"])
-    got = run_gradient(build_gradient_model(model, ["z"]), {"x": np.ones((2, 3), np.float32),
-                                                          "z": np.ones((2, 3), np.float32)}, {"y": np.ones((2, 3))})
+    got = run_gradient(
+        build_gradient_model(model, ["z"]),
+        {"x": np.ones((2, 3), np.float32), "z": np.ones((2, 3), np.float32)},
+        {"y": np.ones((2, 3))},
+    )
     np.testing.assert_array_equal(got["z"], np.zeros((2, 3)))
 
 
 def _custom_op_model() -> onnx.ModelProto:
-    nodes = [N("Relu", ["x"], ["r"]), N("MyOp", ["r"], ["m"], domain="com.example", name="custom_1"),
-             N("Add", ["m", "x"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    nodes = [
+        N("Relu", ["x"], ["r"]),
+        N("MyOp", ["r"], ["m"], domain="com.example", name="custom_1"),
+        N("Add", ["m", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
     graph.value_info.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3]))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
 
@@ -215,11 +275,22 @@ def test_custom_domain_op_raises_unsupported() -> None:
 def test_qlinearconv_raises_unsupported() -> None:
     node = N("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], ["yq"], name="qconv")
     nodes = [N("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), node, N("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
-    inits = {"xs": np.float32(0.1), "xz": np.uint8(128), "wq": np.ones((2, 3, 1, 1), np.uint8),
-             "ws": np.float32(0.1), "wz": np.uint8(0), "ys": np.float32(0.1), "yz": np.uint8(128)}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    inits = {
+        "xs": np.float32(0.1),
+        "xz": np.uint8(128),
+        "wq": np.ones((2, 3, 1, 1), np.uint8),
+        "ws": np.float32(0.1),
+        "wz": np.uint8(0),
+        "ys": np.float32(0.1),
+        "yz": np.uint8(128),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert missing_rules(model, ["x"]) == ["QLinearConv"]
     with pytest.raises(UnsupportedOpError):

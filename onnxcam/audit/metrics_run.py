@@ -1,0 +1,219 @@
+"""Per-image metric values for one method's maps, and the flags a reviewer should look at.
+
+All forwards go through ``predict(images) -> (M, K)`` probabilities (``model_predict`` builds it
+from an ``onnxcam.Model``), so this module is plain numpy around ``onnxcam.metrics``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from onnxcam.errors import OnnxCamWarning
+from onnxcam.metrics import (
+    average_drop_increase,
+    cam_box_iou,
+    deletion_insertion,
+    energy_pointing_game,
+    pointing_game,
+    road_combined,
+)
+from onnxcam.metrics._common import Predict
+from onnxcam.model import Model
+
+#: Thresholds behind the review flags (documented in the report).
+LOW_INSERTION_AUC = 0.2
+BORDER_BAND = 0.10  # outer band, as a fraction of the height / width on each side
+BORDER_ENERGY = 0.5
+NEAR_TIE_GAP = 0.05
+
+#: Per-image metric keys in report order; the box metrics exist only when a box is known.
+BASE_METRICS = ("average_drop", "increase", "deletion_auc", "insertion_auc", "border_energy")
+BOX_METRICS = ("pointing_game", "energy_pointing_game", "cam_box_iou")
+ROAD_METRIC = "road"
+
+
+def to_probabilities(outputs: np.ndarray) -> NDArray[np.float64]:
+    """``(N, K)`` probabilities from a model output ``(N, K, ...)``.
+
+    Outputs that already are probabilities (in [0, 1], rows summing to 1) are kept: applying a
+    softmax twice would flatten them towards uniform and hide near-ties.
+    """
+    n = int(outputs.shape[0])
+    flat = np.asarray(outputs, dtype=np.float64).reshape(n, -1)
+    if flat.size and flat.min() >= 0.0 and flat.max() <= 1.0 and np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
+        return flat
+    z = flat - flat.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def model_predict(model: Model, batch_size: int = 16) -> Predict:
+    """``predict(images (M, ...)) -> (M, K)`` probabilities of ``model``'s first output."""
+
+    def predict(images: NDArray[np.float32]) -> NDArray[np.float64]:
+        return to_probabilities(model.forward(images, batch_size)[0])
+
+    return predict
+
+
+def random_maps(n: int, size: tuple[int, int], seed: int = 0) -> NDArray[np.float32]:
+    """``(n, H, W)`` seeded uniform maps: the baseline a method's insertion AUC should beat."""
+    rng = np.random.default_rng(seed)
+    return rng.random((n, size[0], size[1])).astype(np.float32)
+
+
+def border_energy(maps: NDArray[np.floating], band: float = BORDER_BAND) -> NDArray[np.float64]:
+    """``(N,)`` share of each map's mass in the outer ``band`` of the image (NaN for a zero map).
+
+    The band is ``ceil(band * H)`` rows at top and bottom and ``ceil(band * W)`` columns at left
+    and right; a uniform map puts ``1 - (1 - 2 band)^2`` (36 % for 10 %) of its mass there.
+    """
+    m = np.clip(np.asarray(maps, dtype=np.float64), 0.0, None)
+    n, h, w = m.shape
+    by, bx = int(np.ceil(band * h)), int(np.ceil(band * w))
+    inner = np.zeros((h, w), dtype=bool)
+    inner[by: h - by, bx: w - bx] = True
+    total = m.reshape(n, -1).sum(axis=1)
+    outer = m[:, ~inner].sum(axis=1)
+    return np.divide(outer, total, out=np.full(n, np.nan), where=total > 0)
+
+
+def top_predictions(probs: NDArray[np.float64], k: int = 3) -> list[list[tuple[int, float]]]:
+    """Per image, the ``k`` most probable classes as ``(class, probability)``."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(probs[i, c])) for c in row] for i, row in enumerate(order)]
+
+
+def near_tie(probs: NDArray[np.float64], gap: float = NEAR_TIE_GAP) -> NDArray[np.bool_]:
+    """``(N,)`` True where the top-2 probabilities are closer than ``gap``."""
+    if probs.shape[1] < 2:
+        return np.zeros(probs.shape[0], dtype=bool)
+    top2 = -np.sort(-probs, axis=1)[:, :2]
+    return np.asarray(top2[:, 0] - top2[:, 1] < gap)
+
+
+@dataclass
+class MethodMetrics:
+    """One method's per-image values ``values[key]`` ``(N,)`` (NaN where undefined or not computed)."""
+
+    method: str
+    values: dict[str, NDArray[np.float64]]
+    flags: list[list[str]] = field(default_factory=list)  # per image, flag codes
+
+
+def method_metrics(
+    predict: Predict,
+    x: NDArray[np.float32],
+    maps: NDArray[np.float32],
+    classes: NDArray[np.int64],
+    layout: str,
+    boxes: Sequence[NDArray[np.int64] | None] | None = None,
+    random_insertion: NDArray[np.float64] | None = None,
+    steps: int = 32,
+    batch_size: int = 16,
+    road: bool = False,
+    method: str = "",
+) -> MethodMetrics:
+    """Metrics of ``maps`` ``(N, H, W)`` for the batch ``x`` and its explained ``classes`` ``(N,)``.
+
+    ``boxes``: per image a ``(k, 4)`` box array in model-input pixels, or None (no box metrics).
+    ``random_insertion``: ``(N,)`` insertion AUCs of random maps (the low-insertion baseline).
+    """
+    n = x.shape[0]
+    nan = np.full(n, np.nan)
+    adi = average_drop_increase(predict, x, maps, classes, batch_size=batch_size, layout=layout)
+    di = deletion_insertion(predict, x, maps, classes, steps=steps, batch_size=batch_size, layout=layout)
+    values: dict[str, NDArray[np.float64]] = {
+        "average_drop": adi.drop.astype(np.float64),
+        "increase": adi.increased.astype(np.float64),
+        "deletion_auc": di.deletion_auc,
+        "insertion_auc": di.insertion_auc,
+        "border_energy": border_energy(maps),
+    }
+    if boxes is not None:
+        for key in BOX_METRICS:
+            values[key] = nan.copy()
+        have = [i for i, b in enumerate(boxes) if b is not None]
+        if have:
+            sub_maps = maps[have]
+            sub_boxes = [b for b in boxes if b is not None]
+            with warnings.catch_warnings():
+                # Blank maps are flagged in the report; the NaN they give is the honest value.
+                warnings.simplefilter("ignore", OnnxCamWarning)
+                values["pointing_game"][have] = pointing_game(sub_maps, sub_boxes).astype(np.float64)
+                values["energy_pointing_game"][have] = energy_pointing_game(sub_maps, sub_boxes)
+                values["cam_box_iou"][have] = cam_box_iou(sub_maps, sub_boxes)
+    if road:
+        values[ROAD_METRIC] = np.asarray(
+            road_combined(predict, x, maps, classes, rng=0, batch_size=batch_size, layout=layout), dtype=np.float64
+        ).reshape(n)
+    flags = [review_flags({k: float(v[i]) for k, v in values.items()},
+                          None if random_insertion is None else float(random_insertion[i])) for i in range(n)]
+    return MethodMetrics(method, values, flags)
+
+
+FLAG_TEXT = {
+    "low_insertion": "insertion AUC below the random-map baseline or below {low}",
+    "border": "more than {border:.0%} of the map's energy in the outer {band:.0%} band",
+    "peak_outside_box": "the map's maximum lies outside the labelled box",
+    "near_tie": "top-2 probabilities within {gap}",
+    "blank_map": "the map is all zero",
+}
+
+
+def flag_text(code: str) -> str:
+    return FLAG_TEXT.get(code, code).format(low=LOW_INSERTION_AUC, border=BORDER_ENERGY, band=BORDER_BAND,
+                                           gap=NEAR_TIE_GAP)
+
+
+def flag_detail(code: str, values: dict[str, float | None], random_insertion: float | None) -> str:
+    """``flag_text`` with the numbers that raised it, for one image."""
+    def num(v: float | None) -> str:
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    if code == "low_insertion":
+        return (f"insertion AUC {num(values.get('insertion_auc'))} (random-map baseline {num(random_insertion)}, "
+                f"floor {LOW_INSERTION_AUC})")
+    if code == "border":
+        return f"{num(values.get('border_energy'))} of the map's energy in the outer {BORDER_BAND:.0%} band"
+    return flag_text(code)
+
+
+def review_flags(values: dict[str, float], random_insertion: float | None) -> list[str]:
+    """Flag codes (see ``FLAG_TEXT``) for one image's metric values."""
+    flags: list[str] = []
+    ins = values.get("insertion_auc", float("nan"))
+    if np.isfinite(ins) and (ins < LOW_INSERTION_AUC or (random_insertion is not None and ins < random_insertion)):
+        flags.append("low_insertion")
+    energy = values.get("border_energy", float("nan"))
+    if np.isnan(energy):
+        flags.append("blank_map")
+    elif energy > BORDER_ENERGY:
+        flags.append("border")
+    pg = values.get("pointing_game", float("nan"))
+    if np.isfinite(pg) and pg == 0.0:
+        flags.append("peak_outside_box")
+    return flags
+
+
+__all__ = [
+    "BASE_METRICS",
+    "BOX_METRICS",
+    "FLAG_TEXT",
+    "MethodMetrics",
+    "border_energy",
+    "flag_detail",
+    "flag_text",
+    "method_metrics",
+    "model_predict",
+    "near_tie",
+    "random_maps",
+    "review_flags",
+    "to_probabilities",
+    "top_predictions",
+]

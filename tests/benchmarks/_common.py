@@ -1,0 +1,93 @@
+"""Shared by the benchmark scripts: the repo on sys.path, the torchvision stub, photos, timing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-CAM progress bars
+
+THREADS = 2
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+          "retina", "colorwheel", "camera")
+
+
+def stub_torchvision() -> None:
+    """torchvision is installed but broken with this torch; pytorch-grad-cam only needs names."""
+    if "torchvision" in sys.modules:
+        return
+
+    def dummy(*_a: Any, **_k: Any) -> None:
+        return None
+
+    def stub(name: str, **attrs: Any) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        sys.modules[name] = mod
+        return mod
+
+    tv = stub("torchvision")
+    tv.transforms = stub("torchvision.transforms", Compose=dummy, Normalize=dummy, ToTensor=dummy)  # type: ignore[attr-defined]
+    stub("torchvision.transforms.functional", resize=dummy)
+    tv.ops = stub("torchvision.ops")  # type: ignore[attr-defined]
+
+
+def photos(n: int) -> list[np.ndarray]:
+    """``n`` RGB uint8 photos from scikit-image's data, extended with flips and centre crops."""
+    from skimage import data
+
+    base = []
+    for name in PHOTOS:
+        img = np.asarray(getattr(data, name)())
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        base.append(np.ascontiguousarray(img[:, :, :3]).astype(np.uint8))
+    out: list[np.ndarray] = []
+    k = 0
+    while len(out) < n:
+        img = base[k % len(base)]
+        variant = k // len(base)
+        if variant % 2 == 1:
+            img = img[:, ::-1]
+        if variant >= 2:
+            h, w = img.shape[:2]
+            img = img[h // 8: h - h // 8, w // 8: w - w // 8]
+        out.append(np.ascontiguousarray(img))
+        k += 1
+    return out
+
+
+def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: tuple[float, float, float] | None = None,
+               std: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Resize (bilinear), scale to [0, 1], normalise: ``(N, 3, H, W)`` float32."""
+    import cv2
+
+    m = np.asarray(mean or IMAGENET_MEAN, np.float32)
+    s = np.asarray(std or IMAGENET_STD, np.float32)
+    batch = [(cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255 - m) / s
+             for im in images]
+    return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2))
+
+
+def best(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    """Minimum wall time of ``repeats`` runs (after one untimed warm-up run)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
