@@ -314,7 +314,8 @@ def test_sscam_matches_torchcam_with_same_noise(name: str, role: str) -> None:
 
 @pytest.mark.parametrize(("name", "role"), CASES)
 def test_smooth_gradcampp_matches_torchcam_with_same_noise(name: str, role: str) -> None:
-    c = case(name)
+    # One image: onnxcam gives each image its own noise stream, torchcam one stream per batch.
+    c = case(name, PERTURBATION_IMAGES)
     path = MODELS[name].layers[role][0]
     seed, std, samples = 3, 0.3, 3
     module = c.torch_model

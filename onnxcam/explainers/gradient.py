@@ -110,7 +110,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradient powers averaged over noisy
     copies of the input (torchcam's formulas). ``num_samples`` noisy runs, noise std ``std``.
     ``torchcam_compat=True`` reproduces torchcam's use of the last noisy run's gradient and
-    activations (see ``onnxcam.methods.smooth_gradcam_plusplus``)."""
+    activations (see ``onnxcam.methods.smooth_gradcam_plusplus``). Every image draws its noise
+    from its own ``default_rng(seed)``, so its map does not depend on the rest of the batch."""
 
     name = "smoothgradcam++"
 
@@ -133,6 +134,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
             maps[layer] = methods.smooth_gradcam_plusplus(
                 clean.activations[layer], x, grads_fn, num_samples=self.num_samples, std=self.std,
-                rng=np.random.default_rng(self.seed), torchcam_compat=self.torchcam_compat)
+                rng=[np.random.default_rng(self.seed) for _ in range(len(x))],
+                torchcam_compat=self.torchcam_compat)
         return RawMaps(maps, clean.targets, clean.scores, clean.outputs, clean.activations, clean.gradients,
                        notes=[f"gradients: {clean.source}", f"{self.num_samples} noisy samples, std {self.std}"])

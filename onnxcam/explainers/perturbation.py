@@ -49,7 +49,8 @@ class ScoreCAM(_MaskingCAM):
 
 class SSCAM(_MaskingCAM):
     """SS-CAM (Wang et al. 2020): Score-CAM with Gaussian noise on the masks, averaged (torchcam's
-    formulas). ``num_samples`` rounds, noise std ``std``, seeded."""
+    formulas). ``num_samples`` rounds, noise std ``std``. Every image draws its noise from its own
+    ``default_rng(seed)``, so its map does not depend on the rest of the batch."""
 
     name = "sscam"
 
@@ -66,7 +67,8 @@ class SSCAM(_MaskingCAM):
         maps, weights = {}, {}
         for layer in self.layers:
             w = methods.sscam_weights(acts[layer], x, score_fn, self.batch_size, self.num_samples, self.std,
-                                      np.random.default_rng(self.seed), self.model.input.layout)
+                                      [np.random.default_rng(self.seed) for _ in range(len(x))],
+                                      self.model.input.layout)
             weights[layer] = w
             maps[layer] = methods.weighted_sum(acts[layer], w)
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)

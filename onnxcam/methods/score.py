@@ -8,7 +8,7 @@ is ``O(batch_size * image)`` whatever the channel count.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,6 +26,20 @@ ScoreFn = Callable[[np.ndarray, int], np.ndarray]
 
 # Both references use 1e-8 in the per-channel min-max normalisation of the masks.
 MASK_EPS = 1e-8
+
+
+def per_sample_generators(
+    rng: np.random.Generator | Sequence[np.random.Generator] | None, n: int
+) -> list[np.random.Generator]:
+    """``n`` generators: one shared (the same object n times, so draws interleave across samples in
+    order) or the ``n`` given; ``None`` is a shared ``default_rng(0)``."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        shared = rng if rng is not None else np.random.default_rng(0)
+        return [shared] * n
+    gens = list(rng)
+    if len(gens) != n:
+        raise ArgumentError(f"got {len(gens)} random generators for a batch of {n}: pass one per sample or one shared")
+    return gens
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -144,7 +158,7 @@ def sscam_weights(
     batch_size: int = 32,
     num_samples: int = 35,
     std: float = 2.0,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
     layout: str = "NCHW",
 ) -> np.ndarray:
     """SS-CAM channel weights ``(N, C)`` (torchcam 0.5 ``SSCAM``).
@@ -157,7 +171,9 @@ def sscam_weights(
 
     Noise is drawn from ``rng`` (default ``np.random.default_rng(0)``, so runs repeat) in
     torchcam's order: round, then sample, then channel, each a ``(H, W)`` block. Drawing the same
-    stream as one ``(N, C, H, W)`` array per round gives identical noise.
+    stream as one ``(N, C, H, W)`` array per round gives identical noise. ``rng`` may also be one
+    generator per sample: sample i then draws only from ``rng[i]`` (rounds, then channels), so its
+    weights do not depend on the other samples of the batch.
     """
     a = as_feature_map(acts, "activations")
     imgs, size = _check_images(a, images, layout, None)
@@ -165,8 +181,8 @@ def sscam_weights(
     rounds = positive_int(num_samples, "num_samples")
     if not np.isfinite(std) or std < 0:
         raise ArgumentError(f"std must be a finite number >= 0, got {std!r}")
-    gen = rng if rng is not None else np.random.default_rng(0)
     n, c = a.shape[:2]
+    gens = per_sample_generators(rng, n)
     flat = a.reshape(n, c, -1)
     lo = flat.min(axis=2)[:, :, None, None]
     shifted = a - lo
@@ -177,7 +193,7 @@ def sscam_weights(
         for i in range(n):
             for chunk in _chunks(channels, bs):
                 masks = resize_bilinear(normed[i, chunk], size, align_corners=False)
-                noise = gen.normal(0.0, std, size=masks.shape).astype(np.float32)
+                noise = gens[i].normal(0.0, std, size=masks.shape).astype(np.float32)
                 masked = _mask_images(imgs[i], masks + noise, layout)
                 totals[i, chunk] += scores_vector(score_fn(masked, i), len(chunk), "score_fn")
     means = totals / rounds

@@ -8,12 +8,13 @@ over space, unlike pytorch-grad-cam's Grad-CAM++ which uses ``sum(A) * g^3``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from onnxcam.errors import ArgumentError
 from onnxcam.methods._checks import as_feature_map, positive_int, same_shape
+from onnxcam.methods.score import per_sample_generators
 
 GradsFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -26,7 +27,7 @@ def smooth_gradcam_plusplus(
     grads_fn: GradsFn,
     num_samples: int = 4,
     std: float = 0.3,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
     eps: float = 1e-8,
     torchcam_compat: bool = False,
 ) -> np.ndarray:
@@ -36,6 +37,8 @@ def smooth_gradcam_plusplus(
     grads)`` runs the model on a noisy copy of ``images`` (any layout; noise is element-wise) and
     returns that run's activations and gradients. Noise ``N(0, std^2)`` is drawn from ``rng``
     (default ``np.random.default_rng(0)``) as one ``images``-shaped array per round, torchcam's order.
+    With one generator per sample, sample i's noise comes from ``rng[i]`` alone (one image-shaped
+    block per round), so its map does not depend on the rest of the batch.
 
     Two torchcam quirks, reproduced only with ``torchcam_compat=True``: the ReLU'd gradient in the
     weight is the *last* noisy run's, not the average, and the map sums the *last noisy run's*
@@ -52,14 +55,19 @@ def smooth_gradcam_plusplus(
         raise ArgumentError(
             f"images hold {imgs.shape[0]} samples but activations {a.shape[0]}; they must be the same batch"
         )
-    gen = rng if rng is not None else np.random.default_rng(0)
+    gens = None if rng is None or isinstance(rng, np.random.Generator) else per_sample_generators(rng, len(imgs))
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0)
     g1 = np.zeros_like(a)
     g2 = np.zeros_like(a)
     g3 = np.zeros_like(a)
     last_a = a
     last_g = a
     for _ in range(rounds):
-        noisy = imgs + gen.normal(0.0, std, size=imgs.shape).astype(np.float32)
+        if gens is None:
+            noise = gen.normal(0.0, std, size=imgs.shape)
+        else:
+            noise = np.stack([g.normal(0.0, std, size=imgs.shape[1:]) for g in gens])
+        noisy = imgs + noise.astype(np.float32)
         run_a, run_g = grads_fn(noisy)
         last_a = as_feature_map(run_a, "grads_fn activations")
         last_g = as_feature_map(run_g, "grads_fn gradients")
