@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxcam.errors import AmbiguousLayerError, LayerNotFoundError, LayerShapeError
-from onnxcam.graph.shapes import Dim, TensorInfo
+from onnxcam.graph.shapes import Dim, TensorInfo, format_shape
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def resolve_layer(
     info = shapes.get(name)
     if info is not None:
         raise LayerShapeError(
-            f"tensor {name!r} of {model_name} has shape {_fmt(info.shape)}, not a 4-D float feature map "
+            f"tensor {name!r} of {model_name} has shape {format_shape(info.shape)}, not a 4-D float feature map "
             "(N, C, h, w): CAMs need one; pick a tensor listed by `onnxcam layers MODEL`"
         )
     by_node = [layer for layer in layers if layer.node_name == name]
@@ -106,8 +106,3 @@ def resolve_layer(
         "list them with `onnxcam layers MODEL` or use layer='auto'"
     )
 
-
-def _fmt(shape: tuple[Dim, ...] | None) -> str:
-    if shape is None:
-        return "(unknown)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

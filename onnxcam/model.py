@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.fold import fold_shape_computations
-from onnxcam.graph.shapes import Dim, TensorInfo, tensor_infos, with_static_inputs
+from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model
 from onnxcam.layers import Layer, candidate_layers, resolve_layer
 from onnxcam.loading import infer_shapes, read_model
@@ -112,7 +112,7 @@ class Model:
         infos = tensor_infos(self.proto)
         images = [i for i in inputs if infos[i.name].rank == 4 and infos[i.name].is_float]
         if len(inputs) > 1:
-            names = ", ".join(f"{i.name}{_fmt(infos[i.name].shape)}" for i in inputs)
+            names = ", ".join(f"{i.name}{format_shape(infos[i.name].shape)}" for i in inputs)
             raise UnsupportedModelError(
                 f"{self.name} has {len(inputs)} inputs ({names}); onnxcam explains single-input image models: "
                 "export the model with the other inputs folded into constants"
@@ -120,8 +120,8 @@ class Model:
         if not images:
             info = infos[inputs[0].name]
             raise UnsupportedModelError(
-                f"{self.name}'s input {info.name!r} has shape {_fmt(info.shape)}, not an image batch (N, C, H, W) or "
-                "(N, H, W, C) of floats: onnxcam explains vision models with one image input"
+                f"{self.name}'s input {info.name!r} has shape {format_shape(info.shape)}, not an image batch "
+                "(N, C, H, W) or (N, H, W, C) of floats: onnxcam explains vision models with one image input"
             )
         info = infos[images[0].name]
         assert info.shape is not None
@@ -130,14 +130,14 @@ class Model:
             info.shape[3], info.shape[1], info.shape[2])
         if not isinstance(c, int):
             raise UnsupportedModelError(
-                f"{self.name}'s input {info.name!r} has shape {_fmt(info.shape)} with an unknown channel count: "
-                "pass layout= to say where the channels are"
+                f"{self.name}'s input {info.name!r} has shape {format_shape(info.shape)} with an unknown channel "
+                "count: pass layout= to say where the channels are"
             )
         if input_size is not None:
             h, w = input_size
         if not isinstance(h, int) or not isinstance(w, int):
             raise ArgumentError(
-                f"{self.name}'s input {info.name!r} has a dynamic spatial size {_fmt(info.shape)}: "
+                f"{self.name}'s input {info.name!r} has a dynamic spatial size {format_shape(info.shape)}: "
                 "pass input_size=(H, W) (CLI: --size HxW)"
             )
         batch = info.shape[0]
@@ -358,11 +358,6 @@ def _check_finite(outputs: Sequence[np.ndarray], names: Sequence[str], model_nam
                 "input is broken (check preprocessing, or the export); onnxcam will not normalise them away"
             )
 
-
-def _fmt(shape: tuple[Dim, ...] | None) -> str:
-    if shape is None:
-        return "(unknown)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
 def load(

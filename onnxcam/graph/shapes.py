@@ -59,6 +59,13 @@ def tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     return infos
 
 
+def format_shape(shape: Sequence[Dim] | None) -> str:
+    """``(N, 3, 224, 224)``; unknown dims as ``?``."""
+    if shape is None:
+        return "(unknown)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
 def make_value_info(name: str, elem_type: int, shape: Sequence[Dim] | None) -> onnx.ValueInfoProto:
     """A ValueInfoProto; ``None`` dims become anonymous."""
     if shape is None:
