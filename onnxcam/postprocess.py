@@ -118,6 +118,10 @@ def zero_map_reasons(
             reasons.append("the map contains NaN or Inf values")
         elif activations is not None and not np.any(activations[i]):
             reasons.append("the layer's activations are all zero for this image")
+        elif activations is not None and np.all(
+            np.ptp(np.asarray(activations[i]).reshape(activations[i].shape[0], -1), axis=1) == 0
+        ):
+            reasons.append("the layer's activations are spatially constant for this image (every channel is flat)")
         elif gradients is not None and not np.any(gradients[i]):
             reasons.append(
                 "the gradients of the target score w.r.t. the layer are all zero "

@@ -32,6 +32,10 @@ class Target:
         """d score / d output, the same shape as ``output``."""
         raise NotImplementedError
 
+    def scores(self, outputs: np.ndarray) -> np.ndarray:
+        """``(M,)`` scores of a batch of outputs ``(M, ...)`` (re-run methods score thousands of rows)."""
+        return np.array([self.score(o) for o in outputs], dtype=np.float32)
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -75,6 +79,10 @@ class ClassTarget(Target):
         g = np.zeros_like(output, dtype=np.float32)
         g[self.category] = 1.0
         return g
+
+    def scores(self, outputs: np.ndarray) -> np.ndarray:
+        flat = outputs.reshape(outputs.shape[0], outputs.shape[1], -1)
+        return flat[:, self.category].sum(axis=1).astype(np.float32)
 
     def describe(self) -> str:
         return f"class {self.category} (logit)"

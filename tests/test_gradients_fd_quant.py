@@ -22,7 +22,7 @@ from models.build import DEFAULT, MODELS, build
 from models.weights import calibration_batch
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.gradients import build_gradient_model, missing_rules
-from onnxcam.gradients.finite_diff import directional_check
+from onnxcam.gradients.finite_diff import ELEMENTWISE_EPS, directional_check
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.protos import make_model
 from onnxcam.runtime import make_session
@@ -71,6 +71,12 @@ def test_finite_differences_match_gradient_graph(name: str) -> None:
     assert exact.source == "gradient graph" and fd.source == "finite differences"
     g, g_fd = exact.gradients[tensor], fd.gradients[tensor]
     assert g.shape == g_fd.shape
+    if name == "vgg_maxpool":
+        # ReLU -> MaxPool(2) leaves windows of exact zeros: tied maxima, where the graph (like torch)
+        # routes to the first and central differences see half of the one-sided derivative
+        tied = _tied_windows(model.gradients(x, tensor, targets, mode="graph").activations[tensor])
+        assert 0 < tied.mean() < 0.8  # ~half: ReLU zeros fill whole windows
+        g, g_fd = np.where(tied, 0.0, g), np.where(tied, 0.0, g_fd)
     if fd.notes[0].startswith("channel-wise"):
         # big heads: FD gives each channel's spatial sum (what Grad-CAM weights are made of)
         err = _rel(g_fd.sum(axis=(2, 3)), g.sum(axis=(2, 3)))
@@ -78,6 +84,17 @@ def test_finite_differences_match_gradient_graph(name: str) -> None:
         err = _rel(g_fd, g)
     print(f"{name}: {fd.notes[0].split(':')[0]}, relative error {err:.2e}")
     assert err <= FD_TOL
+
+
+def _tied_windows(a: np.ndarray) -> np.ndarray:
+    """Mask of the elements of ``a`` (N, C, H, W) in 2x2 MaxPool windows whose two largest values
+    are closer than the element-wise FD step (so the +-step probes swap the argmax)."""
+    n, c, h, w = a.shape
+    step = ELEMENTWISE_EPS * np.sqrt(np.mean(a.reshape(n, -1).astype(np.float64) ** 2, axis=1))
+    win = a.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    top = np.sort(win, axis=-1)
+    ties = (top[..., -1] - top[..., -2]) <= 2 * step[:, None, None, None]
+    return np.repeat(np.repeat(ties, 2, axis=2), 2, axis=3)
 
 
 # ------------------------------------------------------------------ int8 QDQ EfficientNet-Lite0
@@ -119,17 +136,20 @@ def test_int8_gets_straight_through_gradients(role: str) -> None:
     assert err <= FD_TOL
 
 
-def test_int8_channel_weights_correlate_with_fp32() -> None:
+@pytest.mark.parametrize("role", ["last"])
+def test_int8_channel_weights_correlate_with_fp32(role: str) -> None:
+    # only at "last": the quantiser folded every ReLU6 into a QuantizeLinear range, which the plain
+    # straight-through rule ignores, so deeper layers correlate poorly (Pearson ~0.2 at "mid")
     x = _photo("chelsea")
     fp32, int8 = _model("efficientnet_lite0"), _model("efficientnet_lite0_int8")
     top = int(fp32.forward(x)[0].argmax())
     assert top in effnet.CAT_CLASSES
     weights = []
-    for model, tensor in ((fp32, MODELS["efficientnet_lite0"].layers["last"][1]), (int8, _int8_layer("last"))):
+    for model, tensor in ((fp32, MODELS["efficientnet_lite0"].layers[role][1]), (int8, _int8_layer(role))):
         g = model.gradients(x, tensor, top)
         weights.append(g.gradients[tensor].mean(axis=(2, 3)).ravel())  # Grad-CAM channel weights
     r = float(np.corrcoef(weights[0], weights[1])[0, 1])
-    print(f"int8 vs fp32 Grad-CAM weights, Pearson {r:.4f}")
+    print(f"int8 vs fp32 Grad-CAM weights at {role}, Pearson {r:.4f}")
     assert r >= 0.9
 
 
@@ -165,8 +185,9 @@ def test_check_gradients_cli_passes_on_efficientnet_lite0() -> None:
     assert "gradient graph" in out and err <= 1e-2
 
 
-@pytest.mark.xfail(strict=True, reason="needs the backprop/selfcheck patch from the gradients-vs-autograd report: "
-                                       "the self-check must take FD on the head without activation Q/DQ")
+@pytest.mark.xfail(strict=True, reason="needs the backprop/selfcheck patch from the gradients-vs-autograd report "
+                                       "(/tmp/gx/library.patch): the self-check must take FD on the head without "
+                                       "activation Q/DQ; remove this mark when it is applied")
 def test_check_gradients_cli_passes_on_int8() -> None:
     code, out, err = _cli(str(build("efficientnet_lite0_int8")))
     print(out)

@@ -656,8 +656,6 @@ def test_degenerate_maps_are_zero_with_warning(tmp_path: Path, case: str, method
     _assert_names(msgs[0], words)
 
 
-@pytest.mark.xfail(strict=True, reason="postprocess.zero_map_reasons has no 'activations are spatially constant' "
-                                       "case: Grad-CAM on constant activations blames ReLU/negative maps instead")
 def test_constant_activations_warning_names_cause(tmp_path: Path) -> None:
     proto = DEGENERATE["constant-activations"][0]
     model = onnxcam.load(save(proto, tmp_path / "const.onnx"))

@@ -19,7 +19,7 @@ class _MaskingCAM(BaseCAM):
         def score_fn(images: np.ndarray, i: int) -> np.ndarray:
             outs = self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
             t = targets[i]
-            return np.array([t.score(o) for o in outs[t.output_index]], dtype=np.float32)
+            return t.scores(outs[t.output_index])
 
         return score_fn
 
@@ -50,16 +50,18 @@ class ScoreCAM(_MaskingCAM):
 class SSCAM(_MaskingCAM):
     """SS-CAM (Wang et al. 2020): Score-CAM with Gaussian noise on the masks, averaged (torchcam's
     formulas). ``num_samples`` rounds, noise std ``std``. Every image draws its noise from its own
-    ``default_rng(seed)``, so its map does not depend on the rest of the batch."""
+    ``default_rng(seed)``, so its map does not depend on the rest of the batch. ``max_channels=k``
+    scores only the k channels of highest variance (as Score-CAM's)."""
 
     name = "sscam"
 
     def __init__(self, *args: object, num_samples: int = 35, std: float = 2.0, seed: int = 0,
-                 **kwargs: object) -> None:
+                 max_channels: int | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.num_samples = num_samples
         self.std = std
         self.seed = seed
+        self.max_channels = max_channels
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
@@ -68,7 +70,7 @@ class SSCAM(_MaskingCAM):
         for layer in self.layers:
             w = methods.sscam_weights(acts[layer], x, score_fn, self.batch_size, self.num_samples, self.std,
                                       [np.random.default_rng(self.seed) for _ in range(len(x))],
-                                      self.model.input.layout)
+                                      self.model.input.layout, self.max_channels)
             weights[layer] = w
             maps[layer] = methods.weighted_sum(acts[layer], w)
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
@@ -100,14 +102,15 @@ class AblationCAM(BaseCAM):
 
             def head_score_fn(ablated: np.ndarray, i: int, feeds: dict[str, np.ndarray] = feeds,
                               layer: str = layer, split_outputs: dict[str, int] = head_out,
-                              model_outputs: tuple[str, ...] = split.model_outputs) -> np.ndarray:
+                              model_outputs: tuple[str, ...] = split.model_outputs,
+                              resolved: list[Target] = resolved) -> np.ndarray:
                 m = ablated.shape[0]
                 f = {k: np.repeat(v[i:i + 1], m, axis=0) for k, v in feeds.items() if k != layer}
                 f[layer] = ablated
                 outs = self.model.run_head((layer,), f, self.batch_size)
                 t = resolved[i]
                 out = outs[split_outputs[model_outputs[t.output_index]]]
-                return np.array([t.score(o) for o in out], dtype=np.float32)
+                return t.scores(out)
 
             w = methods.ablation_weights(a, head_score_fn, scores, self.batch_size)
             weights[layer] = w

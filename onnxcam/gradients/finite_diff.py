@@ -25,6 +25,10 @@ from onnxcam.errors import ArgumentError
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_EPS = 1e-3
+# One element moves a float32 score by ~1/size of what a direction over all elements does, so
+# rounding (u * |score| / step) swamps it at 1e-3: measured on the zoo heads, element-wise errors
+# drop from 2-6e-2 at 1e-3 to <= 7e-3 at 1e-2 (smooth heads lose nothing to truncation there).
+ELEMENTWISE_EPS = 1e-2
 
 
 def _steps(a: np.ndarray, eps: float) -> np.ndarray:
@@ -68,7 +72,7 @@ def channel_gradients(score_fn: ScoreFn, a: np.ndarray, eps: float = DEFAULT_EPS
 
 
 def elementwise_gradients(
-    score_fn: ScoreFn, a: np.ndarray, eps: float = DEFAULT_EPS, batch_size: int = 64
+    score_fn: ScoreFn, a: np.ndarray, eps: float = ELEMENTWISE_EPS, batch_size: int = 64
 ) -> np.ndarray:
     """d score / d A for every element (2 * A.size evaluations: small heads only): ``(N, C, h, w)``."""
     n = a.shape[0]

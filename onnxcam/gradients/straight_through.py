@@ -14,9 +14,7 @@ from onnx import helper
 
 
 def _constants(graph: onnx.GraphProto) -> set[str]:
-    return {i.name for i in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output
-    }
+    return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

@@ -65,12 +65,16 @@ def linear_head_weights(model: onnx.ModelProto, layer: str, output: str, model_n
             "use GradCAM (it equals CAM on such heads and works on any head)"
         )
 
-    users = consumers.get(layer, [])
+    # Shape/Size read no values (``x.view(x.size(0), -1)`` adds them), so they do not count as users.
+    def value_users(name: str) -> list[onnx.NodeProto]:
+        return [u for u in consumers.get(name, []) if u.op_type not in ("Shape", "Size")]
+
+    users = value_users(layer)
     if len(users) != 1 or not _is_spatial_mean(users[0], graph):
         raise fail("the layer is not (only) global-average-pooled")
     current = users[0].output[0]
     while True:
-        users = consumers.get(current, [])
+        users = value_users(current)
         if len(users) != 1:
             raise fail(f"tensor {current!r} feeds {len(users)} nodes")
         node = users[0]

@@ -160,6 +160,7 @@ def sscam_weights(
     std: float = 2.0,
     rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
     layout: str = "NCHW",
+    max_channels: int | None = None,
 ) -> np.ndarray:
     """SS-CAM channel weights ``(N, C)`` (torchcam 0.5 ``SSCAM``).
 
@@ -174,6 +175,10 @@ def sscam_weights(
     stream as one ``(N, C, H, W)`` array per round gives identical noise. ``rng`` may also be one
     generator per sample: sample i then draws only from ``rng[i]`` (rounds, then channels), so its
     weights do not depend on the other samples of the batch.
+
+    ``max_channels=k`` (not in torchcam; as Faster-Score-CAM): per sample only the k channels of
+    highest spatial variance are scored (noise is drawn for those only), the softmax runs over
+    them, and every other channel gets weight 0.
     """
     a = as_feature_map(acts, "activations")
     imgs, size = _check_images(a, images, layout, None)
@@ -182,19 +187,27 @@ def sscam_weights(
     if not np.isfinite(std) or std < 0:
         raise ArgumentError(f"std must be a finite number >= 0, got {std!r}")
     n, c = a.shape[:2]
+    if max_channels is not None:
+        positive_int(max_channels, "max_channels")
     gens = per_sample_generators(rng, n)
     flat = a.reshape(n, c, -1)
     lo = flat.min(axis=2)[:, :, None, None]
     shifted = a - lo
     normed = shifted / (shifted.reshape(n, c, -1).max(axis=2)[:, :, None, None] + np.float32(MASK_EPS))
     totals = np.zeros((n, c), dtype=np.float64)
-    channels = np.arange(c)
+    kept = [
+        np.arange(c) if max_channels is None or max_channels >= c else select_channels_by_variance(a[i], max_channels)
+        for i in range(n)
+    ]
     for _ in range(rounds):
         for i in range(n):
-            for chunk in _chunks(channels, bs):
+            for chunk in _chunks(kept[i], bs):
                 masks = resize_bilinear(normed[i, chunk], size, align_corners=False)
                 noise = gens[i].normal(0.0, std, size=masks.shape).astype(np.float32)
                 masked = _mask_images(imgs[i], masks + noise, layout)
                 totals[i, chunk] += scores_vector(score_fn(masked, i), len(chunk), "score_fn")
     means = totals / rounds
-    return np.stack([_softmax(row) for row in means]).astype(np.float32)
+    weights = np.zeros((n, c), dtype=np.float32)
+    for i in range(n):
+        weights[i, kept[i]] = _softmax(means[i, kept[i]])
+    return weights
