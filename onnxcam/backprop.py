@@ -17,9 +17,10 @@ import numpy as np
 import onnx
 
 from onnxcam.errors import ArgumentError, GradientError, OnnxCamWarning, TargetError, UnsupportedOpError
+from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.shapes import make_value_info
 from onnxcam.graph.split import upstream_frontier
-from onnxcam.runtime import chunks, run
+from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.targets import Target, TargetSpec, resolve_targets
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def compute_gradients(
     if mode != "finite":
         try:
             acts, grads = _graph_gradients(model, cut, names, seeded, seeds, feeds, batch_size)
-            return Gradients(names, acts, grads, outputs, resolved, scores)
+            note = straight_through_note(split.head)
+            return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
         except UnsupportedOpError as exc:
             if mode == "graph":
                 raise
@@ -187,18 +189,25 @@ ELEMENTWISE_LIMIT = 16384
 
 
 def head_score_fn(model: Model, layer: str, targets: Sequence[Target], feeds: dict[str, np.ndarray],
-                  batch_size: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+                  batch_size: int, straight: bool = False) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``score_fn(A_rows (M, C, h, w), samples (M,)) -> (M,)``: each row's target score from the head,
-    with the other head inputs of its sample (the finite-difference and self-check contract)."""
+    with the other head inputs of its sample (the finite-difference and self-check contract).
+    ``straight``: run the head with its activation Q/DQ pairs removed (what straight-through
+    gradients differentiate; the quantised head itself is piecewise constant)."""
     cut = (layer,)
     split = model.split(cut)
+    sess = model.session("head_straight", cut, lambda: straight_through(split.head)[0]) if straight else None
     where = {name: k for k, name in enumerate(split.head_outputs)}
     dtype = feeds[layer].dtype
 
     def score_fn(rows: np.ndarray, samples: np.ndarray) -> np.ndarray:
         f = {k: v[samples] for k, v in feeds.items() if k != layer and k in split.head_inputs}
         f[layer] = rows.astype(dtype, copy=False)
-        outs = model.run_head(cut, f, batch_size)
+        if sess is None:
+            outs = model.run_head(cut, f, batch_size)
+        else:
+            outs = run_batched(sess, {k: f[k] for k in split.head_inputs}, list(split.head_outputs),
+                               model.batch_limit(batch_size), what=f"straight-through head of {model.name}")
         scores = np.empty(len(samples), dtype=np.float64)
         for j, s in enumerate(samples):
             t = targets[int(s)]

@@ -118,10 +118,6 @@ def zero_map_reasons(
             reasons.append("the map contains NaN or Inf values")
         elif activations is not None and not np.any(activations[i]):
             reasons.append("the layer's activations are all zero for this image")
-        elif activations is not None and np.all(
-            np.ptp(np.asarray(activations[i]).reshape(activations[i].shape[0], -1), axis=1) == 0
-        ):
-            reasons.append("the layer's activations are spatially constant for this image (every channel is flat)")
         elif gradients is not None and not np.any(gradients[i]):
             reasons.append(
                 "the gradients of the target score w.r.t. the layer are all zero "
@@ -129,6 +125,10 @@ def zero_map_reasons(
             )
         elif weights is not None and np.all(np.asarray(weights[i]) <= 0):
             reasons.append("all channel weights are zero or negative")
+        elif activations is not None and np.all(
+            np.ptp(np.asarray(activations[i]).reshape(activations[i].shape[0], -1), axis=1) == 0
+        ):
+            reasons.append("the layer's activations are spatially constant for this image (every channel is flat)")
         elif np.all(img <= 0):
             reasons.append("the map is zero or negative everywhere, so ReLU removes it")
         else:

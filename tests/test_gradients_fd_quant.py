@@ -185,9 +185,6 @@ def test_check_gradients_cli_passes_on_efficientnet_lite0() -> None:
     assert "gradient graph" in out and err <= 1e-2
 
 
-@pytest.mark.xfail(strict=True, reason="needs the backprop/selfcheck patch from the gradients-vs-autograd report "
-                                       "(/tmp/gx/library.patch): the self-check must take FD on the head without "
-                                       "activation Q/DQ; remove this mark when it is applied")
 def test_check_gradients_cli_passes_on_int8() -> None:
     code, out, err = _cli(str(build("efficientnet_lite0_int8")))
     print(out)

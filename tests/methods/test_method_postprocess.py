@@ -63,7 +63,7 @@ def test_zero_map_reasons() -> None:
     ok = np.array([[0, 1], [2, 3]], dtype=np.float32)
     neg = -np.ones((2, 2), dtype=np.float32)
     maps = np.stack([ok, neg, neg, neg, neg, np.full((2, 2), 3, np.float32)])
-    acts = np.ones((6, 2, 2, 2), dtype=np.float32)
+    acts = np.arange(1, 6 * 8 + 1, dtype=np.float32).reshape(6, 2, 2, 2)  # live, not spatially flat
     acts[1] = 0
     grads = np.ones_like(acts)
     grads[2] = 0
@@ -76,3 +76,5 @@ def test_zero_map_reasons() -> None:
     assert "weights" in str(reasons[3])
     assert "ReLU" in str(reasons[4])
     assert "constant" in str(reasons[5])
+    flat = np.ones((1, 2, 2, 2), dtype=np.float32)
+    assert "spatially constant" in str(zero_map_reasons(neg[None], activations=flat, gradients=flat[:, :, 0])[0])
