@@ -76,6 +76,9 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
     opts.intra_op_num_threads = threads or _physical_cores()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # onnxcam runs several sessions back to back (body, head, gradient graph); a session's idle
+    # workers spinning for work would steal the cores the next session needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

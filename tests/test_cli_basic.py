@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -80,3 +81,18 @@ def test_installed_entry_point_runs(tmp_path):
     assert "gradcam" in proc.stdout and "ablationcam" in proc.stdout
     proc = subprocess.run([exe, "layers", str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and proc.stderr.startswith("onnxcam: error:") and "Traceback" not in proc.stderr
+
+
+def test_demo_writes_overlays_for_every_demo_image(tmp_path):
+    from onnxcam.data import demo_files
+
+    files = demo_files()
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["images"]) == len(files.images) >= 8
+    for item in summary["images"]:
+        entry = item["explanations"][0]
+        assert (out / entry["overlay"]).is_file() and (out / entry["npy"]).is_file()
+        assert item["predictions"][0]["label"] == files.truth[Path(item["file"]).name]["label"]
