@@ -11,8 +11,6 @@ FullGrad's input term, torchcam's SS-CAM): there it runs an NCHW wrapper that pe
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,23 +24,9 @@ from torch import nn  # noqa: E402
 
 
 def _stub_torchvision() -> None:
-    # torchvision is installed but broken with this torch; the references only need its names.
-    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "_onnxcam_stub"):
-        return
+    from models.torchvision_stub import install
 
-    def dummy(*_a: Any, **_k: Any) -> None:
-        return None
-
-    def stub(name: str, **attrs: Any) -> types.ModuleType:
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        return mod
-
-    tv = stub("torchvision", _onnxcam_stub=True)
-    tv.transforms = stub("torchvision.transforms", Compose=dummy, Normalize=dummy, ToTensor=dummy)  # type: ignore[attr-defined]
-    stub("torchvision.transforms.functional", resize=dummy)
-    tv.ops = stub("torchvision.ops")  # type: ignore[attr-defined]
+    install()
 
 
 _stub_torchvision()

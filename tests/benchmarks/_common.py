@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,23 +23,9 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"
 
 
 def stub_torchvision() -> None:
-    """torchvision is installed but broken with this torch; pytorch-grad-cam only needs names."""
-    if "torchvision" in sys.modules:
-        return
+    from models.torchvision_stub import install
 
-    def dummy(*_a: Any, **_k: Any) -> None:
-        return None
-
-    def stub(name: str, **attrs: Any) -> types.ModuleType:
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        return mod
-
-    tv = stub("torchvision")
-    tv.transforms = stub("torchvision.transforms", Compose=dummy, Normalize=dummy, ToTensor=dummy)  # type: ignore[attr-defined]
-    stub("torchvision.transforms.functional", resize=dummy)
-    tv.ops = stub("torchvision.ops")  # type: ignore[attr-defined]
+    install()
 
 
 def photos(n: int) -> list[np.ndarray]:

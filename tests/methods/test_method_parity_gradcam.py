@@ -6,8 +6,6 @@ activations and gradients, and the final (N, H, W) maps must agree to 1e-5.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -19,23 +17,9 @@ nn = torch.nn
 
 
 def _stub_torchvision() -> None:
-    # torchvision is installed but broken with this torch; pytorch-grad-cam only needs names.
-    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "_onnxcam_stub"):
-        return
+    from models.torchvision_stub import install
 
-    def dummy(*_a: Any, **_k: Any) -> None:
-        return None
-
-    def stub(name: str, **attrs: Any) -> types.ModuleType:
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
-        return mod
-
-    tv = stub("torchvision", _onnxcam_stub=True)
-    tv.transforms = stub("torchvision.transforms", Compose=dummy, Normalize=dummy, ToTensor=dummy)  # type: ignore[attr-defined]
-    stub("torchvision.transforms.functional", resize=dummy)
-    tv.ops = stub("torchvision.ops")  # type: ignore[attr-defined]
+    install()
 
 
 _stub_torchvision()
