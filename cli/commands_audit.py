@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 
 from onnxcam.audit.job import AuditConfig, CompareConfig, JobSummary, audit_units, run_audit, run_compare
-from onnxcam.image import Preprocess, expand_image_paths, get_preset
-from onnxcam.model import Model, load
+from onnxcam.image import expand_image_paths
+from onnxcam.model import load
 from onnxcam.pipeline import read_labels
 
 from .errors import friendly
-from .parsing import parse_floats, parse_size
+from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
 
 AUDIT_HELP = """Audit CAM explanations of MODEL on IMAGES (files, folders or globs) before deployment.
@@ -47,17 +47,6 @@ Example:
 def register(app: typer.Typer) -> None:
     app.command("audit", help=AUDIT_HELP)(audit)
     app.command("compare", help=COMPARE_HELP)(compare)
-
-
-def _preprocess(m: Model, preset: str, mean: str, std: str, center_crop: bool) -> Preprocess:
-    return get_preset(preset, m.input.size, m.input.layout,
-                      mean=parse_floats(mean, 3, "--mean") if mean else None,
-                      std=parse_floats(std, 3, "--std") if std else None,
-                      resize_mode="center_crop" if center_crop else "stretch")
-
-
-def _layer(text: str) -> str | list[str]:
-    return [s.strip() for s in text.split(",")] if "," in text else text
 
 
 def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
@@ -97,8 +86,8 @@ def audit(
     m = load(model, device=device, input_size=parse_size(size) if size else None, layout=layout or None)
     paths = expand_image_paths(images)
     config = AuditConfig(
-        preprocess=_preprocess(m, preset, mean, std, center_crop),
-        methods=[s.strip() for s in methods.split(",") if s.strip()], layer=_layer(layer),
+        preprocess=preprocessing(m, preset, mean, std, center_crop),
+        methods=[s.strip() for s in methods.split(",") if s.strip()], layer=layer_list(layer),
         labels=read_labels(labels) if labels else None, boxes=boxes, batch_size=batch_size, steps=steps,
         road=road, sanity=sanity, sanity_images=sanity_images,
     )
@@ -131,8 +120,8 @@ def compare(
     b = load(model_b, device=device, input_size=input_size)
     paths = expand_image_paths(images)
     config = CompareConfig(
-        preprocess=_preprocess(a, preset, mean, std, center_crop), method=method,
-        layer_a=_layer(layer_a), layer_b=_layer(layer_b), labels=read_labels(labels) if labels else None,
+        preprocess=preprocessing(a, preset, mean, std, center_crop), method=method,
+        layer_a=layer_list(layer_a), layer_b=layer_list(layer_b), labels=read_labels(labels) if labels else None,
         batch_size=batch_size,
     )
     with progress_bar(len(paths), "comparing", enabled=not quiet) as advance:

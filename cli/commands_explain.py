@@ -13,7 +13,7 @@ from onnxcam.model import Model, load
 from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
 
 from .errors import friendly
-from .parsing import parse_floats, parse_size
+from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
 
 EXPLAIN_HELP = """Explain IMAGES (files, folders or globs) with class activation maps of MODEL.
@@ -78,12 +78,8 @@ def explain(
     input_size = parse_size(size) if size else None
     m = load(model, device=device, input_size=input_size, layout=layout or None)
     paths = expand_image_paths(images)
-    pp = get_preset(preset, m.input.size, m.input.layout,
-                    mean=parse_floats(mean, 3, "--mean") if mean else None,
-                    std=parse_floats(std, 3, "--std") if std else None,
-                    resize_mode="center_crop" if center_crop else "stretch")
     config = ExplainConfig(
-        preprocess=pp, methods=_methods(method), layer=[s.strip() for s in layer.split(",")] if "," in layer else layer,
+        preprocess=preprocessing(m, preset, mean, std, center_crop), methods=_methods(method), layer=layer_list(layer),
         target=None if target < 0 else target, top_k=top_k,
         labels=read_labels(labels) if labels else None, batch_size=batch_size, alpha=alpha, colormap=colormap,
         boxes=boxes, save_npy=save_npy,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from onnxcam.errors import ArgumentError
+from onnxcam.image import Preprocess, get_preset
+from onnxcam.model import Model
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -30,3 +32,16 @@ def parse_floats(text: str, n: int, what: str) -> tuple[float, ...]:
     if len(values) != n:
         raise ArgumentError(f"{what} {text!r} must be {n} comma-separated numbers")
     return values
+
+
+def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool) -> Preprocess:
+    """The --preprocess/--mean/--std/--center-crop options -> the ``Preprocess`` for model ``m``."""
+    return get_preset(preset, m.input.size, m.input.layout,
+                      mean=parse_floats(mean, 3, "--mean") if mean else None,
+                      std=parse_floats(std, 3, "--std") if std else None,
+                      resize_mode="center_crop" if center_crop else "stretch")
+
+
+def layer_list(text: str) -> str | list[str]:
+    """``--layer a,b`` -> ["a", "b"]; a single name (or 'auto') stays a string."""
+    return [s.strip() for s in text.split(",") if s.strip()] if "," in text else text.strip()
