@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -61,10 +62,20 @@ def model_predict(model: Model, batch_size: int = 16) -> Predict:
     return predict
 
 
-def random_maps(n: int, size: tuple[int, int], seed: int = 0) -> NDArray[np.float32]:
-    """``(n, H, W)`` seeded uniform maps: the baseline a method's insertion AUC should beat."""
+def random_maps(
+    n: int, size: tuple[int, int], seed: int = 0, grid: tuple[int, int] | None = (7, 7)
+) -> NDArray[np.float32]:
+    """``(n, H, W)`` seeded random maps: the baseline a method's AUCs should beat.
+
+    ``grid``: uniform noise at that resolution, bilinearly upsampled, so the baseline has a CAM's
+    spatial smoothness (``None``: per-pixel noise, which deletes like salt noise and is a much
+    harder baseline for deletion than any real explanation).
+    """
     rng = np.random.default_rng(seed)
-    return rng.random((n, size[0], size[1])).astype(np.float32)
+    if grid is None:
+        return rng.random((n, size[0], size[1])).astype(np.float32)
+    low = rng.random((n, grid[0], grid[1])).astype(np.float32)
+    return np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in low])
 
 
 def border_energy(maps: NDArray[np.floating], band: float = BORDER_BAND) -> NDArray[np.float64]:
