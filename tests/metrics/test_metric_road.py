@@ -22,7 +22,7 @@ def grad_cam_road(monkeypatch: pytest.MonkeyPatch) -> Any:
     torch = pytest.importorskip("torch")
     spec = importlib.util.find_spec("pytorch_grad_cam")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("grad-cam is not installed")
+        pytest.fail("grad-cam is a test dependency: pip install -e '.[test]'")
     root = Path(next(iter(spec.submodule_search_locations)))
     for name, path in (("pytorch_grad_cam", root), ("pytorch_grad_cam.metrics", root / "metrics")):
         stub = types.ModuleType(name)
