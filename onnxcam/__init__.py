@@ -2,7 +2,8 @@
 
     import onnxcam
     model = onnxcam.load("model.onnx")
-    x = onnxcam.preprocess([onnxcam.load_image("cat.jpg")], model.preprocessing("imagenet"))
+    pp = onnxcam.get_preset("imagenet", model.input.size, model.input.layout)
+    x = onnxcam.preprocess([onnxcam.load_image("cat.jpg")], pp)
     maps = onnxcam.GradCAM(model, layer="auto")(x)          # (N, H, W) in [0, 1]
 """
 
