@@ -3,8 +3,15 @@
 Run ``python -m models.demo_train [--out onnxcam/data/demo]``. It renders a seeded synthetic
 shapes dataset (one object of a known class and box per cluttered image), trains a small CNN
 deterministically on CPU, exports it to ONNX, writes the demo images with their true boxes, and
-checks that Grad-CAM (pytorch-grad-cam, on the torch weights) localises the objects, since the
+checks, with onnxcam's own pipeline on the exported ONNX (Grad-CAM at ``layer="auto"``,
+``cam_to_boxes`` at 20% of the max, ``box_iou``), that the maps localise the objects, since the
 README's first command shows exactly that.
+
+Localisation is trained for, not left to chance: besides cross-entropy the loss penalises the true
+class's CAM where the object is absent and where it is faint on the object (``localisation_loss``,
+using the rendered object masks). Without it, a CNN small enough to train in minutes on CPU gave
+CAM boxes ~1.9x the true box area (IoU >= 0.5 for only ~60% of images); the penalty changes what
+the model attends to, not how onnxcam computes the maps.
 
 Architecture (CAM-friendly): conv/BN/ReLU stages down to a 16x16 (stride 8) last stage, then
 global average pooling and one Linear layer, so classic CAM applies as well as Grad-CAM.
@@ -16,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +37,12 @@ IMAGE_SIZE = 128
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 TRAIN_SEED, TEST_SEED, DEMO_SEED, TORCH_SEED = 0, 1, 2, 0
-# Objects span 25-50% of the image side so that a stride-8 CAM (16x16 cells) can outline them.
-MIN_RADIUS, MAX_RADIUS = 18, 32
+# Objects span ~30-70% of the image side so that a stride-8 CAM (16x16 cells) can outline them.
+MIN_RADIUS, MAX_RADIUS = 24, 40
+STRIDE = 8  # the CAM layer's stride: a 16x16 grid
+# Weight of the localisation terms in the loss (see ``localisation_loss``).
+LOC_WEIGHT = 1.0
+FILL_LEVEL = 0.25
 CAM_THRESHOLD = 0.2  # the CAM paper's box rule: 20% of the map's max, largest component
 DEMO_PER_CLASS = 2
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -140,6 +150,15 @@ def render_sample(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.
     The box is ``(x0, y0, x1, y1)`` in pixels, inclusive-exclusive, around the object's pixels
     with at least 50% coverage.
     """
+    img, cls, box, _ = render_sample_with_cover(rng, size)
+    return img, cls, box
+
+
+def render_sample_with_cover(
+    rng: np.random.Generator, size: int = IMAGE_SIZE
+) -> tuple[np.ndarray, int, Box, np.ndarray]:
+    """``render_sample`` plus the object's coverage ``(size // STRIDE, size // STRIDE)`` float32 in
+    [0, 1] on the CAM layer's grid (fraction of each cell's pixels the object covers)."""
     cls = int(rng.integers(len(CLASSES)))
     img = _background(rng, size)
     radius = float(rng.uniform(MIN_RADIUS, MAX_RADIUS))
@@ -154,7 +173,9 @@ def render_sample(rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[np.
     img += rng.normal(0, rng.uniform(3, 14), img.shape).astype(np.float32)
     ys, xs = np.nonzero(mask >= 128)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return np.clip(img, 0, 255).astype(np.uint8), cls, box
+    g = size // STRIDE
+    cover = (mask.astype(np.float32) / 255.0).reshape(g, STRIDE, g, STRIDE).mean(axis=(1, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), cls, box, cover
 
 
 @dataclass
@@ -162,6 +183,7 @@ class Dataset:
     images: np.ndarray  # (N, H, W, 3) uint8 RGB
     labels: np.ndarray  # (N,) int64
     boxes: np.ndarray  # (N, 4) int64, x0 y0 x1 y1 inclusive-exclusive
+    cover: np.ndarray | None = None  # (N, g, g) float32 object coverage of each CAM-grid cell
 
 
 def make_dataset(n: int, seed: int) -> Dataset:
@@ -170,9 +192,11 @@ def make_dataset(n: int, seed: int) -> Dataset:
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     labels = np.empty(n, np.int64)
     boxes = np.empty((n, 4), np.int64)
+    g = IMAGE_SIZE // STRIDE
+    cover = np.empty((n, g, g), np.float32)
     for i in range(n):
-        images[i], labels[i], boxes[i] = render_sample(rng)
-    return Dataset(images, labels, boxes)
+        images[i], labels[i], boxes[i], cover[i] = render_sample_with_cover(rng)
+    return Dataset(images, labels, boxes, cover)
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
@@ -214,9 +238,30 @@ class DemoCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+def localisation_loss(feats: torch.Tensor, weight: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """Penalty on the class's CAM ``(N, g, g)`` = ``weight`` ``(N, C)`` . ``feats`` ``(N, C, g, g)``.
+
+    With GAP + Linear, Grad-CAM equals this CAM up to a positive factor, so shaping it shapes what
+    onnxcam shows. Two terms, both scale-free: the share of positive CAM mass on cells the object
+    does not touch (dilation by the receptive field and evidence from clutter), and how far cells
+    mostly covered by the object fall below 40% of the peak (maps that light up one corner only).
+    """
+    cam = torch.relu(torch.einsum("nc,nchw->nhw", weight, feats))
+    outside = (cover <= 0.0).float()
+    leak = (cam * outside).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)
+    peak = cam.amax((1, 2), keepdim=True).detach() + 1e-6
+    inside = (cover >= 0.5).float()
+    fill = (torch.relu(FILL_LEVEL - cam / peak) * inside).sum((1, 2)) / (inside.sum((1, 2)) + 1e-6)
+    return (leak + fill).mean()
+
+
 def train(model: DemoCNN, data: Dataset, epochs: int, batch: int = 64, lr: float = 3e-3) -> None:
-    """Deterministic Adam + one-cycle training on ``data`` (CPU)."""
+    """Deterministic AdamW + one-cycle training on ``data`` (CPU): cross-entropy plus
+    ``LOC_WEIGHT`` x ``localisation_loss`` on the true class's CAM."""
+    if data.cover is None:
+        raise ValueError("training needs the object coverage grids (make_dataset renders them)")
     y_all = torch.from_numpy(data.labels)
+    cover_all = torch.from_numpy(data.cover)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(y_all) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
@@ -225,25 +270,31 @@ def train(model: DemoCNN, data: Dataset, epochs: int, batch: int = 64, lr: float
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(y_all), generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
+        total, correct, loss_sum, loc_sum = 0, 0, 0.0, 0.0
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
             # Preprocessing per batch keeps memory at uint8 size (a float copy of the set is ~1 GB).
-            xb, yb = torch.from_numpy(preprocess(data.images[idx.numpy()])), y_all[idx]
-            # Random flips are free label-preserving augmentation for these symmetric-ish shapes
-            # (boxes are not used in training).
+            xb, yb, cb = torch.from_numpy(preprocess(data.images[idx.numpy()])), y_all[idx], cover_all[idx]
+            # Random flips are free label-preserving augmentation; the coverage grid flips along.
             if torch.rand((), generator=gen) < 0.5:
-                xb = xb.flip(3)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
+                xb, cb = xb.flip(3), cb.flip(2)
+            feats = model.features(xb)
+            logits = model.fc(torch.flatten(model.pool(feats), 1))
+            loc = localisation_loss(feats, model.fc.weight[yb], cb)
+            loss = loss_fn(logits, yb) + LOC_WEIGHT * loc
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
+            loc_sum += float(loc.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             total += len(idx)
-        print(f"  epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f}  train acc {correct / total:.4f}", flush=True)
+        print(
+            f"  epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f} (localisation {loc_sum / total:.4f})"
+            f"  train acc {correct / total:.4f}",
+            flush=True,
+        )
     model.eval()
 
 
@@ -258,82 +309,36 @@ def predict(model: DemoCNN, images: np.ndarray, batch: int = 256) -> np.ndarray:
 # ---------------------------------------------------------------- localisation check
 
 
-def _import_gradcam() -> tuple[Any, Any]:
-    """``(GradCAM, ClassifierOutputTarget)`` from pytorch-grad-cam.
+def onnxcam_localisation(onnx_path: Path, data: Dataset, batch: int = 50) -> tuple[float, float, np.ndarray]:
+    """Measure localisation the way the product does, on the exported ONNX.
 
-    pytorch-grad-cam imports torchvision at module level, and the installed torchvision does not
-    load with this torch; the names it imports are never used by GradCAM, so stand-ins suffice.
+    onnxcam's Grad-CAM (``layer="auto"``, top class) on images preprocessed as meta.json says,
+    ``cam_to_boxes(map, CAM_THRESHOLD)`` and ``box_iou``. Returns (fraction with IoU >= 0.5,
+    fraction whose map argmax lies inside the true box, per-image IoUs ``(N,)``).
     """
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        tv = types.ModuleType("torchvision")
-        tf = types.ModuleType("torchvision.transforms")
-        tff = types.ModuleType("torchvision.transforms.functional")
-        ops = types.ModuleType("torchvision.ops")
+    import onnxcam
 
-        def _unavailable(*_a: object, **_k: object) -> None:
-            raise RuntimeError("torchvision is unavailable in this environment")
-
-        for attr in ("Compose", "Normalize", "ToTensor"):
-            setattr(tf, attr, _unavailable)
-        tff.resize = _unavailable  # type: ignore[attr-defined]
-        ops.box_iou = _unavailable  # type: ignore[attr-defined]
-        tf.functional = tff  # type: ignore[attr-defined]
-        tv.transforms = tf  # type: ignore[attr-defined]
-        tv.ops = ops  # type: ignore[attr-defined]
-        for mod in (tv, tf, tff, ops):
-            sys.modules[mod.__name__] = mod
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    return GradCAM, ClassifierOutputTarget
+    model = onnxcam.load(str(onnx_path), device="cpu")
+    pp = onnxcam.get_preset("unit", model.input.size, model.input.layout, mean=MEAN, std=STD)
+    cam = onnxcam.GradCAM(model, layer="auto")
+    ious, inside = [], []
+    for i in range(0, len(data.labels), batch):
+        x = onnxcam.preprocess(list(data.images[i : i + batch]), pp)
+        for m, b in zip(cam(x), data.boxes[i : i + batch], strict=True):
+            truth = (int(b[0]), int(b[1]), int(b[2]), int(b[3]))
+            box = onnxcam.cam_to_boxes(m, CAM_THRESHOLD)
+            ious.append(onnxcam.box_iou(box, truth) if isinstance(box, tuple) else 0.0)
+            y, x_ = np.unravel_index(int(np.argmax(m)), m.shape)
+            inside.append(truth[0] <= x_ < truth[2] and truth[1] <= y < truth[3])
+    arr = np.array(ious)
+    return float(np.mean(arr >= 0.5)), float(np.mean(inside)), arr
 
 
-def gradcam_maps(model: DemoCNN, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Grad-CAM at ``features.stage3`` for the given classes: ``(N, H, W)`` float32 in [0, 1]."""
-    grad_cam_cls, target_cls = _import_gradcam()
-    model.eval()
-    maps = []
-    with grad_cam_cls(model=model, target_layers=[model.features.stage3]) as cam:
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(preprocess(images[i : i + batch]))
-            targets = [target_cls(int(c)) for c in labels[i : i + batch]]
-            maps.append(cam(input_tensor=x, targets=targets))
-    return np.concatenate(maps).astype(np.float32)
+def auto_layer_name(onnx_path: Path) -> str:
+    """The tensor onnxcam's ``layer="auto"`` resolves to (must be the GAP input, the CAM layer)."""
+    import onnxcam
 
-
-def cam_box(cam: np.ndarray, threshold: float = CAM_THRESHOLD) -> tuple[int, int, int, int]:
-    """Box ``(x0, y0, x1, y1)`` (inclusive-exclusive) of the largest connected component of
-    ``cam >= threshold * cam.max()`` for a ``(H, W)`` map (the CAM paper's localisation rule)."""
-    binary = (cam >= threshold * cam.max()).astype(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 1:
-        return (0, 0, 0, 0)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[best, :4])
-    return (x, y, x + w, y + h)
-
-
-def box_iou(a: tuple[int, ...] | np.ndarray, b: tuple[int, ...] | np.ndarray) -> float:
-    """IoU of two inclusive-exclusive ``(x0, y0, x1, y1)`` boxes."""
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def localisation_rates(maps: np.ndarray, boxes: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(fraction with CAM-box IoU >= 0.5, fraction with argmax inside the true box, per-image IoUs)."""
-    ious = np.array([box_iou(cam_box(m), b) for m, b in zip(maps, boxes, strict=True)])
-    inside = []
-    for m, b in zip(maps, boxes, strict=True):
-        y, x = np.unravel_index(int(np.argmax(m)), m.shape)
-        inside.append(b[0] <= x < b[2] and b[1] <= y < b[3])
-    return float(np.mean(ious >= 0.5)), float(np.mean(inside)), ious
+    return str(onnxcam.load(str(onnx_path), device="cpu").layer("auto").name)
 
 
 # ---------------------------------------------------------------- export
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--n-loc", type=int, default=100, help="held-out images for the localisation check")
-    parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args(argv)
 
     torch.manual_seed(TORCH_SEED)
@@ -424,19 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     train(model, train_set, args.epochs)
     train_s = time.perf_counter() - t0
     accuracy = float((predict(model, test_set.images).argmax(1) == test_set.labels).mean())
-    print(f"held-out accuracy: {accuracy:.4f} ({args.n_test} images); training time: {train_s:.1f} s")
+    print(
+        f"held-out accuracy: {accuracy:.4f} ({args.n_test} images); "
+        f"training time: {train_s:.1f} s on {torch.get_num_threads()} threads"
+    )
 
     demo = select_demo(model, DEMO_PER_CLASS, DEMO_SEED)
-    loc = Dataset(test_set.images[: args.n_loc], test_set.labels[: args.n_loc], test_set.boxes[: args.n_loc])
-    rates: dict[str, dict[str, float]] = {}
-    for name, ds in (("demo", demo), ("heldout", loc)):
-        iou_rate, inside_rate, ious = localisation_rates(gradcam_maps(model, ds.images, ds.labels), ds.boxes)
-        rates[name] = {"iou_ge_0.5": iou_rate, "argmax_inside": inside_rate, "mean_iou": float(ious.mean())}
-        print(
-            f"Grad-CAM localisation ({name}, {len(ds.labels)} images): IoU>=0.5 {iou_rate:.3f}, "
-            f"argmax in box {inside_rate:.3f}, mean IoU {ious.mean():.3f}"
-        )
-
     out: Path = args.out
     (out / "images").mkdir(parents=True, exist_ok=True)
     for old in (out / "images").glob("*.png"):
@@ -444,6 +442,21 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = out / "demo_cnn.onnx"
     gap = export_onnx(model, onnx_path, test_set.images[:64])
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size} bytes); max |torch - onnxruntime| = {gap:.2e}")
+    cam_layer = cam_layer_tensor(onnx_path)
+    auto = auto_layer_name(onnx_path)
+    if auto != cam_layer:
+        raise RuntimeError(f"onnxcam's layer='auto' picks {auto!r}, not the CAM layer {cam_layer!r}")
+
+    loc = Dataset(test_set.images[: args.n_loc], test_set.labels[: args.n_loc], test_set.boxes[: args.n_loc])
+    rates: dict[str, dict[str, float]] = {}
+    for name, ds in (("demo", demo), ("heldout", loc)):
+        iou_rate, inside_rate, ious = onnxcam_localisation(onnx_path, ds)
+        rates[name] = {"iou_ge_0.5": iou_rate, "argmax_inside": inside_rate, "mean_iou": float(ious.mean())}
+        print(
+            f"onnxcam Grad-CAM localisation ({name}, {len(ds.labels)} images): IoU>=0.5 {iou_rate:.3f}, "
+            f"argmax in box {inside_rate:.3f}, mean IoU {ious.mean():.3f}"
+        )
+
     (out / "labels.txt").write_text("".join(f"{c}\n" for c in CLASSES))
 
     boxes: dict[str, dict[str, Any]] = {}
@@ -468,12 +481,17 @@ def main(argv: list[str] | None = None) -> int:
         "mean": list(MEAN),
         "std": list(STD),
         "classes": list(CLASSES),
-        "cam_layer": cam_layer_tensor(onnx_path),
-        "cam_layer_shape": [64, IMAGE_SIZE // 8, IMAGE_SIZE // 8],
+        "cam_layer": cam_layer,
+        "cam_layer_shape": [64, IMAGE_SIZE // STRIDE, IMAGE_SIZE // STRIDE],
         "box_format": "[x0, y0, x1, y1] pixels, inclusive-exclusive",
         "heldout_accuracy": round(accuracy, 4),
         "heldout_size": args.n_test,
         "gradcam_localisation": {k: {m: round(v, 4) for m, v in r.items()} for k, r in rates.items()},
+        "localisation_method": (
+            f"onnxcam.GradCAM(layer='auto'), cam_to_boxes(threshold={CAM_THRESHOLD}), box_iou; "
+            f"heldout = first {args.n_loc} test images"
+        ),
+        "training_seconds": round(train_s, 1),
         "generator": "python -m models.demo_train",
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
