@@ -19,7 +19,6 @@ import onnx
 from onnxcam.errors import ArgumentError, GradientError, OnnxCamWarning, TargetError, UnsupportedOpError
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.shapes import make_value_info
-from onnxcam.graph.split import upstream_frontier
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.targets import Target, TargetSpec, resolve_targets
 
@@ -95,7 +94,7 @@ def compute_gradients(
     if mode not in ("auto", "graph", "finite"):
         raise ArgumentError(f"unknown gradient mode {mode!r}: use auto, graph or finite")
     names = tuple(dict.fromkeys(layers))
-    cut = upstream_frontier(model.proto, names)
+    cut = model.frontier(names)
     split = model.split(cut)
     feeds, outputs = model.run_body(x, cut, batch_size)
     resolved = resolve_targets(targets, outputs[0] if outputs else np.zeros((0,)))
@@ -164,7 +163,8 @@ def _graph_gradients(
             feed[seed_name] = _pad(by_name[out_name][sl], n, zero=True)
         values = run(sess, feed, fetch, what=f"gradient graph of {model.name}")
         parts.append([v[:m] for v in values])
-    joined = [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(fetch))]
+    joined = parts[0] if len(parts) == 1 else [np.concatenate([p[i] for p in parts], axis=0)
+                                              for i in range(len(fetch))]
     grads = {w: joined[i] for i, w in enumerate(names)}
     acts = {w: feeds[w] if w in cut else joined[len(names) + inner.index(w)] for w in names}
     for w, g in grads.items():

@@ -21,7 +21,7 @@ from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
-from onnxcam.graph.split import Split, split_model
+from onnxcam.graph.split import Split, split_model, upstream_frontier
 from onnxcam.layers import Layer, candidate_layers, resolve_layer
 from onnxcam.loading import infer_shapes, read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
@@ -92,6 +92,7 @@ class Model:
         self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
         self._layers: list[Layer] | None = None
         self._splits: dict[tuple[str, ...], Split] = {}
+        self._frontiers: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._device: str | None = None
         self._grad_meta: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, str]]] = {}
@@ -215,6 +216,12 @@ class Model:
             self._splits[key] = split_model(self.proto, key, self._infos, batch_dim=self.input.batch)
         return self._splits[key]
 
+    def frontier(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The tensors of ``names`` no other of them feeds (where to cut for gradients at all), cached."""
+        if names not in self._frontiers:
+            self._frontiers[names] = upstream_frontier(self.proto, names)
+        return self._frontiers[names]
+
     def session(self, kind: str, key: tuple[Any, ...] = (), build: Any = None) -> ort.InferenceSession:
         """A cached session: ``forward`` (the model), ``body``/``head`` of a split, or anything ``build()`` makes."""
         cache_key = (kind,) + tuple(key)
@@ -265,7 +272,8 @@ class Model:
                 f"input of shape {x.shape} does not fit {self.name}'s input {self.input.name!r} {expected}{hint}: "
                 "preprocess with onnxcam.preprocess / the model's size and layout"
             )
-        if not np.all(np.isfinite(x)):
+        # A sum is NaN/Inf if some element is: a cheap screen, confirmed element-wise before failing.
+        if not np.isfinite(x.sum()) and not np.all(np.isfinite(x)):
             raise InputError(f"input batch {x.shape} contains NaN or Inf values: check the preprocessing")
         return x.astype(_np_dtype(self.input.elem_type), copy=False)
 

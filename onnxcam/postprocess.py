@@ -37,14 +37,13 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     and +/-inf are clipped to the largest finite float32, so the result is always finite.
     """
     arr = _as_maps(maps, "maps")
-    finfo = np.finfo(np.float32)
-    arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
-    out = np.empty_like(arr)
-    for i, img in enumerate(arr):
-        shifted = img - img.min()
-        # float32 arithmetic like the reference, so values agree to rounding.
-        out[i] = shifted / (np.float32(NORMALIZE_EPS) + shifted.max())
-    return out
+    if not np.isfinite(arr.sum(dtype=np.float64)):
+        finfo = np.finfo(np.float32)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
+    # float32 arithmetic like the reference, per image, vectorised over the batch.
+    shifted = arr - arr.min(axis=(1, 2), keepdims=True)
+    shifted /= np.float32(NORMALIZE_EPS) + shifted.max(axis=(1, 2), keepdims=True)
+    return shifted
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -55,7 +54,10 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ArgumentError(f"resize size must be positive (H, W), got {size!r}")
     if arr.shape[1:] == (height, width):
         return arr.copy()
-    return np.stack([cv2.resize(img, (width, height)) for img in arr]).astype(np.float32, copy=False)
+    out = np.empty((arr.shape[0], height, width), dtype=np.float32)
+    for i, img in enumerate(arr):
+        cv2.resize(img, (width, height), dst=out[i])
+    return out
 
 
 def layer_to_image(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -72,6 +74,9 @@ def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
     if len(layer_maps) == 0:
         raise ArgumentError("fuse_layers needs at least one layer map")
     stacked = [_as_maps(m, f"layer map {i}") for i, m in enumerate(layer_maps)]
+    if len(stacked) == 1:  # the mean of one map is the map: skip the stack
+        only = stacked[0]
+        return normalize_maps(only if only.min() >= 0 else np.maximum(only, np.float32(0)))
     shapes = {m.shape for m in stacked}
     if len(shapes) != 1:
         raise ArgumentError(
@@ -108,10 +113,11 @@ def zero_map_reasons(
     most upstream cause down, so the caller's warning names the root cause.
     """
     arr = _as_maps(maps, "maps")
+    positive = np.maximum(np.nan_to_num(arr), 0)
+    live = (positive.max(axis=(1, 2)) - positive.min(axis=(1, 2))) > 0
     reasons: list[str | None] = []
     for i, img in enumerate(arr):
-        positive = np.maximum(np.nan_to_num(img), 0)
-        if positive.max() - positive.min() > 0:
+        if live[i]:
             reasons.append(None)
             continue
         if not np.all(np.isfinite(img)):
