@@ -34,12 +34,18 @@ def gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     ``sum(A)`` is the spatial sum of the activations, as in pytorch-grad-cam (not of A * g^3).
     """
     a, g = _pair(acts, grads)
-    g2 = g**2
-    g3 = g2 * g
     sum_a = np.sum(a, axis=_SPATIAL)[:, :, None, None]
-    aij = g2 / (2 * g2 + sum_a * g3 + np.float32(1e-6))
-    aij = np.where(g != 0, aij, np.float32(0))
-    return np.sum(np.maximum(g, 0) * aij, axis=_SPATIAL)
+    g2 = g * g
+    # In place, one temporary at a time: this runs on (N, C, h, w) after every batch. The reference's
+    # where(g != 0, alpha, 0) is implied: relu(g) is 0 wherever g is.
+    denom = g2 * g
+    denom *= sum_a
+    denom += 2 * g2
+    denom += np.float32(1e-6)
+    num = np.maximum(g, np.float32(0))
+    num *= g2
+    num /= denom
+    return np.sum(num, axis=_SPATIAL)
 
 
 def xgradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -66,7 +72,9 @@ def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """LayerCAM: ``sum_c relu(g) * A``. ``-> (N, h, w)``."""
     a, g = _pair(acts, grads)
-    return np.sum(np.maximum(g, 0) * a, axis=1)
+    r = np.maximum(g, np.float32(0))
+    r *= a
+    return np.sum(r, axis=1)
 
 
 def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -88,7 +96,9 @@ def elementwise_products(acts: np.ndarray, grads: np.ndarray, method: str) -> np
     """
     a, g = _pair(acts, grads)
     if method == "layercam":
-        return np.maximum(g, 0) * a
+        r = np.maximum(g, np.float32(0))
+        r *= a
+        return r
     if method == "hirescam":
         return g * a
     if method == "gradcam_elementwise":
