@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from onnxcam.audit.job import AuditConfig, CompareConfig, JobSummary, audit_units, run_audit, run_compare
 from onnxcam.image import expand_image_paths
 from onnxcam.model import load
 from onnxcam.pipeline import read_labels
@@ -14,6 +14,9 @@ from onnxcam.pipeline import read_labels
 from .errors import friendly
 from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from onnxcam.audit.job import JobSummary
 
 AUDIT_HELP = """Audit CAM explanations of MODEL on IMAGES (files, folders or globs) before deployment.
 
@@ -83,6 +86,8 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    from onnxcam.audit.job import AuditConfig, audit_units, run_audit  # heavy: only for this command
+
     m = load(model, device=device, input_size=parse_size(size) if size else None, layout=layout or None)
     paths = expand_image_paths(images)
     config = AuditConfig(
@@ -115,6 +120,8 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    from onnxcam.audit.job import CompareConfig, run_compare  # heavy: only for this command
+
     input_size = parse_size(size) if size else None
     a = load(model_a, device=device, input_size=input_size)
     b = load(model_b, device=device, input_size=input_size)

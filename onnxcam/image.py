@@ -119,6 +119,8 @@ def _to_rgb_uint8(raw: np.ndarray, p: Path) -> np.ndarray:
     elif channels == 2:  # gray + alpha
         color, alpha = np.repeat(img[:, :, :1], 3, axis=2), img[:, :, 1:2]
     elif channels == 3:
+        if img.dtype == np.uint8:  # the common case: one native conversion, no strided copy
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         color, alpha = img[:, :, ::-1], None
     elif channels == 4:
         color, alpha = img[:, :, 2::-1], img[:, :, 3:4]

@@ -166,7 +166,8 @@ class Model:
         probe = onnx.ModelProto()
         probe.CopyFrom(self.proto)
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in missing)
-        sess = make_session(probe, "cpu", self.threads, what=f"shape probe of {self.name}")
+        # Basic optimisation: the probe runs once on one image, so session build time dominates.
+        sess = make_session(probe, "cpu", self.threads, what=f"shape probe of {self.name}", optimization="basic")
         x = np.zeros(self.input.shape(1), dtype=np.float32)
         values = sess.run(missing, {self.input.name: x.astype(_np_dtype(self.input.elem_type))})
         batch = self.input.batch

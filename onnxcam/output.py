@@ -129,6 +129,13 @@ def _resolve(p: Path) -> Path:
     return Path(os.path.abspath(p)).resolve()
 
 
+def _stat(p: Path) -> os.stat_result | None:
+    try:
+        return os.stat(p)
+    except OSError:
+        return None
+
+
 def _same(a: Path, b: Path) -> bool:
     """Same file or folder; samefile also catches case-insensitive file systems and hard links."""
     try:
@@ -160,6 +167,10 @@ class OutputDir:
         self.path = Path(path)
         self.inputs = [Path(p) for p in inputs]
         self._check()
+        # Every written file is checked against every input: resolve the inputs once, not per file.
+        self._input_paths = {_resolve(p) for p in self.inputs}
+        self._input_ids = {(st.st_dev, st.st_ino) for st in (_stat(p) for p in self.inputs) if st is not None}
+        self._root = _resolve(self.path)
 
     def _check(self) -> None:
         out = self.path
@@ -198,12 +209,14 @@ class OutputDir:
                 "(no absolute paths, no '..')"
             )
         dest = self.path / rel
-        if not _resolve(dest).is_relative_to(_resolve(self.path)):
+        resolved = _resolve(dest)
+        if not resolved.is_relative_to(self._root):
             # A symlinked subfolder could point anywhere.
             raise OutputError(f"output {str(dest)!r} resolves outside {str(self.path)!r}")
-        for inp in self.inputs:
-            if _resolve(dest) == _resolve(inp) or (dest.exists() and inp.exists() and _same(dest, inp)):
-                raise OutputError(f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}")
+        st = _stat(dest)
+        if resolved in self._input_paths or (st is not None and (st.st_dev, st.st_ino) in self._input_ids):
+            inp = next((p for p in self.inputs if _resolve(p) == resolved or _same(dest, p)), dest)
+            raise OutputError(f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}")
         return dest
 
     def transaction(self) -> OutputTransaction:
