@@ -20,7 +20,7 @@ import numpy as np
 from onnxcam.boxes import cam_to_boxes, scale_box
 from onnxcam.errors import ArgumentError, ImageError, TargetError
 from onnxcam.explainers.base import BaseCAM
-from onnxcam.image import Preprocess, load_image, preprocess, to_display
+from onnxcam.image import Preprocess, geometry, load_image, preprocess
 from onnxcam.model import LayerSpec, Model
 from onnxcam.output import OutputDir
 from onnxcam.overlay import colormap_code, draw_boxes, make_grid, show_cam_on_image
@@ -146,14 +146,19 @@ def explain_images(
     with out_dir.transaction() as tx:
         for batch_start in range(0, len(paths), config.batch_size):
             batch_paths = paths[batch_start: batch_start + config.batch_size]
-            loaded: list[tuple[Path, np.ndarray]] = []
+            # (path, the model's view of the image (h, w, 3) uint8, original (H, W)): the resize is done
+            # once, for both the input tensor and the overlay, and the full-size image is let go.
+            loaded: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
             for p in batch_paths:
                 try:
-                    loaded.append((p, load_image(p)))
+                    img = load_image(p)
+                    pp = config.preprocess
+                    view = geometry(img, pp.size, pp.resize_mode, pp.crop_fraction)
+                    loaded.append((p, view, (int(img.shape[0]), int(img.shape[1]))))
                 except ImageError as exc:
                     failed.append({"file": str(p), "error": str(exc)})
             if loaded:
-                x = preprocess([img for _, img in loaded], config.preprocess)
+                x = preprocess([view for _, view, _ in loaded], config.preprocess)
                 _explain_batch(job, loaded, x, tx, images_out, stems)
             if progress is not None:
                 progress(len(batch_paths))
@@ -170,7 +175,7 @@ def explain_images(
     return ExplainSummary(Path(out), images_out, failed, time.perf_counter() - start, model.device, files)
 
 
-def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray]], x: np.ndarray, tx: Any,
+def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, int]]], x: np.ndarray, tx: Any,
                    images_out: list[dict[str, Any]], stems: dict[str, int]) -> None:
     config = job.config
     outputs: np.ndarray | None = None
@@ -200,17 +205,17 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray]], x: np.ndarr
     assert outputs is not None
     probs = _softmax(outputs.reshape(len(loaded), -1))
     pp = config.preprocess
-    for i, (path, img) in enumerate(loaded):
+    for i, (path, model_view, original_hw) in enumerate(loaded):
         stem = _safe_stem(path)
         n = stems.get(stem, 0)
         stems[stem] = n + 1
         if n:
             stem = f"{stem}-{n + 1}"
-        view = to_display(img, pp)
+        view = model_view.astype(np.float32) / np.float32(255)
         top = np.argsort(-probs[i])[: config.report_top]
         record: dict[str, Any] = {
             "file": str(path),
-            "size": [int(img.shape[1]), int(img.shape[0])],
+            "size": [original_hw[1], original_hw[0]],
             "predictions": [{"class": int(k), "label": job.label(int(k)), "probability": float(probs[i, k]),
                              "score": float(outputs.reshape(len(loaded), -1)[i, k])} for k in top],
             "explanations": [],
@@ -238,7 +243,7 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray]], x: np.ndarr
                 entry["box"] = [int(v) for v in box]
                 if pp.resize_mode == "stretch":
                     hw = (int(cmap.shape[0]), int(cmap.shape[1]))
-                    entry["box_original"] = [int(v) for v in scale_box(box, hw, (img.shape[0], img.shape[1]))]
+                    entry["box_original"] = [int(v) for v in scale_box(box, hw, original_hw)]
             if config.save_npy:
                 tx.write_npy(f"{name}.npy", cmap.astype(np.float32))
                 entry["npy"] = f"{name}.npy"
