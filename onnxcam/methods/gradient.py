@@ -36,11 +36,12 @@ def gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     a, g = _pair(acts, grads)
     sum_a = np.sum(a, axis=_SPATIAL)[:, :, None, None]
     g2 = g * g
-    # In place, one temporary at a time: this runs on (N, C, h, w) after every batch. The reference's
-    # where(g != 0, alpha, 0) is implied: relu(g) is 0 wherever g is.
-    denom = g2 * g
-    denom *= sum_a
-    denom += 2 * g2
+    # 2 g^2 + sum(A) g^3 = g^2 (2 + sum(A) g), computed in place, one temporary at a time: this runs on
+    # (N, C, h, w) after every batch. The reference's where(g != 0, alpha, 0) is implied: relu(g) is
+    # 0 wherever g is.
+    denom = np.multiply(g, sum_a)
+    denom += np.float32(2)
+    denom *= g2
     denom += np.float32(1e-6)
     num = np.maximum(g, np.float32(0))
     num *= g2

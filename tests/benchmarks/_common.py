@@ -75,3 +75,19 @@ def best(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def best_pair(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Minimum wall times of ``fn`` and ``ref`` run alternately (after one warm-up each), so a ratio
+    of the two is not skewed by the machine speeding up or slowing down between measurements."""
+    fn()
+    ref()
+    a, b = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref()
+        b.append(time.perf_counter() - t)
+    return min(a), min(b)
