@@ -11,7 +11,7 @@ from onnxcam.image import expand_image_paths
 from onnxcam.model import load
 from onnxcam.pipeline import read_labels
 
-from .errors import friendly
+from .errors import friendly, report_skipped
 from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
 
@@ -53,8 +53,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
-    for item in summary.failed:
-        typer.echo(f"skipped {item['file']}: {item['error']}", err=True)
+    report_skipped(summary.failed)
     if not summary.report["images"]:
         typer.echo("onnxcam: error: no image could be read", err=True)
         raise typer.Exit(5)

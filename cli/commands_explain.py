@@ -12,7 +12,7 @@ from onnxcam.image import expand_image_paths, get_preset
 from onnxcam.model import Model, load
 from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
 
-from .errors import friendly
+from .errors import friendly, report_skipped
 from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
 
@@ -40,9 +40,7 @@ def _methods(text: str) -> list[str]:
 
 
 def _report(summary: ExplainSummary, quiet: bool) -> None:
-    # Skipped images are reported even with --quiet: a silent partial result would look complete.
-    for item in summary.failed:
-        typer.echo(f"onnxcam: skipped {item['file']}: {item['error']}", err=True)
+    report_skipped(summary.failed)
     if quiet:
         return
     n = len(summary.images)

@@ -52,5 +52,11 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def report_skipped(failed: list[dict[str, str]]) -> None:
+    """One stderr line per unreadable input, even with --quiet: a silent partial result looks complete."""
+    for item in failed:
+        typer.echo(f"onnxcam: skipped {item['file']}: {item['error']}", err=True)
+
+
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()

@@ -8,6 +8,12 @@ the cheapest support ticket is the error message. The CLI maps each family to it
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of a third-party exception's message, for one-line error messages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]
+
+
 class OnnxCamError(Exception):
     """Base class of every error onnxcam raises on purpose."""
 

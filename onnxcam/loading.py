@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnxcam.errors import ExternalDataError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from onnxcam.errors import ExternalDataError, ModelLoadError, ModelNotFoundError, UnsupportedModelError, first_line
 
 # onnxruntime refuses models older than this default-domain opset.
 MIN_OPSET = 7
@@ -36,7 +36,7 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         model = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise ModelLoadError(
-            f"{p} is not an ONNX model (protobuf parse failed: {_first_line(exc)}); the file may be truncated or "
+            f"{p} is not an ONNX model (protobuf parse failed: {first_line(exc, 300)}); the file may be truncated or "
             "of another format: re-export it with your framework's ONNX exporter"
         ) from exc
     _check_is_model(model, p)
@@ -46,11 +46,11 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(
-            f"{p} fails the ONNX checker: {_first_line(exc)}; re-export the model or fix the named node"
+            f"{p} fails the ONNX checker: {first_line(exc, 300)}; re-export the model or fix the named node"
         ) from exc
     except ValueError as exc:  # models > 2 GB must be checked by path
         if "2GB" not in str(exc):
-            raise ModelLoadError(f"{p} fails the ONNX checker: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"{p} fails the ONNX checker: {first_line(exc, 300)}") from exc
     return model
 
 
@@ -59,11 +59,6 @@ def _read_bytes(p: Path) -> bytes:
         return p.read_bytes()
     except OSError as exc:
         raise ModelNotFoundError(f"cannot read {p}: {exc.strerror}; check its permissions") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def _check_is_model(model: onnx.ModelProto, p: Path) -> None:
@@ -125,7 +120,7 @@ def _load_external_data(model: onnx.ModelProto, p: Path) -> None:
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(folder))
     except (OSError, ValueError) as exc:
-        raise ExternalDataError(f"{p}: external data could not be read: {_first_line(exc)}") from exc
+        raise ExternalDataError(f"{p}: external data could not be read: {first_line(exc, 300)}") from exc
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -25,7 +25,7 @@ from onnxcam.model import LayerSpec, Model
 from onnxcam.output import OutputDir
 from onnxcam.overlay import colormap_code, draw_boxes, make_grid, show_cam_on_image
 from onnxcam.registry import get_method
-from onnxcam.targets import ClassTarget
+from onnxcam.targets import ClassTarget, to_probabilities
 
 
 @dataclass
@@ -69,12 +69,6 @@ def read_labels(path: str | Path) -> list[str]:
     if not labels:
         raise ArgumentError(f"labels file {p} is empty: it needs one class name per line")
     return labels
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x.astype(np.float64) - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 def _safe_stem(path: Path) -> str:
@@ -203,7 +197,7 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
                 explain_targets = [[t.category] if isinstance(t, ClassTarget) else [0] for t in e.targets]
             results[(m, r)] = e.maps
     assert outputs is not None
-    probs = _softmax(outputs.reshape(len(loaded), -1))
+    probs = to_probabilities(outputs)
     pp = config.preprocess
     for i, (path, model_view, original_hw) in enumerate(loaded):
         stem = _safe_stem(path)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.errors import ArgumentError, OnnxRuntimeError
+from onnxcam.errors import ArgumentError, OnnxRuntimeError, first_line
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -121,7 +121,7 @@ def make_session(
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         if device == "auto" and providers[0] != "CPUExecutionProvider":
             return make_session(data, "cpu", threads, what, optimization)
-        raise OnnxRuntimeError(f"onnxruntime could not load the {what}: {_first_line(exc)}") from exc
+        raise OnnxRuntimeError(f"onnxruntime could not load the {what}: {first_line(exc)}") from exc
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxRuntimeError(
             f"device='cuda' asked for, but the CUDA provider did not start for the {what}: check the CUDA/cuDNN "
@@ -133,11 +133,6 @@ def make_session(
 def session_device(sess: ort.InferenceSession) -> str:
     """``cuda`` or ``cpu``: where the session actually runs."""
     return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
@@ -159,7 +154,7 @@ def run(
         return list(sess.run(list(outputs) if outputs is not None else None, dict(feeds)))
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in feeds.items())
-        raise OnnxRuntimeError(f"onnxruntime failed running the {what} on {shapes}: {_first_line(exc)}") from exc
+        raise OnnxRuntimeError(f"onnxruntime failed running the {what} on {shapes}: {first_line(exc)}") from exc
 
 
 def run_batched(

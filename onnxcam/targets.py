@@ -182,6 +182,22 @@ class EmbeddingTarget(Target):
         return "embedding cosine similarity"
 
 
+def to_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """``(N, K)`` probabilities from a model output ``(N, K, ...)``.
+
+    Outputs that already are probabilities (in [0, 1], rows summing to 1) are kept: applying a
+    softmax twice would flatten them towards uniform and hide near-ties.
+    """
+    n = int(outputs.shape[0])
+    flat = np.asarray(outputs, dtype=np.float64).reshape(n, -1)
+    if flat.size and flat.min() >= 0.0 and flat.max() <= 1.0 and np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
+        return flat
+    z = flat - flat.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+
 TargetSpec = None | int | Target | Sequence[int | Target]
 
 

@@ -23,11 +23,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 
-def _stub_torchvision() -> None:
-    from models.torchvision_stub import install
-
-    install()
-
+from models.torchvision_stub import install as _stub_torchvision  # noqa: E402
 
 _stub_torchvision()
 pgc = pytest.importorskip("pytorch_grad_cam")

@@ -25,6 +25,7 @@ from onnxcam.metrics import (
 )
 from onnxcam.metrics._common import Predict
 from onnxcam.model import Model
+from onnxcam.targets import to_probabilities
 
 #: Thresholds behind the review flags (documented in the report).
 LOW_INSERTION_AUC = 0.2
@@ -36,21 +37,6 @@ NEAR_TIE_GAP = 0.05
 BASE_METRICS = ("average_drop", "increase", "deletion_auc", "insertion_auc", "border_energy")
 BOX_METRICS = ("pointing_game", "energy_pointing_game", "cam_box_iou")
 ROAD_METRIC = "road"
-
-
-def to_probabilities(outputs: np.ndarray) -> NDArray[np.float64]:
-    """``(N, K)`` probabilities from a model output ``(N, K, ...)``.
-
-    Outputs that already are probabilities (in [0, 1], rows summing to 1) are kept: applying a
-    softmax twice would flatten them towards uniform and hide near-ties.
-    """
-    n = int(outputs.shape[0])
-    flat = np.asarray(outputs, dtype=np.float64).reshape(n, -1)
-    if flat.size and flat.min() >= 0.0 and flat.max() <= 1.0 and np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
-        return flat
-    z = flat - flat.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 def model_predict(model: Model, batch_size: int = 16) -> Predict:
