@@ -43,7 +43,8 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     _load_external_data(model, p)
     _check_opset(model, p)
     try:
-        onnx.checker.check_model(model)
+        # The file's own bytes: checking the parsed proto would serialise it all over again.
+        onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(
             f"{p} fails the ONNX checker: {first_line(exc, 300)}; re-export the model or fix the named node"
@@ -121,14 +122,3 @@ def _load_external_data(model: onnx.ModelProto, p: Path) -> None:
         onnx.external_data_helper.load_external_data_for_model(model, str(folder))
     except (OSError, ValueError) as exc:
         raise ExternalDataError(f"{p}: external data could not be read: {first_line(exc, 300)}") from exc
-
-
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` with inferred value_info; the caller's object is left untouched."""
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
-        # Shape inference is a convenience: shapes it misses are probed with onnxruntime instead.
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy

@@ -19,11 +19,12 @@ import onnxruntime as ort
 
 from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
+from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
 from onnxcam.layers import Layer, candidate_layers, resolve_layer
-from onnxcam.loading import infer_shapes, read_model
+from onnxcam.loading import read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
 from onnxcam.targets import TargetSpec
 
@@ -85,9 +86,9 @@ class Model:
         self.threads = threads
         self.proto = read_model(self.path)
         self.input = self._find_input(input_size, layout)
-        fixed = with_static_inputs(self.proto, {self.input.name: self._input_dims(self.input.batch)})
-        self._shaped = infer_shapes(fixed)
-        self._infos: dict[str, TensorInfo] = tensor_infos(self._shaped)
+        skeleton, folded = shape_skeleton(self.proto)
+        shaped = with_static_inputs(skeleton, {self.input.name: self._input_dims(self.input.batch)})
+        self._infos: dict[str, TensorInfo] = {**tensor_infos(shaped), **value_infos(folded)}
         self._probe_missing_shapes()
         self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
         self._layers: list[Layer] | None = None

@@ -237,6 +237,7 @@ class OutputTransaction:
     def __init__(self, out: OutputDir) -> None:
         self.out = out
         self.written: list[Path] = []
+        self._written_resolved: set[Path] = set()
         self._created_dirs: list[Path] = []
         self._backups: list[tuple[Path, Path]] = []  # (original, backup)
         self._backup_dir: Path | None = None
@@ -274,6 +275,7 @@ class OutputTransaction:
             with suppress(OSError):
                 d.rmdir()  # fails, as wanted, if something else was put there
         self.written.clear()
+        self._written_resolved.clear()
         self._backups.clear()
         self._created_dirs.clear()
 
@@ -296,7 +298,7 @@ class OutputTransaction:
         if not self._active:
             raise OutputError("write outside 'with OutputDir(...).transaction() as tx:' block")
         dest = self.out.target(name)
-        if any(_resolve(dest) == _resolve(w) for w in self.written):
+        if _resolve(dest) in self._written_resolved:
             raise OutputError(
                 f"output {str(dest)!r} was already written in this run; two inputs map to the "
                 "same output name (same file name in different folders?); rename one"
@@ -344,6 +346,7 @@ class OutputTransaction:
                         os.replace(backup, dest)
             raise
         self.written.append(dest)
+        self._written_resolved.add(_resolve(dest))
         return dest
 
     def write_png(self, name: str | Path, rgb: np.ndarray) -> Path:

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcam.gradients._emit import Shape, attr
+from onnxcam.graph.const_fold import shape_skeleton
 
 # Ops whose value is not a function of their inputs: never folded.
 _NONDETERMINISTIC = frozenset(
@@ -47,13 +48,20 @@ def collect_consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return consts
 
 
-def _infer(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int]]:
+def _infer(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int], dict[str, np.ndarray]]:
+    """Shapes and element types by inference on a weightless skeleton, and the constants it folded."""
+    # Weightless: inference never needs weight values, and serialising them costs more than inferring.
+    skeleton, folded = shape_skeleton(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: rules that need a shape say so by name
-        inferred = model
+        inferred = skeleton
     shapes: dict[str, Shape | None] = {}
     dtypes: dict[str, int] = {}
+    for name, value in folded.items():
+        shapes[name] = [int(d) for d in value.shape]
+        if value.dtype.kind in "fiub":
+            dtypes[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
     g = inferred.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         t = vi.type.tensor_type
@@ -61,10 +69,10 @@ def _infer(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, i
             dtypes[vi.name] = t.elem_type
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in g.initializer:
+    for init in model.graph.initializer:
         dtypes[init.name] = init.data_type
         shapes[init.name] = list(init.dims)
-    return shapes, dtypes
+    return shapes, dtypes, folded
 
 
 def _session(model: onnx.ModelProto) -> object | None:
@@ -174,14 +182,16 @@ def _probe_shapes(model: onnx.ModelProto, shapes: dict[str, Shape | None], dtype
 def collect_facts(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int], dict[str, np.ndarray]]:
     """(shapes, element types, constant values) of the tensors of ``model``'s main graph."""
     consts = collect_consts(model.graph)
-    shapes, dtypes = _infer(model)
+    shapes, dtypes, folded_here = _infer(model)
+    consts.update(folded_here)
     gaps = any(not _static(shapes.get(o)) for n in model.graph.node for o in n.output if o)
     if not gaps:
         return shapes, dtypes, consts
+    # Constant chains with ops the numpy folder does not know are left to onnxruntime.
     folded = _fold_constants(model, consts)
     consts.update(folded)
     if folded:
-        shapes2, dtypes2 = _infer(_with_constants(model, folded))
+        shapes2, dtypes2, _ = _infer(_with_constants(model, folded))
         shapes.update({k: v for k, v in shapes2.items() if _static(v) or k not in shapes})
         for k, t in dtypes2.items():
             dtypes.setdefault(k, t)

@@ -77,8 +77,11 @@ def with_static_inputs(model: onnx.ModelProto, dims: Mapping[str, Sequence[Dim]]
     """A copy of ``model`` whose named inputs have the given static dims, shapes re-inferred.
 
     Intermediate value_info is dropped first: it carries the symbolic batch dim, which would
-    otherwise survive and keep the gradient builder from seeing static shapes.
+    otherwise survive and keep the gradient builder from seeing static shapes. Inference runs on a
+    weightless skeleton (see ``const_fold``) and its value_info is copied back.
     """
+    from onnxcam.graph.const_fold import shape_skeleton, value_infos  # local: const_fold builds on this module
+
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.value_info[:]
@@ -91,7 +94,15 @@ def with_static_inputs(model: onnx.ModelProto, dims: Mapping[str, Sequence[Dim]]
         if tt.HasField("shape"):
             for d in tt.shape.dim:
                 d.Clear()
+    skeleton, folded = shape_skeleton(copy)
     try:
-        return onnx.shape_inference.infer_shapes(copy, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError):
         return copy
+    copy.graph.value_info.extend(inferred.graph.value_info)
+    copy.graph.value_info.extend(make_value_info(i.name, i.elem_type, i.shape) for i in value_infos(folded).values())
+    outputs = {o.name: o for o in inferred.graph.output}
+    for value in copy.graph.output:
+        if value.name in outputs:
+            value.CopyFrom(outputs[value.name])
+    return copy
