@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from onnxcam.image import get_preset, load_image, preprocess
 from onnxcam.model import load
@@ -29,6 +27,9 @@ def register(app: typer.Typer) -> None:
 
 @friendly
 def methods() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title="onnxcam methods")
     table.add_column("method")
     table.add_column("gradients")

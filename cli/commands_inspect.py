@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from onnxcam.model import load
 
@@ -29,6 +27,9 @@ def layers(
     size: str = typer.Option("", "--size", help="Input size HxW for models with a dynamic spatial size."),
 ) -> None:
     start = time.perf_counter()
+    from rich.console import Console
+    from rich.table import Table
+
     from .parsing import parse_size
 
     m = load(model, device="cpu", input_size=parse_size(size) if size else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -137,21 +137,8 @@ def _graph_gradients(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     split = model.split(cut)
     total = next(iter(feeds.values())).shape[0]
-    n = min(model.batch_limit(batch_size), total)
-    key = ("grad", cut, names, seeded, n)
-    meta: dict[str, dict[str, str]] = {}
-
-    def build() -> onnx.ModelProto:
-        proto, seed_inputs, grad_outputs = _gradient_proto(model, cut, names, seeded, n)
-        meta["seed"], meta["grad"] = seed_inputs, grad_outputs
-        return proto
-
-    cached = model._grad_meta.get(key)
-    sess = model.session("grad", key[1:], build)
-    if cached is None:
-        model._grad_meta[key] = (meta["seed"], meta["grad"])
-        cached = model._grad_meta[key]
-    seed_inputs, grad_outputs = cached
+    n = _graph_batch(model, (cut, names, seeded), min(model.batch_limit(batch_size), total), total)
+    sess, seed_inputs, grad_outputs = _gradient_session(model, cut, names, seeded, n)
     by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
     inner = [w for w in names if w not in cut]
     fetch = [grad_outputs[w] for w in names] + inner
@@ -172,6 +159,60 @@ def _graph_gradients(
             raise GradientError(f"gradients at {w!r} of {model.name} contain NaN/Inf: the head is numerically unstable "
                                 "there; try another layer or gradient mode 'finite'")
     return acts, grads
+
+
+def _gradient_session(model: Model, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
+                      n: int) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """The cached gradient graph session for batch ``n``, its seed inputs and gradient outputs by name."""
+    key = ("grad", cut, names, seeded, n)
+    meta: dict[str, dict[str, str]] = {}
+
+    def build() -> onnx.ModelProto:
+        proto, seed_inputs, grad_outputs = _gradient_proto(model, cut, names, seeded, n)
+        meta["seed"], meta["grad"] = seed_inputs, grad_outputs
+        return proto
+
+    sess = model.session("grad", key[1:], build)
+    if key not in model._grad_meta:
+        model._grad_meta[key] = (meta["seed"], meta["grad"])
+    seed_inputs, grad_outputs = model._grad_meta[key]
+    return sess, seed_inputs, grad_outputs
+
+
+def prepare_gradients(model: Model, layers: Sequence[str], n: int, batch_size: int = 16,
+                      mode: GradientMode = "auto") -> None:
+    """Build ahead what ``compute_gradients`` will use for ``n`` images with default targets (the
+    first model output): the body session and the gradient graph. Best effort: a head without
+    gradient rules is left for the real call to report or fall back from."""
+    if mode == "finite" or n < 1:
+        return
+    names = tuple(dict.fromkeys(layers))
+    cut = model.frontier(names)
+    split = model.split(cut)
+    model.session("body", cut)
+    if not split.model_outputs or split.model_outputs[0] not in split.head_outputs:
+        return
+    try:
+        _gradient_session(model, cut, names, (split.model_outputs[0],), min(model.batch_limit(batch_size), n))
+    except UnsupportedOpError:
+        return
+
+
+# Padding a batch up to an already built gradient graph is worth it while the padded rows cost at
+# most this many images' worth of the whole model (building another graph and session costs more).
+PAD_BUDGET_IMAGES = 1.0
+
+
+def _graph_batch(model: Model, what: tuple[object, ...], n: int, total: int) -> int:
+    """The batch of the gradient graph to run ``total`` rows with: ``n``, or a larger one already
+    built if padding to it is cheap (the last, smaller chunk of a run must not build a second graph)."""
+    built = sorted(k[-1] for k in model._grad_meta if k[1:-1] == what and k[-1] > n)
+    if n >= total and built:
+        share = model.head_share(what[0])  # type: ignore[arg-type]
+        for k in built:
+            if (k - total) * share <= PAD_BUDGET_IMAGES:
+                return int(k)
+    return n
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnxcam.backprop import GradientMode, Gradients, compute_gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
+from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
@@ -94,6 +95,7 @@ class Model:
         self._layers: list[Layer] | None = None
         self._splits: dict[tuple[str, ...], Split] = {}
         self._frontiers: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._costs: dict[tuple[str, ...], float] = {}
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._device: str | None = None
         self._grad_meta: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, str]]] = {}
@@ -217,6 +219,15 @@ class Model:
         if key not in self._splits:
             self._splits[key] = split_model(self.proto, key, self._infos, batch_dim=self.input.batch)
         return self._splits[key]
+
+    def head_share(self, cut: Sequence[str]) -> float:
+        """The head's share of the model's multiply-accumulates (0..1) at ``cut``, cached."""
+        key = ("head_share",) + tuple(cut)
+        if key not in self._costs:
+            total = graph_macs(self.proto.graph.node, self._infos)
+            head = graph_macs(self.split(cut).head.graph.node, self._infos)
+            self._costs[key] = head / total if total else 1.0
+        return self._costs[key]
 
     def frontier(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The tensors of ``names`` no other of them feeds (where to cut for gradients at all), cached."""

@@ -30,6 +30,7 @@ from onnxcam.errors import ArgumentError, OutputError
 __all__ = [
     "OutputDir",
     "OutputTransaction",
+    "encode_png",
     "write_json",
     "write_npy",
     "write_png",
@@ -66,6 +67,12 @@ def _atomic_write(path: Path, fill: Callable[[BinaryIO], object]) -> None:
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8 ``rgb`` as a PNG, atomically."""
+    data = encode_png(rgb, path)
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def encode_png(rgb: np.ndarray, path: str | Path = "image") -> bytes:
+    """PNG bytes of ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8 ``rgb`` (``path`` names it in errors)."""
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise ArgumentError(
@@ -77,8 +84,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise OutputError(f"OpenCV could not encode {str(path)!r} as PNG (shape {arr.shape})")
-    data = buf.tobytes()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    return buf.tobytes()
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:
@@ -352,6 +358,10 @@ class OutputTransaction:
     def write_png(self, name: str | Path, rgb: np.ndarray) -> Path:
         """``write_png`` to ``name`` inside the folder; returns the path written."""
         return self._write(name, lambda p: write_png(p, rgb))
+
+    def write_bytes(self, name: str | Path, data: bytes) -> Path:
+        """``data`` as the file ``name`` inside the folder (e.g. from ``encode_png``); returns the path written."""
+        return self._write(name, lambda p: _atomic_write(p, lambda f: f.write(data)))
 
     def write_npy(self, name: str | Path, array: np.ndarray) -> Path:
         """``write_npy`` to ``name`` inside the folder; returns the path written."""

@@ -22,8 +22,9 @@ from onnxcam.errors import ArgumentError, ImageError, TargetError
 from onnxcam.explainers.base import BaseCAM
 from onnxcam.image import Preprocess, geometry, load_image, preprocess
 from onnxcam.model import LayerSpec, Model
-from onnxcam.output import OutputDir
+from onnxcam.output import OutputDir, encode_png
 from onnxcam.overlay import colormap_code, draw_boxes, make_grid, show_cam_on_image
+from onnxcam.prefetch import Prefetcher
 from onnxcam.registry import get_method
 from onnxcam.targets import ClassTarget, to_probabilities
 
@@ -101,6 +102,11 @@ class _Job:
             self.cams.append(cls(model, config.layer, batch_size=config.batch_size, **options))
         self.classes: int | None = None
 
+    def prepare(self, n: int) -> None:
+        """Build every method's sessions for a first batch of ``n`` images (see ``BaseCAM.prepare``)."""
+        for cam in self.cams:
+            cam.prepare(n)
+
     def check_labels(self, outputs: np.ndarray) -> None:
         k = int(outputs.shape[1])
         labels = self.config.labels
@@ -137,25 +143,31 @@ def explain_images(
     images_out: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     stems: dict[str, int] = {}
-    with out_dir.transaction() as tx:
-        for batch_start in range(0, len(paths), config.batch_size):
-            batch_paths = paths[batch_start: batch_start + config.batch_size]
-            # (path, the model's view of the image (h, w, 3) uint8, original (H, W)): the resize is done
-            # once, for both the input tensor and the overlay, and the full-size image is let go.
+    pp = config.preprocess
+
+    def read(p: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        # The model's view of the image (h, w, 3) uint8, its input tensor and the original (H, W): the
+        # resize is done once, for both the tensor and the overlay, and the full-size image is let go.
+        img = load_image(p)
+        view = geometry(img, pp.size, pp.resize_mode, pp.crop_fraction)
+        return view, preprocess([view], pp)[0], (int(img.shape[0]), int(img.shape[1]))
+
+    with out_dir.transaction() as tx, Prefetcher(paths, read, config.batch_size) as batches:
+        # Sessions and gradient graphs are built while the first images decode on the workers.
+        job.prepare(min(len(paths), config.batch_size))
+        for batch in batches:
             loaded: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
-            for p in batch_paths:
-                try:
-                    img = load_image(p)
-                    pp = config.preprocess
-                    view = geometry(img, pp.size, pp.resize_mode, pp.crop_fraction)
-                    loaded.append((p, view, (int(img.shape[0]), int(img.shape[1]))))
-                except ImageError as exc:
-                    failed.append({"file": str(p), "error": str(exc)})
+            tensors: list[np.ndarray] = []
+            for p, item in batch:
+                if isinstance(item, ImageError):
+                    failed.append({"file": str(p), "error": str(item)})
+                else:
+                    loaded.append((p, item[0], item[2]))
+                    tensors.append(item[1])
             if loaded:
-                x = preprocess([view for _, view, _ in loaded], config.preprocess)
-                _explain_batch(job, loaded, x, tx, images_out, stems)
+                _explain_batch(job, loaded, np.stack(tensors), tx, images_out, stems, batches.map)
             if progress is not None:
-                progress(len(batch_paths))
+                progress(len(batch))
         summary = {
             "model": str(model.path),
             "device": model.device,
@@ -170,7 +182,9 @@ def explain_images(
 
 
 def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, int]]], x: np.ndarray, tx: Any,
-                   images_out: list[dict[str, Any]], stems: dict[str, int]) -> None:
+                   images_out: list[dict[str, Any]], stems: dict[str, int],
+                   parallel_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]) -> None:
+    """Explain one batch; ``parallel_map`` renders the overlays on the reader's worker threads."""
     config = job.config
     outputs: np.ndarray | None = None
     explain_targets: list[list[int]]
@@ -199,13 +213,29 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
     assert outputs is not None
     probs = to_probabilities(outputs)
     pp = config.preprocess
-    for i, (path, model_view, original_hw) in enumerate(loaded):
+    ranks_done = list(results.items())
+
+    def render(i: int) -> list[tuple[np.ndarray, bytes, tuple[int, int, int, int] | None]]:
+        """Image ``i``'s overlays, their PNG bytes and CAM boxes, one per (method, rank)."""
+        view = loaded[i][1].astype(np.float32) / np.float32(255)
+        rendered = []
+        for _, maps in ranks_done:
+            cmap = maps[i]
+            overlay = show_cam_on_image(view, cmap, config.alpha, config.colormap)
+            found = cam_to_boxes(cmap, config.box_threshold) if config.boxes else None
+            box = found if isinstance(found, tuple) else None
+            if box is not None:
+                overlay = draw_boxes(overlay, [box], (255, 255, 255), None)
+            rendered.append((overlay, encode_png(overlay), box))
+        return rendered
+
+    for i, per_image in enumerate(parallel_map(render, range(len(loaded)))):
+        path, _, original_hw = loaded[i]
         stem = _safe_stem(path)
         n = stems.get(stem, 0)
         stems[stem] = n + 1
         if n:
             stem = f"{stem}-{n + 1}"
-        view = model_view.astype(np.float32) / np.float32(255)
         top = np.argsort(-probs[i])[: config.report_top]
         record: dict[str, Any] = {
             "file": str(path),
@@ -215,18 +245,13 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
             "explanations": [],
         }
         tiles, titles = [], []
-        for (m, r), maps in results.items():
+        for ((m, r), maps), (overlay, png, box) in zip(ranks_done, per_image):
             cam = job.cams[m]
             k = explain_targets[i][r]
             cmap = maps[i]
-            overlay = show_cam_on_image(view, cmap, config.alpha, config.colormap)
-            found = cam_to_boxes(cmap, config.box_threshold) if config.boxes else None
-            box = found if isinstance(found, tuple) else None
-            if box is not None:
-                overlay = draw_boxes(overlay, [box], (255, 255, 255), None)
             suffix = f"_top{r + 1}" if ranks > 1 else ""
             name = f"{stem}_{cam.name.replace('+', 'p')}{suffix}"
-            tx.write_png(f"{name}.png", overlay)
+            tx.write_bytes(f"{name}.png", png)
             entry: dict[str, Any] = {
                 "method": cam.name, "layers": list(cam.layers), "class": int(k), "label": job.label(int(k)),
                 "overlay": f"{name}.png",

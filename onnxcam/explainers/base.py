@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcam.backprop import GradientMode, Gradients, target_scores
+from onnxcam.backprop import GradientMode, Gradients, prepare_gradients, target_scores
 from onnxcam.errors import ArgumentError, OnnxCamWarning
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, load
@@ -67,6 +67,9 @@ class BaseCAM:
     name = "base"
     uses_gradients = True
     default_batch_size = 16
+    # What ``prepare`` builds: "gradients" (``self.gradients``), "activations" (``self.activations``)
+    # or "" for methods that run something else.
+    prepares = ""
 
     def __init__(
         self,
@@ -97,6 +100,14 @@ class BaseCAM:
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         """Per-layer raw maps ``(N, h, w)`` for the preprocessed batch ``x``."""
         raise NotImplementedError
+
+    def prepare(self, n: int) -> None:
+        """Build ahead the sessions a first batch of ``n`` images will use (with default targets), so a
+        caller can do it while images decode. Optional: every call builds what it lacks anyway."""
+        if self.prepares == "gradients":
+            prepare_gradients(self.model, self.layers, n, self.batch_size, self.gradient_mode)
+        elif self.prepares == "activations":
+            self.model.session("body", tuple(self.layers))
 
     # -- shared helpers for subclasses --------------------------------------------------------------
     def gradients(self, x: np.ndarray, targets: TargetSpec, layers: Sequence[str] | None = None) -> Gradients:

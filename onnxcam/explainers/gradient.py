@@ -13,6 +13,8 @@ from onnxcam.targets import TargetSpec
 class _ChannelWeightCAM(BaseCAM):
     """Map = sum_c w_c A_c, with weights from (activations, gradients)."""
 
+    prepares = "gradients"
+
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -60,6 +62,8 @@ class XGradCAM(_ChannelWeightCAM):
 class _ElementWiseCAM(BaseCAM):
     """Map = sum_c f(A, dA) element-wise (no channel pooling of the gradients)."""
 
+    prepares = "gradients"
+
     kind = ""
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
@@ -97,6 +101,8 @@ class GradCAMElementWise(_ElementWiseCAM):
 class EigenGradCAM(BaseCAM):
     """Eigen-Grad-CAM: first principal component of dA * A."""
 
+    prepares = "gradients"
+
     name = "eigengradcam"
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
@@ -112,6 +118,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     ``torchcam_compat=True`` reproduces torchcam's use of the last noisy run's gradient and
     activations (see ``onnxcam.methods.smooth_gradcam_plusplus``). Every image draws its noise
     from its own ``default_rng(seed)``, so its map does not depend on the rest of the batch."""
+
+    prepares = "gradients"
 
     name = "smoothgradcam++"
 

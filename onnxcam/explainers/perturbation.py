@@ -14,6 +14,11 @@ from onnxcam.targets import Target, TargetSpec
 class _MaskingCAM(BaseCAM):
     uses_gradients = False
     default_batch_size = 32
+    prepares = "activations"
+
+    def prepare(self, n: int) -> None:
+        super().prepare(n)
+        self.model.session("forward")  # the masked copies run through the whole model
 
     def _score_fn(self, targets: list[Target]):  # type: ignore[no-untyped-def]
         def score_fn(images: np.ndarray, i: int) -> np.ndarray:

@@ -16,6 +16,8 @@ class CAM(BaseCAM):
     """Class Activation Mapping (Zhou et al. 2016): weights = the classifier row of the target class,
     for models whose layer feeds global average pooling -> linear -> output."""
 
+    prepares = "activations"
+
     name = "cam"
     uses_gradients = False
 
@@ -37,6 +39,8 @@ class CAM(BaseCAM):
 
 class EigenCAM(BaseCAM):
     """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations; class-agnostic."""
+
+    prepares = "activations"
 
     name = "eigencam"
     uses_gradients = False

@@ -3,10 +3,13 @@
     PYTHONPATH=. python tests/benchmarks/explain_vs_classify.py [--repeats 3]
 
 Both sides decode the files. The plain side: cv2 decode, resize, normalise, one onnxruntime run
-per 16 images, argmax. The explain side: the whole command (decode, preprocess, body + gradient
-graph, maps, overlays and summary.json written). Two measurements: end to end (a fresh process
-each, model loading and session creation included), and warm (in one process, sessions built,
-best of --repeats). Target: warm ratio < 1.5.
+per 16 images, argmax. The explain side: the whole command as the acceptance states it, without
+--quiet (decode, preprocess, body + gradient graph, maps, overlays and summary.json written).
+
+Two measurements. End to end (the target, < 1.5): a fresh process each, Python start-up, imports,
+model loading, session creation and exit included; best of --repeats after one untimed run of each,
+so both sides start from compiled bytecode and a warm page cache, as an installed package does.
+Warm: in one process, sessions already built on both sides.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--images", type=int, default=20)
     args = p.parse_args()
     model_path = build("efficientnet_lite0")
@@ -72,12 +75,21 @@ def main() -> int:
         folder.mkdir()
         write_photos(folder, args.images)
         out = Path(tmp) / "cams"
-        explain_cmd = [sys.executable, "-m", "cli.main", "explain", str(model_path), str(folder), "--method",
-                       "gradcam", "--out", str(out), "--quiet", "--device", "cpu"]
+        runs = iter(range(1000))
+
+        def explain_cmd() -> list[str]:  # a fresh output folder per run, as a first run has
+            return [sys.executable, "-m", "cli.main", "explain", str(model_path), str(folder), "--method",
+                    "gradcam", "--out", str(out.with_name(f"cams{next(runs)}")), "--device", "cpu"]
+
         classify_cmd = [sys.executable, "-c", CLASSIFY + "\nclassify()", str(folder), str(model_path),
                         str(THREADS)]
-        e2e_explain = min(timed(explain_cmd, env) for _ in range(args.repeats))
-        e2e_classify = min(timed(classify_cmd, env) for _ in range(args.repeats))
+        # Bytecode as an installed package has it (pip compiles on install), whatever this shell says.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        timed(explain_cmd(), env), timed(classify_cmd, env)
+        e2e_explain, e2e_classify = 1e9, 1e9
+        for _ in range(args.repeats):  # alternated, so drift in the host's speed hits both sides
+            e2e_explain = min(e2e_explain, timed(explain_cmd(), env))
+            e2e_classify = min(e2e_classify, timed(classify_cmd, env))
 
         # Warm: one process, sessions already built on both sides.
         ns: dict[str, object] = {}
@@ -100,9 +112,9 @@ def main() -> int:
         agree = int(np.sum(np.asarray(ours) == labels[: len(ours)]))
     print(f"EfficientNet-Lite0, {args.images} photos (JPEG/PNG), Grad-CAM, {THREADS} threads, best of {args.repeats}")
     print(f"  end to end (fresh process): explain {e2e_explain:.2f} s, classify {e2e_classify:.2f} s, "
-          f"ratio {e2e_explain / e2e_classify:.2f}")
+          f"ratio {e2e_explain / e2e_classify:.2f}  (target < 1.5)")
     print(f"  warm (sessions built):      explain {warm_explain:.2f} s, classify {warm_classify:.2f} s, "
-          f"ratio {warm_explain / warm_classify:.2f}  (target < 1.5)")
+          f"ratio {warm_explain / warm_classify:.2f}")
     print(f"  top-1 agreement between the two: {agree}/{len(ours)}")
     return 0
 
