@@ -30,14 +30,15 @@ def _as_maps(maps: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def normalize_maps(maps: np.ndarray) -> np.ndarray:
+def normalize_maps(maps: np.ndarray, finite: bool = False) -> np.ndarray:
     """Min-max scale each map of ``(N, H, W)`` to [0, 1] (pytorch-grad-cam ``scale_cam_image``).
 
     ``(x - min) / (max - min + 1e-7)``: a constant map gives exact zeros. NaN entries count as 0
     and +/-inf are clipped to the largest finite float32, so the result is always finite.
+    ``finite=True``: the caller knows there is no NaN/Inf (skips the screening pass).
     """
     arr = _as_maps(maps, "maps")
-    if not np.isfinite(arr.sum(dtype=np.float64)):
+    if not finite and not np.isfinite(arr.sum(dtype=np.float64)):
         finfo = np.finfo(np.float32)
         arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
     # float32 arithmetic like the reference, per image, vectorised over the batch.
@@ -58,6 +59,12 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     for i, img in enumerate(arr):
         cv2.resize(img, (width, height), dst=out[i])
     return out
+
+
+def finish_single(layer_map: np.ndarray) -> np.ndarray:
+    """``fuse_layers([layer_map])`` for a map straight from :func:`layer_to_image`: it is already
+    finite and non-negative, so only the final normalisation is left to do."""
+    return normalize_maps(layer_map, finite=True)
 
 
 def layer_to_image(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:

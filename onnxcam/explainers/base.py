@@ -18,7 +18,7 @@ from onnxcam.backprop import GradientMode, Gradients, prepare_gradients, target_
 from onnxcam.errors import ArgumentError, OnnxCamWarning
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, load
-from onnxcam.postprocess import fuse_layers, layer_to_image, zero_map_reasons
+from onnxcam.postprocess import finish_single, fuse_layers, layer_to_image, zero_map_reasons
 from onnxcam.targets import Target, TargetSpec, resolve_targets
 
 
@@ -138,7 +138,8 @@ class BaseCAM:
         """Per layer ReLU -> normalise -> resize, then fuse layers (pytorch-grad-cam's order)."""
         size = self.model.input.size
         layer_maps = {k: layer_to_image(v, size) for k, v in raw.maps.items()}
-        maps = fuse_layers(list(layer_maps.values()))
+        maps = finish_single(next(iter(layer_maps.values()))) if len(layer_maps) == 1 else \
+            fuse_layers(list(layer_maps.values()))
         return Explanation(maps, layer_maps, raw.maps, raw.targets, raw.scores, raw.outputs, self.name, raw.notes)
 
     def _aug_smooth(self, x: np.ndarray, targets: TargetSpec) -> Explanation:

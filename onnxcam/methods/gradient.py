@@ -27,6 +27,17 @@ def gradcam_weights(grads: np.ndarray) -> np.ndarray:
     return np.mean(as_feature_map(grads, "gradients"), axis=_SPATIAL)
 
 
+def spatially_constant(grads: np.ndarray) -> np.ndarray | None:
+    """``(N, C)`` per-channel values if every channel of ``(N, C, h, w)`` ``grads`` is constant over
+    space, else None. True at a layer read only by global average pooling (the usual last layer of
+    a classifier), where channel-wise formulas then cost ``(N, C)`` instead of ``(N, C, h, w)``."""
+    first = grads[:, :, 0, 0]
+    # The opposite corner first: a varying map almost always differs there, and that costs (N, C).
+    if not np.array_equal(grads[:, :, -1, -1], first) or not np.all(grads == first[:, :, None, None]):
+        return None
+    return np.ascontiguousarray(first)
+
+
 def gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM++ (eq. 19 of arXiv:1710.11063, exponential-score closed form). ``-> (N, C)``.
 
@@ -35,6 +46,13 @@ def gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """
     a, g = _pair(acts, grads)
     sum_a = np.sum(a, axis=_SPATIAL)[:, :, None, None]
+    per_channel = spatially_constant(g)
+    if per_channel is not None:
+        # alpha is the same at every position: the spatial sum is h * w times one value.
+        gc, s = per_channel, sum_a[:, :, 0, 0]
+        gc2 = gc * gc
+        alpha = gc2 / (gc2 * (np.float32(2) + s * gc) + np.float32(1e-6))
+        return (np.maximum(gc, np.float32(0)) * alpha * np.float32(g.shape[2] * g.shape[3])).astype(np.float32)
     g2 = g * g
     # 2 g^2 + sum(A) g^3 = g^2 (2 + sum(A) g), computed in place, one temporary at a time: this runs on
     # (N, C, h, w) after every batch. The reference's where(g != 0, alpha, 0) is implied: relu(g) is
@@ -73,6 +91,9 @@ def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """LayerCAM: ``sum_c relu(g) * A``. ``-> (N, h, w)``."""
     a, g = _pair(acts, grads)
+    per_channel = spatially_constant(g)
+    if per_channel is not None:  # relu(g) is a channel weight: one matrix product
+        return weighted_sum(a, np.maximum(per_channel, np.float32(0)))
     r = np.maximum(g, np.float32(0))
     r *= a
     return np.sum(r, axis=1)

@@ -229,3 +229,32 @@ def test_errors_name_the_problem() -> None:
         scorecam_weights(ACTS, (3, 3), images, lambda m, i: np.zeros(1), batch_size=2)
     with pytest.raises(ArgumentError, match="original_scores"):
         ablation_weights(ACTS, lambda b, i: np.zeros(len(b)), np.zeros(3))
+
+
+def test_spatially_constant_gradients_use_per_channel_formulas_with_the_same_result() -> None:
+    """A GAP head's gradients are constant over space; Grad-CAM++ and LayerCAM then compute per
+    channel. Both paths must give the element-wise formula's value (float64 reference here)."""
+    from onnxcam.methods.gradient import spatially_constant
+
+    rng = np.random.default_rng(3)
+    a = (rng.random((3, 40, 5, 6)) * 4).astype(np.float32)
+    gc = (rng.normal(size=(3, 40)) * 2e-3).astype(np.float32)
+    gc[:, :4] = 0.0
+    g = np.broadcast_to(gc[:, :, None, None], a.shape).copy()
+    assert spatially_constant(g) is not None
+    varied = g.copy()
+    varied[1, 7, 2, 3] *= 1.5
+    assert spatially_constant(varied) is None
+
+    a64, g64 = a.astype(np.float64), g.astype(np.float64)
+    s = a64.sum(axis=(2, 3), keepdims=True)
+    alpha = g64**2 / (2 * g64**2 + s * g64**3 + 1e-6)
+    expected_pp = (np.maximum(g64, 0) * alpha).sum(axis=(2, 3))
+    np.testing.assert_allclose(gradcam_plusplus_weights(a, g), expected_pp, rtol=2e-6, atol=1e-12)
+    expected_layer = (np.maximum(g64, 0) * a64).sum(axis=1)
+    np.testing.assert_allclose(layercam(a, g), expected_layer, rtol=2e-6, atol=1e-9)
+    # The general path on the varied copy agrees with the same reference where nothing changed.
+    general = gradcam_plusplus_weights(a, varied)
+    mask = np.ones_like(general, dtype=bool)
+    mask[1, 7] = False
+    np.testing.assert_allclose(general[mask], expected_pp[mask], rtol=2e-6, atol=1e-12)
