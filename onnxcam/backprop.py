@@ -18,6 +18,7 @@ import onnx
 
 from onnxcam.errors import ArgumentError, GradientError, OnnxCamWarning, TargetError, UnsupportedOpError
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
+from onnxcam.graph.prune import prune_to_outputs
 from onnxcam.graph.shapes import make_value_info
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.targets import Target, TargetSpec, resolve_targets
@@ -79,6 +80,7 @@ def _gradient_proto(model: Model, cut: tuple[str, ...], wrt: tuple[str, ...], se
             info = model.tensor_info(name)
             shape = (n,) + tuple(info.shape[1:]) if info.shape else None
             proto.graph.output.append(make_value_info(name, info.elem_type, shape))
+    proto = prune_to_outputs(proto, [*built.grad_outputs.values(), *inner])
     return proto, dict(built.seed_inputs), dict(built.grad_outputs)
 
 

@@ -59,3 +59,22 @@ def test_remainder_batch_pads_into_the_built_graph_only_when_the_head_is_cheap(b
         alone = load(build_model("resnet_small"), device="cpu").gradients(x[16:], layer)
         np.testing.assert_allclose(rest.gradients[layer], alone.gradients[layer], rtol=1e-5,
                                    atol=1e-6 * float(np.abs(alone.gradients[layer]).max()))
+
+
+def test_prune_keeps_only_what_the_outputs_need() -> None:
+    from onnxcam.graph.prune import prune_to_outputs
+
+    model = _net()
+    model.graph.output.append(h.make_tensor_value_info("a", TensorProto.FLOAT, None))
+    pruned = prune_to_outputs(model, ["a"])
+    assert [n.op_type for n in pruned.graph.node] == ["Conv"]
+    assert [i.name for i in pruned.graph.initializer] == ["w1"]
+    assert [o.name for o in pruned.graph.output] == ["a"]
+    assert [i.name for i in pruned.graph.input] == ["x"]
+    assert len(model.graph.node) == 5  # the input model is untouched
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    full = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    small = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(small.run(["a"], {"x": x})[0], full.run(["a"], {"x": x})[0])
