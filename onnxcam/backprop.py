@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -24,6 +24,8 @@ from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.targets import Target, TargetSpec, resolve_targets
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from onnxcam.model import Model
 
 GradientMode = Literal["auto", "graph", "finite"]
@@ -164,7 +166,7 @@ def _graph_gradients(
 
 
 def _gradient_session(model: Model, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
-                      n: int) -> tuple[Any, dict[str, str], dict[str, str]]:
+                      n: int) -> tuple[ort.InferenceSession, dict[str, str], dict[str, str]]:
     """The cached gradient graph session for batch ``n``, its seed inputs and gradient outputs by name."""
     key = ("grad", cut, names, seeded, n)
     meta: dict[str, dict[str, str]] = {}
@@ -205,12 +207,13 @@ def prepare_gradients(model: Model, layers: Sequence[str], n: int, batch_size: i
 PAD_BUDGET_IMAGES = 1.0
 
 
-def _graph_batch(model: Model, what: tuple[object, ...], n: int, total: int) -> int:
+def _graph_batch(model: Model, what: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], n: int,
+                 total: int) -> int:
     """The batch of the gradient graph to run ``total`` rows with: ``n``, or a larger one already
     built if padding to it is cheap (the last, smaller chunk of a run must not build a second graph)."""
     built = sorted(k[-1] for k in model._grad_meta if k[1:-1] == what and k[-1] > n)
     if n >= total and built:
-        share = model.head_share(what[0])  # type: ignore[arg-type]
+        share = model.head_share(what[0])
         for k in built:
             if (k - total) * share <= PAD_BUDGET_IMAGES:
                 return int(k)

@@ -8,7 +8,6 @@ of adding it to them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ from types import TracebackType
 from typing import Generic, TypeVar
 
 from onnxcam.errors import ImageError
+from onnxcam.runtime import physical_cores
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -27,10 +27,8 @@ AHEAD = 1
 
 
 def default_workers() -> int:
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        return max(1, min(4, os.cpu_count() or 1))
+    # Past four, decoding outruns any onnxruntime batch it feeds and only holds more images.
+    return min(4, physical_cores())
 
 
 class Prefetcher(Generic[T]):

@@ -55,7 +55,8 @@ def cuda_usable() -> bool:
         ort.set_default_logger_severity(3)
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -74,7 +75,7 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = OPTIMIZATION[optimization]
-    opts.intra_op_num_threads = threads or _physical_cores()
+    opts.intra_op_num_threads = threads or physical_cores()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # onnxcam runs several sessions back to back (body, head, gradient graph); a session's idle

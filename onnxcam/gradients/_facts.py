@@ -4,10 +4,11 @@ ONNX shape inference alone leaves gaps that rules cannot work around: exporters 
 from chains of constant ops (torch's ``F.pad`` export: ConstantOfShape -> Concat -> Reshape ->
 Slice -> Transpose -> Cast), which inference does not evaluate, so the ``Pad`` output and
 everything downstream lose their spatial dims; quantised (QDQ) graphs and custom exports lose
-others. Two fallbacks close them, both with onnxruntime, which evaluates what inference cannot:
+others. Inference therefore runs on ``graph.const_fold``'s weightless skeleton, whose constant
+chains numpy has already evaluated; two onnxruntime fallbacks close what is left:
 
-1. constant-only subgraphs are evaluated once (they need no input), their values become known
-   constants, and shapes are re-inferred with them folded in;
+1. constant-only subgraphs with ops the numpy folder does not know are evaluated once (they need
+   no input), their values become known constants, and shapes are re-inferred with them folded in;
 2. shapes still unknown are read off one run on zero inputs, when every graph input is static
    (the case for the heads onnxcam differentiates: their batch is fixed before building).
 """

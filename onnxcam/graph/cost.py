@@ -15,11 +15,16 @@ import onnx
 from onnxcam.graph.shapes import TensorInfo
 
 
-def _dims(infos: Mapping[str, TensorInfo], name: str) -> list[int] | None:
+def _dims(infos: Mapping[str, TensorInfo], name: str, batch: bool = True) -> list[int] | None:
+    """Static dims of ``name``, the first one (the batch) taken as 1 when ``batch``; None if unknown."""
     info = infos.get(name)
-    if info is None or info.shape is None or not all(isinstance(d, int) for d in info.shape[1:]):
+    if info is None or info.shape is None:
         return None
-    return [1] + [int(d) for d in info.shape[1:]]  # type: ignore[arg-type]
+    dims = [d for d in info.shape[1:] if isinstance(d, int)] if batch else \
+        [d for d in info.shape if isinstance(d, int)]
+    if len(dims) != len(info.shape) - (1 if batch else 0):
+        return None
+    return [1, *dims] if batch else dims
 
 
 def node_macs(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> int:
@@ -27,16 +32,14 @@ def node_macs(node: onnx.NodeProto, infos: Mapping[str, TensorInfo]) -> int:
     unknown shapes (they are memory-bound and cheap next to convolutions and products)."""
     op = node.op_type
     if op in ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"):
-        w = infos.get(node.input[3 if op == "QLinearConv" else 1])
+        w = _dims(infos, node.input[3 if op == "QLinearConv" else 1], batch=False)
         out = _dims(infos, node.output[0])
         inp = _dims(infos, node.input[0])
-        if w is None or w.shape is None or out is None or inp is None:
+        if w is None or len(w) < 2 or out is None or inp is None:
             return 0
-        kernel = int(np.prod([int(d) for d in w.shape[2:] if isinstance(d, int)]))
-        if op == "ConvTranspose":
-            return int(np.prod(inp)) * int(w.shape[1] or 0) * kernel  # type: ignore[arg-type]
-        per_output = int(w.shape[1] or 0) * kernel  # type: ignore[arg-type]  # in-channels per group x kernel
-        return int(np.prod(out)) * per_output
+        kernel = int(np.prod(w[2:]))
+        # w[1]: input channels per group (Conv) or output channels per group (ConvTranspose).
+        return int(np.prod(inp if op == "ConvTranspose" else out)) * w[1] * kernel
     if op in ("Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"):
         a = _dims(infos, node.input[0])
         out = _dims(infos, node.output[0])
