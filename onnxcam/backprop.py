@@ -72,6 +72,11 @@ def _gradient_proto(model: Model, cut: tuple[str, ...], wrt: tuple[str, ...], se
     from onnxcam.gradients import build_gradient_model
 
     head = model.static_head(cut, n)
+    if straight_through_note(head) is not None:
+        # Differentiate the clip surrogate of the quantised head: its gradient is exact for a stated
+        # function (what check-gradients verifies), and its clip masks are taken on values free of
+        # the rounding noise that accumulates through a deep quantised head.
+        head = straight_through(head)[0]
     built = build_gradient_model(head, wrt, seeded)
     proto = built.model
     # Layers inside the head (downstream of the cut) are read from the gradient run itself.

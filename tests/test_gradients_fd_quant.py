@@ -22,7 +22,7 @@ from models.build import DEFAULT, MODELS, build
 from models.weights import calibration_batch
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.gradients import build_gradient_model, missing_rules
-from onnxcam.gradients.finite_diff import ELEMENTWISE_EPS, directional_check
+from onnxcam.gradients.finite_diff import ELEMENTWISE_EPS, channel_gradients, directional_check
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.protos import make_model
 from onnxcam.runtime import make_session
@@ -129,17 +129,31 @@ def test_int8_gets_straight_through_gradients(role: str) -> None:
         ])  # fmt: skip
         return np.array([g.targets[int(s)].score(outs[j]) for j, s in enumerate(samples)])
 
-    # the mid head is 60 layers deep: float32 rounding needs the larger step there
-    eps = 1e-3 if role == "last" else 1e-2
-    err = directional_check(score_fn, g.activations[tensor], g.gradients[tensor], 8, eps=eps)
-    print(f"int8 {role}: {pairs} Q/DQ pairs, straight-through vs FD {err:.2e}")
+    a, grads = g.activations[tensor], g.gradients[tensor]
+    if role == "last":
+        err = directional_check(score_fn, a, grads, 8, eps=1e-3)
+        print(f"int8 {role}: {pairs} Q/DQ pairs, straight-through vs FD {err:.2e}")
+        assert err <= FD_TOL
+        return
+    # The mid head has the ReLU6 the quantiser folded into each of its 27 ranges back as clips:
+    # element-wise random directions cross their kinks, and the error shrinks with the step (the
+    # signature of kinks, not of a wrong rule). The bound is held on what the methods consume.
+    coarse = directional_check(score_fn, a, grads, 8, eps=1e-2)
+    fine = directional_check(score_fn, a, grads, 8, eps=1e-3)
+    sums_fd = channel_gradients(score_fn, a, eps=1e-3)
+    sums = grads.sum(axis=(2, 3), dtype=np.float64)
+    err = float(np.linalg.norm(sums_fd - sums) / np.linalg.norm(sums))
+    print(f"int8 {role}: {pairs} Q/DQ pairs; element-wise directions vs FD {coarse:.2e} (eps 1e-2), "
+          f"{fine:.2e} (eps 1e-3); channel sums vs FD {err:.2e}")
+    assert fine < coarse <= 5e-2
     assert err <= FD_TOL
 
 
-@pytest.mark.parametrize("role", ["last"])
-def test_int8_channel_weights_correlate_with_fp32(role: str) -> None:
-    # only at "last": the quantiser folded every ReLU6 into a QuantizeLinear range, which the plain
-    # straight-through rule ignores, so deeper layers correlate poorly (Pearson ~0.2 at "mid")
+@pytest.mark.parametrize(("role", "bound"), [("last", 0.99), ("mid", 0.85)])
+def test_int8_channel_weights_correlate_with_fp32(role: str, bound: float) -> None:
+    # The quantiser folded every ReLU6 into a QuantizeLinear range; the clipped straight-through
+    # rule brings it back (a plain one gave Pearson ~0.2 at "mid"). The mid head is 16 quantised
+    # convolutions deep, so its weights drift further from fp32 than the last layer's.
     x = _photo("chelsea")
     fp32, int8 = _model("efficientnet_lite0"), _model("efficientnet_lite0_int8")
     top = int(fp32.forward(x)[0].argmax())
@@ -150,7 +164,7 @@ def test_int8_channel_weights_correlate_with_fp32(role: str) -> None:
         weights.append(g.gradients[tensor].mean(axis=(2, 3)).ravel())  # Grad-CAM channel weights
     r = float(np.corrcoef(weights[0], weights[1])[0, 1])
     print(f"int8 vs fp32 Grad-CAM weights at {role}, Pearson {r:.4f}")
-    assert r >= 0.9
+    assert r >= bound
 
 
 def test_builder_infers_shapes_behind_constant_pads() -> None:

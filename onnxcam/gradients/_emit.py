@@ -38,6 +38,8 @@ class Emitter:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._const_cache: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        # QuantizeLinear outputs that only quantise a model output (see the QDQ rule).
+        self.output_quantizers: set[str] = set()
 
     # --- facts about the forward graph -------------------------------------------------------
     def active(self, name: str) -> bool:

@@ -14,6 +14,7 @@ from onnxcam.gradients import rules_math, rules_nn, rules_shape  # noqa: F401  (
 from onnxcam.gradients._emit import Emitter, NoRule, attr
 from onnxcam.gradients._facts import collect_facts
 from onnxcam.gradients._registry import RULES, Rule
+from onnxcam.gradients.straight_through import output_quantizers
 from onnxcam.graph.protos import make_model, opset_version
 
 # Outputs of these ops are piecewise constant (or integer) in their inputs: no adjoint flows through.
@@ -117,6 +118,7 @@ class _Plan:
         taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
         taken |= {i.name for i in graph.initializer}
         e = Emitter(self.shapes, self.dtypes, self.consts, self.active, self.opset, taken)
+        e.output_quantizers = output_quantizers(graph)
 
         contributions: dict[str, list[str]] = {}
         seeds: dict[str, str] = {}

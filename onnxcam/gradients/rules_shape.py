@@ -8,6 +8,7 @@ import onnx
 from onnxcam.gradients._emit import Emitter, NoRule, attr
 from onnxcam.gradients._registry import rule
 from onnxcam.gradients.rules_math import _gy, _only_x
+from onnxcam.gradients.straight_through import node_range
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -17,12 +18,22 @@ def _reshape(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
 
 @rule("QuantizeLinear", "DequantizeLinear")
 def _straight_through(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    # straight-through estimator, as quantisation-aware training uses: the rounding step's
-    # zero-almost-everywhere derivative is replaced by the identity
+    # Clipped straight-through estimator, as quantisation-aware training uses: the rounding step's
+    # zero-almost-everywhere derivative is replaced by the identity inside the quantiser's range,
+    # and by zero where it clips (a ReLU/ReLU6 folded into the range lives on there). Not at the
+    # model's own output quantisers: a logit above the calibrated range would leave the explained
+    # score with no gradient at all, and a CAM needs the score's slope, not the saturation's.
     g = _gy(gys)
     x = node.input[0]
     if e.dtype(x) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
         g = e.op("Cast", [g], to=e.dtype(x))
+    if node.op_type == "QuantizeLinear" and node.output[0] not in e.output_quantizers:
+        values = {n: v for n in node.input[1:3] if n and (v := e.value(n)) is not None}
+        bounds = node_range(node, values)
+        if bounds is not None:
+            inside = e.op("And", [e.compare("GreaterOrEqual", x, e.scalar(bounds[0], x)),
+                                  e.compare("LessOrEqual", x, e.scalar(bounds[1], x))])
+            g = e.mul(g, e.op("Cast", [inside], to=e.dtype(x)))
     return _only_x(node, g)
 
 

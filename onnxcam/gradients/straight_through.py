@@ -2,31 +2,105 @@
 
 A QuantizeLinear -> DequantizeLinear pair on an activation rounds it to the int8 grid: the
 quantised model is piecewise constant, so finite differences of it are zero or jumps, never the
-straight-through gradient the builder computes. That gradient is exact for the same graph with
-each activation pair replaced by the identity, which ``straight_through`` returns; checks compare
-against finite differences of that graph. Weight DequantizeLinear nodes (constant input) stay.
+straight-through gradient the builder computes. The builder uses the *clipped* straight-through
+estimator of quantisation-aware training: the gradient passes where the value is inside the
+quantiser's range and is zero where the quantiser clips it. That matters: quantisers fold
+ReLU/ReLU6 into their range (the int8 EfficientNet has no Clip node left), and without the mask
+the gradient would flow through activations the model zeroes or saturates.
+
+That gradient is exact for the same graph with each activation pair replaced by a clip to the
+quantiser's range (the identity when the range is not constant), which ``straight_through``
+returns; checks compare against finite differences of that graph. Weight DequantizeLinear nodes
+(constant input) stay.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
+
+# Integer ranges of the quantised types a QuantizeLinear can produce.
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
+    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
+}
+
+
+def quantiser_range(scale: np.ndarray | None, zero_point: np.ndarray | None,
+                    output_dtype: int = 0) -> tuple[float, float] | None:
+    """``(lo, hi)``: the real values a per-tensor QuantizeLinear rounds into its integer range
+    instead of clipping, ``((qmin - zp - 1/2) * scale, (qmax - zp + 1/2) * scale)`` (the mask of
+    PyTorch's fake-quantise backward); None when unknown (scale not a constant scalar, a
+    non-integer type, or a per-axis quantiser).
+
+    The half step matters in practice: after a folded ReLU, whole channels sit exactly at the zero
+    point, and their gradient must pass (as through the float model's pooling) with a margin that
+    finite differences see too."""
+    if scale is None or np.size(scale) != 1:
+        return None
+    if zero_point is not None:
+        if np.size(zero_point) != 1:
+            return None
+        elem = int(helper.np_dtype_to_tensor_dtype(np.asarray(zero_point).dtype))
+        zp = float(np.asarray(zero_point).reshape(()))
+    else:
+        elem, zp = output_dtype or onnx.TensorProto.UINT8, 0.0
+    bounds = _INT_RANGES.get(elem)
+    if bounds is None:
+        return None
+    s = float(np.asarray(scale).reshape(()))
+    lo, hi = sorted(((bounds[0] - zp - 0.5) * s, (bounds[1] - zp + 0.5) * s))
+    return lo, hi
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of the small constants (initializers and Constant nodes) a quantiser reads."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer if int(np.prod(i.dims)) <= 16}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    values[n.output[0]] = numpy_helper.to_array(a.t)
+    return values
+
+
+def node_range(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[float, float] | None:
+    """``quantiser_range`` of a QuantizeLinear node, from constant scale and zero point."""
+    scale = values.get(node.input[1]) if len(node.input) > 1 else None
+    zero = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if len(node.input) > 2 and node.input[2] and zero is None:
+        return None  # a zero point that is not a constant
+    out_dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+    return quantiser_range(scale, zero, out_dtype)
 
 
 def _constants(graph: onnx.GraphProto) -> set[str]:
     return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
 
-def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy of ``model`` with every activation Q -> DQ pair replaced by the identity, and the pair count.
+def output_quantizers(graph: onnx.GraphProto) -> set[str]:
+    """Outputs of the QuantizeLinear nodes whose DequantizeLinear is a graph output (the model's
+    own output quantisers, e.g. of the logits)."""
+    outputs = {o.name for o in graph.output}
+    dq_of = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.output and n.output[0] in outputs}
+    return {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.output and n.output[0] in dq_of}
 
-    The copy computes what the quantised model would without rounding (and without clipping to the
-    quantised range); the count is 0 (and the copy equal to ``model``) for a float model.
+
+def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of ``model`` with every activation Q -> DQ pair replaced by a clip to the quantiser's
+    range (the identity where it is not constant), and the pair count.
+
+    The copy computes what the quantised model would without rounding; the count is 0 (and the
+    copy equal to ``model``) for a float model.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
     consts = _constants(graph)
+    values = constant_values(graph)
+    unclipped = output_quantizers(graph)
     quant = {
         n.output[0]: n for n in graph.node
         if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx") and n.input[0] not in consts
@@ -39,7 +113,15 @@ def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             nodes.append(node)
             continue
         pairs += 1
-        nodes.append(helper.make_node("Identity", [q.input[0]], [node.output[0]], name=f"{node.name}_straight"))
+        bounds = None if q.output[0] in unclipped else node_range(q, values)
+        if bounds is None:
+            nodes.append(helper.make_node("Identity", [q.input[0]], [node.output[0]], name=f"{node.name}_straight"))
+            continue
+        lo, hi = (numpy_helper.from_array(np.asarray(v, dtype=np.float32), f"{node.output[0]}_straight_{side}")
+                  for v, side in zip(bounds, ("lo", "hi")))
+        graph.initializer.extend([lo, hi])
+        nodes.append(helper.make_node("Clip", [q.input[0], lo.name, hi.name], [node.output[0]],
+                                      name=f"{node.name}_straight"))
     used = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
     # a Q whose every DQ consumer was bypassed is dead now
     kept = [n for n in nodes if not (n.output and n.output[0] in quant and n.output[0] not in used)]
@@ -58,6 +140,7 @@ def straight_through_note(model: onnx.ModelProto) -> str | None:
     if not count:
         return None
     return (
-        f"gradients pass straight through {count} QuantizeLinear/DequantizeLinear node(s) (straight-through "
-        "estimator): they are the exact gradients of the model without activation quantisation"
+        f"gradients pass straight through {count} QuantizeLinear/DequantizeLinear node(s) (clipped straight-through "
+        "estimator): they are the exact gradients of the model with each activation quantiser replaced by a clip "
+        "to its range"
     )

@@ -326,3 +326,29 @@ def test_build_is_fast_and_linear_for_deep_graphs() -> None:
     a = np.random.default_rng(0).standard_normal((1, C, 6, 6)).astype(np.float32)
     got = run_gradient(gm, {"A": a}, {"logits": np.eye(K)[[2]]})
     assert got["A"].shape == a.shape and np.isfinite(got["A"]).all()
+
+
+@pytest.mark.parametrize(("zp", "dtype"), [(0, np.int8), (128, np.uint8), (0, np.uint8)])
+def test_quantiser_passes_gradient_only_inside_its_range(zp: int, dtype: type) -> None:
+    """Clipped straight-through: d/dx of 2 * DQ(Q(x * x)) is 4x where x * x rounds into the integer
+    range and 0 where the quantiser clips it (the model's own output quantiser excepted)."""
+    from onnxcam.gradients.straight_through import quantiser_range
+
+    scale = np.float32(0.01)
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["t"]),
+        helper.make_node("QuantizeLinear", ["t", "sc", "zp"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["u"]),
+        helper.make_node("Mul", ["u", "two"], ["y"]),
+    ]
+    inits = {"sc": np.asarray(scale), "zp": np.asarray(zp, dtype=dtype), "two": np.asarray(2.0, np.float32)}
+    model = tiny_model(nodes, {"x": [2, 6]}, ["y"], inits, 17)
+    x = np.linspace(-2.2, 2.2, 12, dtype=np.float32).reshape(2, 6)
+    got = run_gradient(build_gradient_model(model, ["x"]), {"x": x}, {"y": np.ones((2, 6), np.float32)})["x"]
+    lo, hi = quantiser_range(np.asarray(scale), np.asarray(zp, dtype=dtype))
+    info = np.iinfo(dtype)
+    assert (lo, hi) == pytest.approx(((info.min - zp - 0.5) * 0.01, (info.max - zp + 0.5) * 0.01))
+    t = x.astype(np.float64) ** 2
+    expected = np.where((t >= lo) & (t <= hi), 4 * x, 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert 0 < np.count_nonzero(expected) < expected.size  # some values clipped, some not
