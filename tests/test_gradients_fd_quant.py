@@ -199,11 +199,12 @@ def test_check_gradients_cli_passes_on_efficientnet_lite0() -> None:
     assert "gradient graph" in out and err <= 1e-2
 
 
-def test_check_gradients_cli_passes_on_int8() -> None:
-    code, out, err = _cli(str(build("efficientnet_lite0_int8")))
+@pytest.mark.parametrize("role", ["last", "mid"])
+def test_check_gradients_cli_passes_on_int8(role: str) -> None:
+    code, out, err = _cli(str(build("efficientnet_lite0_int8")), "--layer", _int8_layer(role))
     print(out)
     assert code == 0 and "gradient graph" in out and err <= 1e-2, out
-    assert "straight through" in out
+    assert "straight through" in out and "per-channel directions" in out
 
 
 def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -99,17 +99,25 @@ def directional_check(
     n_directions: int = 4,
     rng: np.random.Generator | None = None,
     eps: float = DEFAULT_EPS,
+    per_channel: bool = False,
 ) -> float:
     """Relative error ``|FD - <grads, d>| / max(|FD|, |<grads, d>|)`` over random directions d.
 
-    Directions are standard normal per element; the error is the norm over all (sample, direction)
-    pairs, so one badly wrong sample shows. Returns 0.0 when both sides vanish.
+    Directions are standard normal per element, or with ``per_channel`` one normal value per channel
+    spread over its positions: that checks the channel sums of the gradients (what channel-weight
+    methods consume) and is far less sensitive to kinks (clips) that element-wise directions cross.
+    The error is the norm over all (sample, direction) pairs, so one badly wrong sample shows.
+    Returns 0.0 when both sides vanish.
     """
     if grads.shape != a.shape:
         raise ArgumentError(f"gradient shape {grads.shape} does not match activation shape {a.shape}")
     rng = rng if rng is not None else np.random.default_rng(0)
     n = a.shape[0]
-    directions = rng.standard_normal((n_directions * n, *a.shape[1:]))
+    if per_channel and a.ndim == 4:
+        directions = np.broadcast_to(rng.standard_normal((n_directions * n, a.shape[1], 1, 1)),
+                                     (n_directions * n, *a.shape[1:]))
+    else:
+        directions = rng.standard_normal((n_directions * n, *a.shape[1:]))
     samples = np.tile(np.arange(n), n_directions)
     fd = _central(score_fn, a, directions, samples, _steps(a, eps), max(2, 2 * n))
     flat_g = grads.reshape(n, -1).astype(np.float64)[samples]
