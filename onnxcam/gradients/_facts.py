@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcam.gradients._emit import Shape, attr
-from onnxcam.graph.const_fold import shape_skeleton
+from onnxcam.gradients._emit import Shape
+from onnxcam.graph.const_fold import constant_value, shape_skeleton
 
 # Ops whose value is not a function of their inputs: never folded.
 _NONDETERMINISTIC = frozenset(
@@ -30,22 +30,14 @@ _NONDETERMINISTIC = frozenset(
 _MAX_FOLDED = 1 << 16
 
 
-def collect_consts(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of initializers and ``Constant`` node outputs."""
-    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+def collect_consts(graph: onnx.GraphProto, max_elements: int | None = None) -> dict[str, np.ndarray]:
+    """Values of initializers (those of at most ``max_elements`` when given) and ``Constant`` node outputs."""
+    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer
+              if max_elements is None or int(np.prod(init.dims)) <= max_elements}
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = attr(node, "value")
-            if isinstance(value, onnx.TensorProto):
-                consts[node.output[0]] = numpy_helper.to_array(value)
-            elif attr(node, "value_ints") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_ints"), dtype=np.int64)
-            elif attr(node, "value_int") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_int"), dtype=np.int64)
-            elif attr(node, "value_float") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_float"), dtype=np.float32)
-            elif attr(node, "value_floats") is not None:
-                consts[node.output[0]] = np.asarray(attr(node, "value_floats"), dtype=np.float32)
+        value = constant_value(node)
+        if value is not None:
+            consts[node.output[0]] = value
     return consts
 
 

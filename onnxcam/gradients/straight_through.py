@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.gradients._facts import collect_consts
+
 # Integer ranges of the quantised types a QuantizeLinear can produce.
 _INT_RANGES: dict[int, tuple[int, int]] = {
     onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
@@ -55,17 +57,6 @@ def quantiser_range(scale: np.ndarray | None, zero_point: np.ndarray | None,
     return lo, hi
 
 
-def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of the small constants (initializers and Constant nodes) a quantiser reads."""
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer if int(np.prod(i.dims)) <= 16}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    values[n.output[0]] = numpy_helper.to_array(a.t)
-    return values
-
-
 def node_range(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[float, float] | None:
     """``quantiser_range`` of a QuantizeLinear node, from constant scale and zero point."""
     scale = values.get(node.input[1]) if len(node.input) > 1 else None
@@ -99,7 +90,7 @@ def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     copy.CopyFrom(model)
     graph = copy.graph
     consts = _constants(graph)
-    values = constant_values(graph)
+    values = collect_consts(graph, max_elements=16)  # scales and zero points
     unclipped = output_quantizers(graph)
     quant = {
         n.output[0]: n for n in graph.node

@@ -200,6 +200,16 @@ _EVALUATORS: dict[str, Evaluator] = {
 }
 
 
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node (dense forms only), else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    try:
+        return _constant(node, [], _attrs(node), 0)[0]
+    except ValueError:
+        return None
+
+
 def _opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -276,4 +286,4 @@ def value_infos(values: dict[str, np.ndarray]) -> dict[str, TensorInfo]:
             for n, v in values.items() if v.dtype.kind in "fiub"}
 
 
-__all__ = ["MAX_ELEMENTS", "WEIGHT_ELEMENTS", "fold_constants", "shape_skeleton", "value_infos"]
+__all__ = ["MAX_ELEMENTS", "WEIGHT_ELEMENTS", "constant_value", "fold_constants", "shape_skeleton", "value_infos"]
