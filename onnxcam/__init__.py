@@ -8,8 +8,8 @@
 """
 
 from onnxcam import errors
-from onnxcam.backprop import Gradients
 from onnxcam.boxes import box_iou, cam_to_boxes
+from onnxcam.engine import Gradients
 from onnxcam.explainers.base import BaseCAM, Explanation
 from onnxcam.explainers.gradient import (
     EigenGradCAM,
@@ -27,15 +27,18 @@ from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, l
 from onnxcam.model import InputSpec, Model, load
 from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
 from onnxcam.registry import METHODS, get_method, method_info
-from onnxcam.targets import ClassTarget, EmbeddingTarget, SegmentationTarget, SoftmaxTarget, Target
+from onnxcam.targets import ClassTarget, EmbeddingTarget, OutputTarget, SegmentationTarget, SoftmaxTarget, Target
+from onnxcam.tasks import TASKS, ClassificationTask, EmbeddingTask, SegmentationTask, Task, detect_task
+from onnxcam.views import FeatureView
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "AblationCAM", "BaseCAM", "ClassTarget", "EigenCAM",
-    "EigenGradCAM", "EmbeddingTarget", "Explanation", "FullGrad", "GradCAM", "GradCAMElementWise",
-    "GradCAMPlusPlus", "Gradients", "HiResCAM", "InputSpec", "LayerCAM", "Model", "Preprocess", "ScoreCAM",
-    "SegmentationTarget", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "XGradCAM", "__version__",
-    "box_iou", "cam_to_boxes", "errors", "expand_image_paths", "get_method", "get_preset", "load", "load_image",
-    "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
+    "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "TASKS", "AblationCAM", "BaseCAM", "ClassTarget",
+    "ClassificationTask", "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
+    "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
+    "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess", "ScoreCAM", "SegmentationTarget",
+    "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task", "XGradCAM", "__version__",
+    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "get_method", "get_preset", "load",
+    "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
 ]

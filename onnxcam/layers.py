@@ -8,15 +8,17 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxcam.errors import AmbiguousLayerError, LayerNotFoundError, LayerShapeError
+from onnxcam.errors import AmbiguousLayerError, ArgumentError, LayerNotFoundError, LayerShapeError
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape
+from onnxcam.views import IDENTITY, FeatureView, ViewSpec, view_for
 
 
 @dataclass(frozen=True)
 class Layer:
-    """A feature tensor a CAM can be computed at.
+    """A feature tensor a CAM can be computed at, and how it is seen as a feature map.
 
-    ``shape`` is ``(N, C, h, w)`` at the model's input size (batch 1 for display).
+    ``shape`` is the map's ``(N, C, h, w)`` at the model's input size; ``view`` turns the tensor
+    (of ``tensor_shape``, which differs for channels-last or token tensors) into that map.
     """
 
     index: int
@@ -24,6 +26,8 @@ class Layer:
     op_type: str
     node_name: str
     shape: tuple[Dim, ...]
+    view: FeatureView = IDENTITY
+    tensor_shape: tuple[Dim, ...] | None = None
 
     @property
     def channels(self) -> int | None:
@@ -106,3 +110,41 @@ def resolve_layer(
         "list them with `onnxcam layers MODEL` or use layer='auto'"
     )
 
+
+
+def viewed_layer(
+    name: str,
+    model: onnx.ModelProto,
+    layers: Sequence[Layer],
+    shapes: Mapping[str, TensorInfo],
+    view: ViewSpec,
+    model_name: str = "model",
+) -> Layer:
+    """The layer ``name`` seen through ``view`` (see ``onnxcam.views.view_for``).
+
+    ``name`` is a tensor name, a node name or a candidate layer's name; any float tensor produced
+    by a node qualifies, whatever its rank, as long as the view can read its shape.
+    """
+    if name == "auto":
+        raise ArgumentError(
+            f"layer='auto' picks among {model_name}'s NCHW feature maps; with view={view!r} name the tensor to "
+            "view (see `onnxcam layers MODEL`)"
+        )
+    nodes = {o: node for node in model.graph.node for o in node.output if o}
+    tensor = name if name in nodes else None
+    if tensor is None:
+        by_node = [o for node in model.graph.node if node.name == name for o in node.output if o]
+        tensor = by_node[0] if len(by_node) == 1 else None
+    if tensor is None:
+        tensor = resolve_layer(name, layers, shapes, model_name).name
+    info = shapes.get(tensor)
+    if info is None or info.shape is None or not info.is_float:
+        raise LayerShapeError(
+            f"tensor {tensor!r} of {model_name} has no known float shape, so no view can read it: pick a tensor "
+            "listed by `onnxcam layers MODEL`"
+        )
+    fv = view_for(info.shape, view, f"tensor {tensor!r} of {model_name}")
+    node = nodes[tensor]
+    index = next((layer.index for layer in layers if layer.name == tensor), -1)
+    return Layer(index, tensor, node.op_type, node.name, fv.map_shape(info.shape),  # type: ignore[arg-type]
+                 fv, tuple(info.shape))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +18,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.backprop import GradientMode, Gradients, compute_gradients
+from onnxcam.engine import GradientEngine, GradientMode, Gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
-from onnxcam.layers import Layer, candidate_layers, resolve_layer
+from onnxcam.layers import Layer, candidate_layers, resolve_layer, viewed_layer
 from onnxcam.loading import read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
 from onnxcam.targets import TargetSpec
+from onnxcam.tasks import Task, detect_task
+from onnxcam.views import ViewSpec, as_maps
 
 LayerSpec = str | Sequence[str]
+# One view for every layer, or a view per layer name (layers without one are NCHW).
+ViewsSpec = ViewSpec | Mapping[str, ViewSpec]
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ class Model:
         self._last_checked: weakref.ref[np.ndarray] | None = None
         self._sessions: dict[tuple[Any, ...], ort.InferenceSession] = {}
         self._device: str | None = None
-        self._grad_meta: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, str]]] = {}
+        self._task: Task | None = None
+        self.gradient_engine = GradientEngine(self)
         # onnxruntime fuses QuantizeLinear/DequantizeLinear around convolutions into int8 kernels
         # only when the whole pattern is in one session; a split would change the arithmetic by up to
         # a quantisation step. Basic optimisation keeps QDQ as float simulation in every session, so
@@ -201,15 +206,47 @@ class Model:
             self._layers = candidate_layers(self.proto, self._infos)
         return self._layers
 
-    def layer(self, name: str = "auto") -> Layer:
-        """Resolve a layer name (exact tensor, node name, unique suffix or ``auto``)."""
-        return resolve_layer(name, self.layers(), self._infos, self.name)
+    def layer(self, name: str = "auto", view: ViewSpec = None) -> Layer:
+        """Resolve a layer name (exact tensor, node name, unique suffix or ``auto``).
 
-    def resolve_layers(self, layer: LayerSpec) -> tuple[str, ...]:
+        ``view``: how the tensor is seen as a feature map (``"NHWC"``, ``"tokens"``, ``"tokens:1"``
+        or a ``FeatureView``; see ``onnxcam.views``); None for the NCHW feature maps ``layers()`` lists.
+        """
+        if view is None:
+            return resolve_layer(name, self.layers(), self._infos, self.name)
+        return viewed_layer(name, self.proto, self.layers(), self._infos, view, self.name)
+
+    def select_layers(self, layer: LayerSpec, view: ViewsSpec = None) -> tuple[Layer, ...]:
+        """The layers named by ``layer`` (one spec or a list), each with its view, duplicates dropped."""
         names = [layer] if isinstance(layer, str) else list(layer)
         if not names:
             raise ArgumentError("no layer given: pass a layer name, a list of names, or 'auto'")
-        return tuple(dict.fromkeys(self.layer(n).name for n in names))
+        chosen: dict[str, Layer] = {}
+        for n in names:
+            spec = view.get(n) if isinstance(view, Mapping) else view
+            found = self.layer(n, spec)
+            chosen.setdefault(found.name, found)
+        return tuple(chosen.values())
+
+    def resolve_layers(self, layer: LayerSpec, view: ViewsSpec = None) -> tuple[str, ...]:
+        """Tensor names of the layers named by ``layer``."""
+        return tuple(found.name for found in self.select_layers(layer, view))
+
+    @property
+    def output_shapes(self) -> list[tuple[Dim, ...]]:
+        """Per-image shapes of the model outputs (batch axis dropped; unknown ones empty)."""
+        shapes = []
+        for name in self.outputs:
+            info = self._infos.get(name)
+            shapes.append(tuple(info.shape[1:]) if info is not None and info.shape else ())
+        return shapes
+
+    @property
+    def task(self) -> Task:
+        """What the outputs mean, read from their shapes (see ``onnxcam.tasks.detect_task``)."""
+        if self._task is None:
+            self._task = detect_task(self.output_shapes)
+        return self._task
 
     def tensor_info(self, name: str) -> TensorInfo:
         return self._infos[name]
@@ -237,24 +274,27 @@ class Model:
             self._frontiers[names] = upstream_frontier(self.proto, names)
         return self._frontiers[names]
 
-    def session(self, kind: str, key: tuple[Any, ...] = (), build: Any = None) -> ort.InferenceSession:
-        """A cached session: ``forward`` (the model), ``body``/``head`` of a split, or anything ``build()`` makes."""
-        cache_key = (kind,) + tuple(key)
+    def session(self, kind: str, cut: tuple[str, ...] = ()) -> ort.InferenceSession:
+        """A cached session: ``forward`` (the model), or ``body`` / ``head`` of the split at ``cut``."""
+        cache_key = (kind,) + tuple(cut)
         sess = self._sessions.get(cache_key)
         if sess is None:
             if kind == "forward":
                 proto: onnx.ModelProto = self.proto
             elif kind == "body":
-                proto = self.split(key).body
+                proto = self.split(cut).body
             elif kind == "head":
-                proto = self.split(key).head
+                proto = self.split(cut).head
             else:
-                proto = build()
-            device: Device = self.requested_device if self._device is None else self._device  # type: ignore[assignment]
-            sess = make_session(proto, device, self.threads, what=f"{kind} of {self.name}",
-                                optimization=self.optimization)
-            self._device = session_device(sess)
-            self._sessions[cache_key] = sess
+                raise ArgumentError(f"unknown session kind {kind!r}: use forward, body or head")
+            sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
+        return sess
+
+    def new_session(self, proto: onnx.ModelProto, what: str) -> ort.InferenceSession:
+        """An uncached session of ``proto`` on the model's device, threads and optimisation level."""
+        device: Device = self.requested_device if self._device is None else self._device  # type: ignore[assignment]
+        sess = make_session(proto, device, self.threads, what=what, optimization=self.optimization)
+        self._device = session_device(sess)
         return sess
 
     def batch_limit(self, batch_size: int) -> int:
@@ -347,14 +387,23 @@ class Model:
         targets: TargetSpec = None,
         batch_size: int = 16,
         mode: GradientMode = "auto",
+        *,
+        view: ViewsSpec = None,
+        task: Task | None = None,
     ) -> Gradients:
         """Activations ``(N, C, h, w)``, exact per-sample gradients of each image's target score w.r.t.
-        them, and the scores ``(N,)``, at one layer or several (see ``onnxcam.backprop``).
+        them, and the scores ``(N,)``, at one layer or several (see ``onnxcam.engine``).
 
-        ``targets``: None (top-1 per image), an int, a ``Target``, or one entry per image.
-        ``mode``: ``auto`` (gradient graph, finite differences if an op has no rule), ``graph``, ``finite``.
+        ``targets``: None (the task's default, top-1 class for classifiers), an int, a ``Target``, or
+        one entry per image. ``mode``: ``auto`` (gradient graph, finite differences if an op has no
+        rule), ``graph``, ``finite``. ``view``: how each layer is seen as a feature map (see
+        ``layer``); activations and gradients come back through it. ``task``: overrides ``self.task``.
         """
-        return compute_gradients(self, x, self.resolve_layers(layer), targets, batch_size, mode)
+        chosen = self.select_layers(layer, view)
+        g = self.gradient_engine.compute(x, [c.name for c in chosen], targets, task or self.task, batch_size, mode)
+        views = {c.name: c.view for c in chosen}
+        g.activations, g.gradients = as_maps(g.activations, views), as_maps(g.gradients, views)
+        return g
 
     def gradients_at(
         self,
@@ -363,9 +412,10 @@ class Model:
         targets: TargetSpec = None,
         batch_size: int = 16,
         mode: GradientMode = "auto",
+        task: Task | None = None,
     ) -> Gradients:
-        """Like ``gradients`` but at exact tensor names, the model input included (FullGrad)."""
-        return compute_gradients(self, x, tuple(tensors), targets, batch_size, mode)
+        """Like ``gradients`` but at exact tensor names in their own layout, the model input included (FullGrad)."""
+        return self.gradient_engine.compute(x, tuple(tensors), targets, task or self.task, batch_size, mode)
 
     def __repr__(self) -> str:
         spec = self.input

@@ -26,7 +26,8 @@ from onnxcam.output import OutputDir, encode_png
 from onnxcam.overlay import colormap_code, draw_boxes, make_grid, show_cam_on_image
 from onnxcam.prefetch import Prefetcher
 from onnxcam.registry import get_method
-from onnxcam.targets import ClassTarget, to_probabilities
+from onnxcam.targets import Target
+from onnxcam.tasks import ClassificationTask, Task, detect_task
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ExplainConfig:
     target: int | None = None  # one class for every image; None = the model's own top classes
     top_k: int = 1  # explain this many top classes per image (when target is None)
     labels: Sequence[str] | None = None
+    task: str | Task | None = None  # None: read from the model's outputs (see onnxcam.tasks)
     batch_size: int = 16
     alpha: float = 0.5
     colormap: str = "jet"
@@ -95,32 +97,30 @@ class _Job:
             )
         if not config.methods:
             raise ArgumentError("no method given: pass --method gradcam (see `onnxcam methods`)")
+        if config.target is not None and config.target < 0:
+            raise ArgumentError(f"--target must be a class index >= 0, got {config.target}")
+        self.task: Task = detect_task(model.output_shapes, config.task or model.task.name, config.labels)
+        if config.top_k > 1 and not isinstance(self.task, ClassificationTask):
+            raise ArgumentError(f"--top-k ranks classes, but the model's task is {self.task.name}: drop --top-k")
         self.cams: list[BaseCAM] = []
         for name in config.methods:
             cls = get_method(name)
             options = config.method_options.get(cls.name, {})
-            self.cams.append(cls(model, config.layer, batch_size=config.batch_size, **options))
-        self.classes: int | None = None
+            self.cams.append(cls(model, config.layer, batch_size=config.batch_size, task=self.task, **options))
 
     def prepare(self, n: int) -> None:
         """Build every method's sessions for a first batch of ``n`` images (see ``BaseCAM.prepare``)."""
         for cam in self.cams:
             cam.prepare(n)
 
-    def check_labels(self, outputs: np.ndarray) -> None:
-        k = int(outputs.shape[1])
-        labels = self.config.labels
-        if labels is not None and len(labels) != k:
-            raise ArgumentError(
-                f"the labels file has {len(labels)} names but {self.model.name} outputs {k} classes: "
-                "pass the labels file that belongs to this model"
-            )
-        if self.config.target is not None and not 0 <= self.config.target < k:
-            raise TargetError(f"--target {self.config.target} is out of range: the model has {k} classes (0..{k - 1})")
-
-    def label(self, k: int) -> str:
-        labels = self.config.labels
-        return labels[k] if labels is not None and k < len(labels) else str(k)
+    def check_outputs(self, outputs: Sequence[np.ndarray]) -> None:
+        """The first outputs of a run against what the user said (labels, --target)."""
+        self.task.check(outputs)
+        target = self.config.target
+        if target is not None and isinstance(self.task, ClassificationTask):
+            k = self.task.num_classes(outputs)
+            if not 0 <= target < k:
+                raise TargetError(f"--target {target} is out of range: the model has {k} classes (0..{k - 1})")
 
 
 def explain_images(
@@ -186,32 +186,32 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
                    parallel_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]) -> None:
     """Explain one batch; ``parallel_map`` renders the overlays on the reader's worker threads."""
     config = job.config
-    outputs: np.ndarray | None = None
-    explain_targets: list[list[int]]
+    task = job.task
+    outputs: list[np.ndarray] | None = None
+    explain_targets: list[list[Target]]  # per image, one target per rank
     if config.target is not None:
-        explain_targets = [[config.target]] * len(loaded)
+        explain_targets = [[task.target(config.target)]] * len(loaded)
     elif config.top_k == 1:
-        explain_targets = []  # decided by the first method's own forward pass (no extra run)
+        explain_targets = []  # the task's default, decided by the first method's own forward pass (no extra run)
     else:
-        outputs = job.model.forward(x, config.batch_size)[0]
-        job.check_labels(outputs)
-        order = np.argsort(-outputs.reshape(len(loaded), -1), axis=1)[:, : config.top_k]
-        explain_targets = [[int(k) for k in row] for row in order]
+        outputs = job.model.forward(x, config.batch_size)
+        job.check_outputs(outputs)
+        explain_targets = task.top_targets(outputs, config.top_k)
 
     ranks = config.top_k if config.target is None else 1
     results: dict[tuple[int, int], np.ndarray] = {}  # (method index, rank) -> maps (N, H, W)
     for m, cam in enumerate(job.cams):
         for r in range(ranks):
-            targets = [ClassTarget(t[r]) for t in explain_targets] if explain_targets else None
+            targets = [t[r] for t in explain_targets] if explain_targets else None
             e = cam.explain(x, targets)
             if outputs is None:
-                outputs = e.outputs[0]
-                job.check_labels(outputs)
+                outputs = e.outputs
+                job.check_outputs(outputs)
             if not explain_targets:
-                explain_targets = [[t.category] if isinstance(t, ClassTarget) else [0] for t in e.targets]
+                explain_targets = [[t] for t in e.targets]
             results[(m, r)] = e.maps
     assert outputs is not None
-    probs = to_probabilities(outputs)
+    predictions = task.predictions(outputs, config.report_top)
     pp = config.preprocess
     ranks_done = list(results.items())
 
@@ -236,25 +236,22 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
         stems[stem] = n + 1
         if n:
             stem = f"{stem}-{n + 1}"
-        top = np.argsort(-probs[i])[: config.report_top]
         record: dict[str, Any] = {
             "file": str(path),
             "size": [original_hw[1], original_hw[0]],
-            "predictions": [{"class": int(k), "label": job.label(int(k)), "probability": float(probs[i, k]),
-                             "score": float(outputs.reshape(len(loaded), -1)[i, k])} for k in top],
+            "predictions": predictions[i],
             "explanations": [],
         }
         tiles, titles = [], []
         for ((m, r), maps), (overlay, png, box) in zip(ranks_done, per_image):
             cam = job.cams[m]
-            k = explain_targets[i][r]
+            target = explain_targets[i][r]
             cmap = maps[i]
             suffix = f"_top{r + 1}" if ranks > 1 else ""
             name = f"{stem}_{cam.name.replace('+', 'p')}{suffix}"
             tx.write_bytes(f"{name}.png", png)
             entry: dict[str, Any] = {
-                "method": cam.name, "layers": list(cam.layers), "class": int(k), "label": job.label(int(k)),
-                "overlay": f"{name}.png",
+                "method": cam.name, "layers": list(cam.layers), **task.describe(target), "overlay": f"{name}.png",
             }
             peak = np.unravel_index(int(np.argmax(cmap)), cmap.shape)
             entry["peak_xy"] = [int(peak[1]), int(peak[0])]
@@ -268,7 +265,7 @@ def _explain_batch(job: _Job, loaded: list[tuple[Path, np.ndarray, tuple[int, in
                 entry["npy"] = f"{name}.npy"
             record["explanations"].append(entry)
             tiles.append(overlay)
-            titles.append(f"{cam.name} {job.label(int(k))}"[:40])
+            titles.append(f"{cam.name} {task.caption(target)}"[:40])
         if len(tiles) > 1:
             tx.write_png(f"{stem}_grid.png", make_grid(tiles, titles, columns=min(len(tiles), 4)))
             record["grid"] = f"{stem}_grid.png"

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcam.backprop import head_score_fn
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.gradients.straight_through import straight_through_note
 from onnxcam.model import Model
@@ -57,14 +56,14 @@ def check_gradients(
         g = model.gradients(x, name, targets)
     notes += [str(w.message) for w in caught if issubclass(w.category, OnnxCamWarning)]
     notes += g.notes
-    feeds, _ = model.run_body(x, (name,))
+    feeds, outputs = model.run_body(x, (name,))
     straight = g.source == "gradient graph" and straight_through_note(model.split((name,)).head) is not None
     if straight:
         notes.append("finite differences are taken on the head with its activation Q/DQ pairs replaced by clips to "
                      "their range (the function clipped straight-through gradients are exact for), along "
                      "per-channel directions: the clips' kinks would spoil element-wise differences")
-    score_fn = head_score_fn(model, name, g.targets, feeds, 64, straight)
-    err = directional_check(score_fn, g.activations[name], g.gradients[name], directions,
+    scorer = model.gradient_engine.head_scorer(name, g.targets, feeds, outputs, 64, straight)
+    err = directional_check(scorer, g.activations[name], g.gradients[name], directions,
                             np.random.default_rng(seed), eps=STRAIGHT_EPS if straight else DEFAULT_EPS,
                             per_channel=straight)
     return GradientCheck(name, err, tolerance, g.source, directions, notes)

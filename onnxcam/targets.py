@@ -1,9 +1,15 @@
-"""What a CAM explains: a differentiable scalar per image, computed from the model output.
+"""What a CAM explains: a differentiable scalar per image, computed from the model's outputs.
 
-A target gives, for one image's output, its ``score`` and ``output_gradient`` (d score / d output).
-Gradient methods seed the ONNX gradient graph with ``output_gradient`` evaluated at the output the
-body run already produced, so any target - softmax probability, masked segmentation sum, cosine
-to a reference embedding - costs one gradient run, with no extra nodes in the graph.
+A ``Target`` reads one image's outputs (all of them, each without its batch axis) and gives its
+``score`` and its ``seeds``: ``{output index: d score / d output}``. Gradient methods seed the ONNX
+gradient graph with those seeds evaluated at the outputs the body run already produced, so any
+target - a logit, a softmax probability, a masked segmentation sum, a cosine to a reference
+embedding, a detection's box and score together - costs one gradient run, with no extra nodes in
+the graph.
+
+Most targets read a single output: they derive from ``OutputTarget`` and implement the one-output
+hooks (``score_output``, ``output_gradient``). Which target an image gets when the user names none
+(top-1 class, ...) is the ``Task``'s business (``onnxcam.tasks``), not the target's.
 """
 
 from __future__ import annotations
@@ -17,27 +23,81 @@ from onnxcam.errors import TargetError
 
 
 class Target:
-    """Base class. ``output_index`` picks the model output the target reads (0 = first)."""
+    """A scalar per image from the model's outputs, and its gradient w.r.t. them.
+
+    Subclass it for a target that reads several outputs (say boxes and scores): implement ``score``
+    and ``seeds``; ``reads`` names the outputs it depends on; ``validate`` checks the per-image
+    output shapes before any work. ``scores`` scores many rows at once (re-run methods score
+    thousands); override it when a vectorised form exists.
+    """
+
+    def reads(self, n_outputs: int) -> tuple[int, ...]:
+        """Indices of the model outputs the score depends on (all of them unless overridden)."""
+        return tuple(range(n_outputs))
+
+    def validate(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        """Raise ``TargetError`` if the target does not fit the outputs' per-image shapes (no batch axis)."""
+
+    def score(self, outputs: Sequence[np.ndarray]) -> float:
+        """The scalar explained, from one image's outputs."""
+        raise NotImplementedError
+
+    def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        """``{output index: d score / d output}`` for one image, each the shape of that output."""
+        raise NotImplementedError
+
+    def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        """``(M,)`` scores of ``M`` rows: ``outputs[k]`` is ``(M, ...)`` for every output ``k``."""
+        m = int(outputs[0].shape[0]) if outputs else 0
+        return np.array([self.score([o[j] for o in outputs]) for j in range(m)], dtype=np.float32)
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class OutputTarget(Target):
+    """A target that reads one model output, ``output_index`` (0 = the first).
+
+    Subclasses implement ``score_output`` and ``output_gradient`` on that output alone, optionally
+    ``validate_output`` and a vectorised ``scores_output``.
+    """
 
     output_index: int = 0
 
-    def validate(self, output_shape: tuple[int, ...]) -> None:
-        """Raise ``TargetError`` if the target does not fit one image's output shape (no batch axis)."""
+    def reads(self, n_outputs: int) -> tuple[int, ...]:
+        return (self.output_index,)
 
-    def score(self, output: np.ndarray) -> float:
-        """The scalar explained, from one image's output (its shape without the batch axis)."""
+    def validate(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        k = self.output_index
+        if not 0 <= k < len(shapes):
+            raise TargetError(
+                f"{self.describe()} reads model output #{k} but the model has {len(shapes)} output(s): "
+                f"pass output_index between 0 and {len(shapes) - 1}"
+            )
+        self.validate_output(tuple(shapes[k]))
+
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        """Raise ``TargetError`` if the target does not fit its output's per-image shape."""
+
+    def score_output(self, output: np.ndarray) -> float:
         raise NotImplementedError
 
     def output_gradient(self, output: np.ndarray) -> np.ndarray:
         """d score / d output, the same shape as ``output``."""
         raise NotImplementedError
 
-    def scores(self, outputs: np.ndarray) -> np.ndarray:
-        """``(M,)`` scores of a batch of outputs ``(M, ...)`` (re-run methods score thousands of rows)."""
-        return np.array([self.score(o) for o in outputs], dtype=np.float32)
+    def scores_output(self, rows: np.ndarray) -> np.ndarray:
+        """``(M,)`` scores of rows ``(M, ...)`` of the output."""
+        return np.array([self.score_output(o) for o in rows], dtype=np.float32)
 
-    def describe(self) -> str:
-        return type(self).__name__
+    def score(self, outputs: Sequence[np.ndarray]) -> float:
+        return self.score_output(outputs[self.output_index])
+
+    def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        return {self.output_index: self.output_gradient(outputs[self.output_index])}
+
+    def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        return self.scores_output(outputs[self.output_index])
 
 
 def _class_axis_size(output_shape: tuple[int, ...]) -> int:
@@ -52,27 +112,29 @@ def _check_class(category: int, output_shape: tuple[int, ...], what: str) -> Non
         raise TargetError(f"{what} {category} is out of range: the model output has {k} classes (0..{k - 1})")
 
 
-def _softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
+def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Numerically stable softmax in float64."""
     z = x.astype(np.float64) - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return np.asarray(e / e.sum(axis=axis, keepdims=True))
 
 
 @dataclass
-class ClassTarget(Target):
+class ClassTarget(OutputTarget):
     """The raw (pre-softmax) score of ``category``: the usual Grad-CAM target.
 
     Raw logits are the default because the softmax gradient of a confident prediction vanishes
-    (p(1 - p) -> 0) and mixes in every other class.
+    (p(1 - p) -> 0) and mixes in every other class. On a ``(C, H, W)`` output the class map is
+    summed over its pixels.
     """
 
     category: int
     output_index: int = 0
 
-    def validate(self, output_shape: tuple[int, ...]) -> None:
-        _check_class(self.category, output_shape, "target class")
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        _check_class(self.category, shape, "target class")
 
-    def score(self, output: np.ndarray) -> float:
+    def score_output(self, output: np.ndarray) -> float:
         return float(output.reshape(output.shape[0], -1)[self.category].sum())
 
     def output_gradient(self, output: np.ndarray) -> np.ndarray:
@@ -80,8 +142,8 @@ class ClassTarget(Target):
         g[self.category] = 1.0
         return g
 
-    def scores(self, outputs: np.ndarray) -> np.ndarray:
-        flat = outputs.reshape(outputs.shape[0], outputs.shape[1], -1)
+    def scores_output(self, rows: np.ndarray) -> np.ndarray:
+        flat = rows.reshape(rows.shape[0], rows.shape[1], -1)
         return flat[:, self.category].sum(axis=1).astype(np.float32)
 
     def describe(self) -> str:
@@ -89,20 +151,20 @@ class ClassTarget(Target):
 
 
 @dataclass
-class SoftmaxTarget(Target):
+class SoftmaxTarget(OutputTarget):
     """The softmax probability of ``category`` over the class axis (axis 0 of one image's output)."""
 
     category: int
     output_index: int = 0
 
-    def validate(self, output_shape: tuple[int, ...]) -> None:
-        _check_class(self.category, output_shape, "target class")
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        _check_class(self.category, shape, "target class")
 
-    def score(self, output: np.ndarray) -> float:
-        return float(_softmax(output)[self.category].sum())
+    def score_output(self, output: np.ndarray) -> float:
+        return float(softmax(output)[self.category].sum())
 
     def output_gradient(self, output: np.ndarray) -> np.ndarray:
-        p = _softmax(output)
+        p = softmax(output)
         pc = p[self.category]
         g = -pc * p
         g[self.category] += pc
@@ -113,27 +175,27 @@ class SoftmaxTarget(Target):
 
 
 @dataclass
-class SegmentationTarget(Target):
+class SegmentationTarget(OutputTarget):
     """Sum of ``category``'s scores over the pixels of ``mask``, for (C, H, W) segmentation outputs."""
 
     category: int
     mask: np.ndarray = field(repr=False)
     output_index: int = 0
 
-    def validate(self, output_shape: tuple[int, ...]) -> None:
-        if len(output_shape) != 3:
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 3:
             raise TargetError(
-                f"SegmentationTarget needs a (N, C, H, W) model output, got per-image shape {output_shape}: "
+                f"SegmentationTarget needs a (N, C, H, W) model output, got per-image shape {shape}: "
                 "use ClassTarget for classifiers"
             )
-        _check_class(self.category, output_shape, "segmentation category")
-        if tuple(self.mask.shape) != tuple(output_shape[1:]):
+        _check_class(self.category, shape, "segmentation category")
+        if tuple(self.mask.shape) != tuple(shape[1:]):
             raise TargetError(
-                f"segmentation mask has shape {tuple(self.mask.shape)} but the output is {tuple(output_shape[1:])} "
+                f"segmentation mask has shape {tuple(self.mask.shape)} but the output is {tuple(shape[1:])} "
                 "per category: resize the mask to the output size"
             )
 
-    def score(self, output: np.ndarray) -> float:
+    def score_output(self, output: np.ndarray) -> float:
         return float((output[self.category] * self.mask).sum())
 
     def output_gradient(self, output: np.ndarray) -> np.ndarray:
@@ -146,16 +208,16 @@ class SegmentationTarget(Target):
 
 
 @dataclass
-class EmbeddingTarget(Target):
+class EmbeddingTarget(OutputTarget):
     """Cosine similarity between the output embedding and ``reference`` (a vector of the same size)."""
 
     reference: np.ndarray = field(repr=False)
     output_index: int = 0
 
-    def validate(self, output_shape: tuple[int, ...]) -> None:
-        if int(np.prod(output_shape)) != self.reference.size:
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        if int(np.prod(shape)) != self.reference.size:
             raise TargetError(
-                f"reference embedding has {self.reference.size} values but the output has {int(np.prod(output_shape))} "
+                f"reference embedding has {self.reference.size} values but the output has {int(np.prod(shape))} "
                 "per image: pass a reference produced by the same model output"
             )
 
@@ -164,7 +226,7 @@ class EmbeddingTarget(Target):
         r = self.reference.reshape(-1).astype(np.float64)
         return o, r, float(np.linalg.norm(o)), float(np.linalg.norm(r))
 
-    def score(self, output: np.ndarray) -> float:
+    def score_output(self, output: np.ndarray) -> float:
         o, r, no, nr = self._parts(output)
         if no == 0.0 or nr == 0.0:
             return 0.0
@@ -182,55 +244,46 @@ class EmbeddingTarget(Target):
         return "embedding cosine similarity"
 
 
-def to_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """``(N, K)`` probabilities from a model output ``(N, K, ...)``.
-
-    Outputs that already are probabilities (in [0, 1], rows summing to 1) are kept: applying a
-    softmax twice would flatten them towards uniform and hide near-ties.
-    """
-    n = int(outputs.shape[0])
-    flat = np.asarray(outputs, dtype=np.float64).reshape(n, -1)
-    if flat.size and flat.min() >= 0.0 and flat.max() <= 1.0 and np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
-        return flat
-    z = flat - flat.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
-
 TargetSpec = None | int | Target | Sequence[int | Target]
 
 
-def resolve_targets(targets: TargetSpec, outputs: np.ndarray) -> list[Target]:
-    """One ``Target`` per image from ``targets`` and the model output ``(N, ...)``.
+def per_image(outputs: Sequence[np.ndarray], i: int) -> list[np.ndarray]:
+    """Image ``i``'s outputs, each without its batch axis."""
+    return [o[i] for o in outputs]
 
-    ``None`` picks each image's top-1 class; an int applies to every image; a sequence must have
-    exactly one entry per image (a shorter list is an error, never a silent truncation).
+
+def output_shapes(outputs: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    """The per-image shapes (batch axis dropped) of a batch's outputs."""
+    return [tuple(int(d) for d in o.shape[1:]) for o in outputs]
+
+
+def target_scores(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """``(N,)`` scores of each image's target on the model outputs of the batch."""
+    return np.array([t.score(per_image(outputs, i)) for i, t in enumerate(targets)], dtype=np.float32)
+
+
+def score_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray], samples: np.ndarray) -> np.ndarray:
+    """``(M,)`` float64 scores of output rows ``(M, ...)``, row ``j`` scored by ``targets[samples[j]]``.
+
+    Rows of one sample are scored together, so a target's vectorised ``scores`` does the work.
     """
-    n = int(outputs.shape[0])
-    per_image: list[int | Target]
-    if targets is None:
-        flat = outputs.reshape(n, outputs.shape[1], -1).mean(axis=2) if outputs.ndim > 2 else outputs.reshape(n, -1)
-        per_image = [int(i) for i in flat.argmax(axis=1)]
-    elif isinstance(targets, (int, np.integer)):
-        per_image = [int(targets)] * n
-    elif isinstance(targets, Target):
-        per_image = [targets] * n
-    else:
-        per_image = list(targets)
-        if len(per_image) != n:
-            raise TargetError(
-                f"got {len(per_image)} targets for a batch of {n} images: give one target per image, "
-                "a single int for all, or None for each image's top-1 class"
-            )
-    resolved: list[Target] = []
-    for t in per_image:
-        if isinstance(t, Target):
-            resolved.append(t)
-        elif isinstance(t, (int, np.integer)) and not isinstance(t, bool):
-            resolved.append(ClassTarget(int(t)))
-        else:
-            raise TargetError(f"target {t!r} is neither a class index nor a Target object")
-    for t in resolved:
-        t.validate(tuple(outputs.shape[1:]))
-    return resolved
+    samples = np.asarray(samples).reshape(-1)
+    out = np.empty(samples.shape[0], dtype=np.float64)
+    for s in np.unique(samples):
+        rows = np.flatnonzero(samples == s)
+        whole = rows.size == samples.size
+        out[rows] = targets[int(s)].scores([o if whole else o[rows] for o in outputs])
+    return out
+
+
+def output_seeds(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+    """Seeds d(score)/d(output) ``(N, ...)`` per model output index that some target reads."""
+    seeds: dict[int, np.ndarray] = {}
+    for i, t in enumerate(targets):
+        for k, g in t.seeds(per_image(outputs, i)).items():
+            if not 0 <= k < len(outputs):
+                raise TargetError(f"{t.describe()} seeds model output #{k} but the model has {len(outputs)} outputs")
+            if k not in seeds:
+                seeds[k] = np.zeros(outputs[k].shape, dtype=np.float32)
+            seeds[k][i] = g
+    return seeds

@@ -127,7 +127,7 @@ def test_int8_gets_straight_through_gradients(role: str) -> None:
             sess.run([split.model_outputs[0]], {tensor: rows[i : i + 2].astype(np.float32)})[0]
             for i in range(0, len(rows), 2)
         ])  # fmt: skip
-        return np.array([g.targets[int(s)].score(outs[j]) for j, s in enumerate(samples)])
+        return np.array([g.targets[int(s)].score([outs[j]]) for j, s in enumerate(samples)])
 
     a, grads = g.activations[tensor], g.gradients[tensor]
     if role == "last":

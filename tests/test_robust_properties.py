@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
-from onnxcam.backprop import head_score_fn
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.graph.protos import make_model
 
@@ -191,8 +190,8 @@ def _fd_channel_checks(model: onnxcam.Model, x: np.ndarray, layer: str) -> tuple
     a, d = g.activations[layer].astype(np.float64), g.gradients[layer].astype(np.float64)
     n, c = a.shape[:2]
     analytic = np.stack([d.sum(axis=(2, 3)), (a * d).sum(axis=(2, 3))], axis=2)
-    feeds, _ = model.run_body(x, (layer,))
-    score = head_score_fn(model, layer, g.targets, feeds, 256)
+    feeds, outputs = model.run_body(x, (layer,))
+    score = model.gradient_engine.head_scorer(layer, g.targets, feeds, outputs, 256)
     rows, samples = [], []
     for eps in FD_STEPS:
         for i in range(n):

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from onnxcam.audit.metrics_run import to_probabilities
 from onnxcam.errors import ArgumentError, OnnxCamWarning
 from onnxcam.explainers.base import BaseCAM
 from onnxcam.metrics import pearson, top_region_iou
 from onnxcam.model import Model
+from onnxcam.tasks import class_indices, classifier_task
 
 TOP_FRACTION = 0.2
 
@@ -90,11 +90,13 @@ class CompareBatch:
 
 def compare_batch(cam_a: BaseCAM, cam_b: BaseCAM, x: NDArray[np.float32]) -> CompareBatch:
     """Explain ``x`` with both CAMs, for model A's top-1 class, and compare the maps."""
+    task_a = classifier_task(cam_a.task, "onnxcam compare")
+    task_b = classifier_task(cam_b.task, "onnxcam compare")
     ea = cam_a.explain(x)
-    classes = np.array([int(getattr(t, "category", 0)) for t in ea.targets], dtype=np.int64)
-    eb = cam_b.explain(x, [int(c) for c in classes])
-    probs_a = to_probabilities(ea.outputs[0])
-    probs_b = to_probabilities(eb.outputs[0])
+    classes = class_indices(task_a, ea.targets)
+    eb = cam_b.explain(x, ea.targets)
+    probs_a = task_a.probabilities(ea.outputs)
+    probs_b = task_b.probabilities(eb.outputs)
     if probs_a.shape != probs_b.shape:
         raise ArgumentError(
             f"{cam_a.model.name} outputs {probs_a.shape[1]} classes but {cam_b.model.name} outputs "

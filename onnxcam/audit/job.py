@@ -30,7 +30,6 @@ from onnxcam.audit.metrics_run import (
     model_predict,
     near_tie,
     random_maps,
-    to_probabilities,
     top_predictions,
 )
 from onnxcam.audit.randomize import sanity_run, spread_steps, weight_nodes
@@ -43,6 +42,7 @@ from onnxcam.model import LayerSpec, Model
 from onnxcam.output import OutputDir
 from onnxcam.overlay import colormap_code, draw_boxes, show_cam_on_image
 from onnxcam.registry import get_method
+from onnxcam.tasks import ClassificationTask, class_indices, classifier_task, detect_task
 
 Progress = Callable[[int], None]
 
@@ -109,21 +109,15 @@ def _check_common(model: Model, pp: Preprocess, batch_size: int, alpha: float, c
         )
 
 
-def _make_cam(model: Model, method: str, layer: LayerSpec, batch_size: int, options: dict[str, Any]) -> BaseCAM:
+def _make_cam(model: Model, method: str, layer: LayerSpec, batch_size: int, options: dict[str, Any],
+              task: ClassificationTask) -> BaseCAM:
     cls = get_method(method)
-    return cls(model, layer, batch_size=batch_size, **options.get(cls.name, {}))
+    return cls(model, layer, batch_size=batch_size, task=task, **options.get(cls.name, {}))
 
 
-def _check_labels(labels: Sequence[str] | None, k: int, model: Model) -> None:
-    if labels is not None and len(labels) != k:
-        raise ArgumentError(
-            f"the labels file has {len(labels)} names but {model.name} outputs {k} classes: "
-            "pass the labels file that belongs to this model"
-        )
-
-
-def _label(labels: Sequence[str] | None, k: int) -> str:
-    return labels[k] if labels is not None and 0 <= k < len(labels) else str(k)
+def _audit_task(model: Model, labels: Sequence[str] | None, what: str) -> ClassificationTask:
+    """The model's task with the user's labels; audits rank class probabilities, so a classifier's."""
+    return classifier_task(detect_task(model.output_shapes, model.task.name, labels), what)
 
 
 def _batches(paths: Sequence[Path], batch_size: int, failed: list[dict[str, str]],
@@ -242,7 +236,9 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
         raise ArgumentError("no method given: pass --methods gradcam (see `onnxcam methods`)")
     if config.steps < 1:
         raise ArgumentError(f"--steps must be >= 1, got {config.steps}")
-    cams = [_make_cam(model, m, config.layer, config.batch_size, config.method_options) for m in config.methods]
+    task = _audit_task(model, config.labels, "onnxcam audit")
+    cams = [_make_cam(model, m, config.layer, config.batch_size, config.method_options, task)
+            for m in config.methods]
     names = [c.name for c in cams]
     if len(set(names)) != len(names):
         raise ArgumentError(f"--methods lists a method twice ({', '.join(config.methods)}): give each once")
@@ -259,9 +255,11 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
         if not loaded:
             continue
         x = preprocess([img for _, img in loaded], pp)
-        probs = to_probabilities(model.forward(x, config.batch_size)[0])
-        _check_labels(config.labels, probs.shape[1], model)
-        classes = probs.argmax(axis=1).astype(np.int64)
+        outputs = model.forward(x, config.batch_size)
+        task.check(outputs)
+        probs = task.probabilities(outputs)
+        targets = task.default_targets(outputs)
+        classes = class_indices(task, targets)
         in_boxes = None
         if boxes is not None:
             in_boxes = [boxes_to_input(boxes[p.name], img.shape[:2], pp) if p.name in boxes else None
@@ -269,17 +267,17 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
         rand = deletion_insertion(predict, x, random_maps(len(loaded), pp.size, config.seed), classes,
                                   steps=config.steps, batch_size=config.batch_size, layout=pp.layout).insertion_auc
         views = [to_display(img, pp) for _, img in loaded]
-        batch_items = [_image_record(p, img, probs[i], config.labels, in_boxes, boxes, i, float(rand[i]))
+        batch_items = [_image_record(p, img, probs[i], task, in_boxes, boxes, i, float(rand[i]))
                        for i, (p, img) in enumerate(loaded)]
         batch_tiles = [[("input", data_uri(_with_boxes((v * 255).astype(np.uint8), in_boxes, i)))] for i, v in
                        enumerate(views)]
         for cam in cams:
-            e = cam.explain(x, [int(c) for c in classes])
+            e = cam.explain(x, targets)
             res = method_metrics(predict, x, e.maps, classes, pp.layout, in_boxes, rand, config.steps,
                                  config.batch_size, config.road, cam.name)
             for i, item in enumerate(batch_items):
                 item["methods"][cam.name] = {
-                    "class": int(classes[i]), "label": _label(config.labels, int(classes[i])),
+                    "class": int(classes[i]), "label": task.label(int(classes[i])),
                     "values": {k: _finite(v[i]) for k, v in res.values.items()}, "flags": res.flags[i],
                 }
                 overlay = show_cam_on_image(views[i], e.maps[i], config.alpha, config.colormap)
@@ -313,13 +311,13 @@ def _with_boxes(rgb: np.ndarray, in_boxes: Sequence[NDArray[np.int64] | None] | 
                       thickness)
 
 
-def _image_record(p: Path, img: np.ndarray, probs: NDArray[np.float64], labels: Sequence[str] | None,
+def _image_record(p: Path, img: np.ndarray, probs: NDArray[np.float64], task: ClassificationTask,
                   in_boxes: Sequence[NDArray[np.int64] | None] | None, boxes: Mapping[str, Any] | None, i: int,
                   random_insertion: float) -> dict[str, Any]:
     top = top_predictions(probs[None], 3)[0]
     record: dict[str, Any] = {
         "file": str(p), "name": p.name, "size": [int(img.shape[1]), int(img.shape[0])],
-        "predictions": [{"class": c, "label": _label(labels, c), "probability": pr} for c, pr in top],
+        "predictions": [{"class": c, "label": task.label(c), "probability": pr} for c, pr in top],
         "near_tie": bool(near_tie(probs[None])[0]),
         "random_insertion_auc": _finite(random_insertion),
         "methods": {},
@@ -395,11 +393,13 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
     start = time.perf_counter()
     _check_common(model_a, config.preprocess, config.batch_size, config.alpha, config.colormap)
     check_comparable(model_a, model_b)
-    cam_a = _make_cam(model_a, config.method, config.layer_a, config.batch_size, config.method_options)
-    cam_b = _make_cam(model_b, config.method, config.layer_b, config.batch_size, config.method_options)
+    task_a = _audit_task(model_a, config.labels, "onnxcam compare")
+    task_b = _audit_task(model_b, config.labels, "onnxcam compare")
+    cam_a = _make_cam(model_a, config.method, config.layer_a, config.batch_size, config.method_options, task_a)
+    cam_b = _make_cam(model_b, config.method, config.layer_b, config.batch_size, config.method_options, task_b)
     out_dir = OutputDir(out, inputs=[*paths, model_a.path, model_b.path])
     pp = config.preprocess
-    labels = config.labels
+    label = task_a.label
     images: list[dict[str, Any]] = []
     tiles: list[list[Tile]] = []
     failed: list[dict[str, str]] = []
@@ -408,14 +408,14 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
             continue
         x = preprocess([img for _, img in loaded], pp)
         res = compare_batch(cam_a, cam_b, x)
-        _check_labels(labels, res.probs_a.shape[1], model_a)
+        task_a.check_classes(res.probs_a.shape[1])
         top_a, top_b = res.top1_a, res.top1_b
         for i, (p, img) in enumerate(loaded):
             k = int(res.classes[i])
             images.append({
-                "file": str(p), "name": p.name, "class": k, "label": _label(labels, k),
+                "file": str(p), "name": p.name, "class": k, "label": label(k),
                 "top1_a": int(top_a[i]), "top1_b": int(top_b[i]),
-                "top1_a_label": _label(labels, int(top_a[i])), "top1_b_label": _label(labels, int(top_b[i])),
+                "top1_a_label": label(int(top_a[i])), "top1_b_label": label(int(top_b[i])),
                 "top1_agree": bool(top_a[i] == top_b[i]),
                 "prob_a": float(res.probs_a[i, k]), "prob_b": float(res.probs_b[i, k]),
                 "pearson": _finite(res.pearson[i]), "top_iou": _finite(res.top_iou[i]),

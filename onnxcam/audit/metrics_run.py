@@ -25,7 +25,7 @@ from onnxcam.metrics import (
 )
 from onnxcam.metrics._common import Predict
 from onnxcam.model import Model
-from onnxcam.targets import to_probabilities
+from onnxcam.tasks import to_probabilities
 
 #: Thresholds behind the review flags (documented in the report).
 LOW_INSERTION_AUC = 0.2

@@ -31,6 +31,7 @@ from onnxcam.errors import ArgumentError, OnnxCamWarning, OnnxRuntimeError
 from onnxcam.metrics.correlation import rank_correlation
 from onnxcam.model import LayerSpec, Model
 from onnxcam.registry import get_method
+from onnxcam.tasks import class_indices, classifier_task
 
 _SALT = 0x6F6E6E78
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -207,7 +208,7 @@ def sanity_run(
     cls = get_method(method)
     cam = cls(model, layer, batch_size=batch_size, **options)
     original = cam.explain(x)
-    classes = np.array([int(getattr(t, "category", 0)) for t in original.targets], dtype=np.int64)
+    classes = class_indices(classifier_task(cam.task, "the sanity check"), original.targets)
     nodes = list(reversed(weight_nodes(model.proto)))
     depths = spread_steps(len(nodes), int(steps)) if isinstance(steps, (int, np.integer)) else [int(k) for k in steps]
     protos = randomized_models(model.proto, depths, seed=seed)
@@ -222,7 +223,7 @@ def sanity_run(
                 with warnings.catch_warnings():
                     # Random weights often give blank maps; that is a result here, not a problem.
                     warnings.simplefilter("ignore", OnnxCamWarning)
-                    maps = rcam.explain(x, [int(c) for c in classes]).maps
+                    maps = rcam.explain(x, original.targets).maps
                     per_image[s] = [rank_correlation(a, b) for a, b in zip(original.maps, maps, strict=True)]
         except OnnxRuntimeError as exc:
             notes.append(f"step {k}: the randomised model failed to run ({exc}); correlation left undefined")

@@ -1,8 +1,8 @@
 """``BaseCAM``: load -> pick layers -> run -> raw maps -> post-process, shared by every method.
 
 A subclass implements ``raw_maps`` (per layer ``(N, h, w)`` maps for a batch); everything else
-(target resolution, aug_smooth, per-layer normalisation and fusion, warnings for blank maps) lives
-here, once.
+(target resolution through the task, feature views, aug_smooth, per-layer normalisation and
+fusion, warnings for blank maps) lives here, once.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxcam.backprop import GradientMode, Gradients, prepare_gradients, target_scores
+from onnxcam.engine import GradientMode, Gradients
 from onnxcam.errors import ArgumentError, OnnxCamWarning
 from onnxcam.methods.eigen import SignRule
-from onnxcam.model import LayerSpec, Model, load
+from onnxcam.model import LayerSpec, Model, ViewsSpec, load
 from onnxcam.postprocess import finish_single, fuse_layers, layer_to_image, zero_map_reasons
-from onnxcam.targets import Target, TargetSpec, resolve_targets
+from onnxcam.targets import Target, TargetSpec, target_scores
+from onnxcam.tasks import Task, detect_task
+from onnxcam.views import IDENTITY, FeatureView, as_maps
 
 
 @dataclass
@@ -58,10 +60,13 @@ class BaseCAM:
     """Base of every CAM method.
 
     ``model``: an ``onnxcam.Model`` or a path to an .onnx file. ``layer``: a tensor name, a list of
-    names (maps fused as the mean of per-layer normalised maps), or ``"auto"``. ``eigen_sign``: how
-    EigenCAM, EigenGradCAM and ``eigen_smooth`` orient the principal component ("activation": with
-    the plain map, deterministic; "reference": LAPACK's sign, as pytorch-grad-cam; see
-    ``onnxcam.methods.eigen``).
+    names (maps fused as the mean of per-layer normalised maps), or ``"auto"``. ``view``: how the
+    layer's tensor is seen as a feature map (``"NHWC"``, ``"tokens"``, ``"tokens:1"``, a
+    ``FeatureView``, or a dict per layer name; see ``onnxcam.views``). ``task``: what the outputs
+    mean (a ``Task`` or a name from ``onnxcam.tasks.TASKS``; default read from the output shapes).
+    ``eigen_sign``: how EigenCAM, EigenGradCAM and ``eigen_smooth`` orient the principal component
+    ("activation": with the plain map, deterministic; "reference": LAPACK's sign, as
+    pytorch-grad-cam; see ``onnxcam.methods.eigen``).
     """
 
     name = "base"
@@ -76,6 +81,8 @@ class BaseCAM:
         model: Model | str | os.PathLike[str],
         layer: LayerSpec = "auto",
         *,
+        view: ViewsSpec = None,
+        task: Task | str | None = None,
         batch_size: int | None = None,
         device: str = "auto",
         eigen_smooth: bool = False,
@@ -84,7 +91,10 @@ class BaseCAM:
         eigen_sign: SignRule = "activation",
     ) -> None:
         self.model = model if isinstance(model, Model) else load(model, device=device)
-        self.layers = self.model.resolve_layers(layer)
+        chosen = self.model.select_layers(layer, view)
+        self.layers: tuple[str, ...] = tuple(c.name for c in chosen)
+        self.views: dict[str, FeatureView] = {c.name: c.view for c in chosen if not c.view.is_identity}
+        self.task: Task = self.model.task if task is None else detect_task(self.model.output_shapes, task)
         self.batch_size = self.model.batch_limit(self.default_batch_size if batch_size is None else batch_size)
         self.eigen_smooth = eigen_smooth
         self.aug_smooth = aug_smooth
@@ -105,20 +115,31 @@ class BaseCAM:
         """Build ahead the sessions a first batch of ``n`` images will use (with default targets), so a
         caller can do it while images decode. Optional: every call builds what it lacks anyway."""
         if self.prepares == "gradients":
-            prepare_gradients(self.model, self.layers, n, self.batch_size, self.gradient_mode)
+            self.model.gradient_engine.prepare(self.layers, n, self.task.default_reads(), self.batch_size,
+                                               self.gradient_mode)
         elif self.prepares == "activations":
             self.model.session("body", tuple(self.layers))
 
     # -- shared helpers for subclasses --------------------------------------------------------------
     def gradients(self, x: np.ndarray, targets: TargetSpec, layers: Sequence[str] | None = None) -> Gradients:
-        return self.model.gradients(x, list(layers or self.layers), targets, self.batch_size, self.gradient_mode)
+        """Activations and gradients at ``layers`` (default: this CAM's), as feature maps through their views."""
+        names = list(layers or self.layers)
+        g = self.model.gradient_engine.compute(x, names, targets, self.task, self.batch_size, self.gradient_mode)
+        if self.views:
+            g.activations, g.gradients = as_maps(g.activations, self.views), as_maps(g.gradients, self.views)
+        return g
 
     def activations(self, x: np.ndarray, targets: TargetSpec) -> tuple[dict[str, np.ndarray], list[Target],
                                                                       np.ndarray, list[np.ndarray]]:
-        """One body run: activations at every layer, resolved targets, their scores, the outputs."""
+        """One body run: feature maps at every layer, resolved targets, their scores, the outputs."""
         feeds, outputs = self.model.run_body(x, self.layers, self.batch_size)
-        resolved = resolve_targets(targets, outputs[0])
-        return {k: feeds[k] for k in self.layers}, resolved, target_scores(resolved, outputs), outputs
+        resolved = self.task.resolve(targets, outputs)
+        acts = as_maps({k: feeds[k] for k in self.layers}, self.views)
+        return acts, resolved, target_scores(resolved, outputs), outputs
+
+    def view(self, layer: str) -> FeatureView:
+        """How ``layer``'s tensor is seen as a feature map."""
+        return self.views.get(layer, IDENTITY)
 
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, x: np.ndarray, targets: TargetSpec = None) -> np.ndarray:
@@ -190,8 +211,3 @@ class BaseCAM:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model.name!r}, layer={list(self.layers)})"
 
-
-def check_positive(value: int, what: str) -> int:
-    if value < 1:
-        raise ArgumentError(f"{what} must be >= 1, got {value}")
-    return value

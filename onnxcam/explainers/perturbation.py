@@ -3,12 +3,14 @@ Ablation-CAM (only the head, on ablated activations; the body runs once)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnxcam import methods
-from onnxcam.backprop import target_scores
 from onnxcam.explainers.base import BaseCAM, RawMaps
-from onnxcam.targets import Target, TargetSpec
+from onnxcam.scoring import ForwardScorer
+from onnxcam.targets import Target, TargetSpec, target_scores
 
 
 class _MaskingCAM(BaseCAM):
@@ -20,13 +22,12 @@ class _MaskingCAM(BaseCAM):
         super().prepare(n)
         self.model.session("forward")  # the masked copies run through the whole model
 
-    def _score_fn(self, targets: list[Target]):  # type: ignore[no-untyped-def]
-        def score_fn(images: np.ndarray, i: int) -> np.ndarray:
-            outs = self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
-            t = targets[i]
-            return t.scores(outs[t.output_index])
+    def _score_fn(self, targets: list[Target]) -> Callable[[np.ndarray, int], np.ndarray]:
+        """``fn(masked images (M, ...), i) -> (M,)``: image ``i``'s target on whole-model runs."""
+        def forward(images: np.ndarray) -> list[np.ndarray]:
+            return self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
 
-        return score_fn
+        return ForwardScorer(forward, targets).per_image()
 
 
 class ScoreCAM(_MaskingCAM):
@@ -96,35 +97,15 @@ class AblationCAM(BaseCAM):
         scores = np.zeros(0, np.float32)
         outputs: list[np.ndarray] = []
         for layer in self.layers:
-            cut = (layer,)
-            split = self.model.split(cut)
-            feeds, outputs = self.model.run_body(x, cut, self.batch_size)
-            resolved = self._targets(targets, outputs, resolved)
+            feeds, outputs = self.model.run_body(x, (layer,), self.batch_size)
+            resolved = resolved or self.task.resolve(targets, outputs)
             scores = target_scores(resolved, outputs)
-            a = feeds[layer]
+            view = self.view(layer)
+            a = view.to_map(feeds[layer])
             acts_all[layer] = a
-            head_out = {name: k for k, name in enumerate(split.head_outputs)}
-
-            def head_score_fn(ablated: np.ndarray, i: int, feeds: dict[str, np.ndarray] = feeds,
-                              layer: str = layer, split_outputs: dict[str, int] = head_out,
-                              model_outputs: tuple[str, ...] = split.model_outputs,
-                              resolved: list[Target] = resolved) -> np.ndarray:
-                m = ablated.shape[0]
-                f = {k: np.repeat(v[i:i + 1], m, axis=0) for k, v in feeds.items() if k != layer}
-                f[layer] = ablated
-                outs = self.model.run_head((layer,), f, self.batch_size)
-                t = resolved[i]
-                out = outs[split_outputs[model_outputs[t.output_index]]]
-                return t.scores(out)
-
-            w = methods.ablation_weights(a, head_score_fn, scores, self.batch_size)
+            scorer = self.model.gradient_engine.head_scorer(layer, resolved, feeds, outputs, self.batch_size)
+            w = methods.ablation_weights(a, scorer.per_image(view), scores, self.batch_size)
             weights[layer] = w
             maps[layer] = methods.weighted_sum(a, w)
         return RawMaps(maps, resolved, scores, outputs, acts_all, weights=weights,
                        notes=["only the head re-ran; the body ran once"])
-
-    @staticmethod
-    def _targets(targets: TargetSpec, outputs: list[np.ndarray], previous: list[Target]) -> list[Target]:
-        from onnxcam.targets import resolve_targets
-
-        return previous or resolve_targets(targets, outputs[0])

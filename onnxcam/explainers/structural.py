@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from onnxcam import methods
-from onnxcam.errors import TargetError
+from onnxcam.errors import HeadStructureError, OnnxCamWarning, TargetError
 from onnxcam.explainers.base import BaseCAM, RawMaps
 from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
 from onnxcam.targets import ClassTarget, TargetSpec
@@ -30,6 +32,11 @@ class CAM(BaseCAM):
             classes.append(t.category)
         maps, weights = {}, {}
         for layer in self.layers:
+            if not self.view(layer).is_identity:
+                raise HeadStructureError(
+                    f"CAM reads the classifier after a global average pool of an NCHW feature map, but {layer!r} is "
+                    f"seen through a {self.view(layer).describe()} view: use GradCAM (it equals CAM on such heads)"
+                )
             fc = linear_head_weights(self.model.proto, layer, self.model.outputs[0], self.model.name)
             w = methods.cam_weights(fc, np.array(classes))
             weights[layer] = w
@@ -53,20 +60,26 @@ class EigenCAM(BaseCAM):
 
 class FullGrad(BaseCAM):
     """FullGrad (Srinivas & Fleuret 2019): |input x input-gradient| plus |bias x gradient| at every
-    bias-carrying convolution; ``layer`` is ignored (all such layers are used)."""
+    bias-carrying convolution. It takes no layer: it reads the input and every such layer (a layer
+    other than ``"auto"`` is reported, not silently dropped)."""
 
     name = "fullgrad"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        layer = kwargs.get("layer", args[1] if len(args) > 1 else "auto")
+        if layer != "auto":
+            warnings.warn(f"FullGrad uses the input and every bias-carrying layer; layer={layer!r} is not used",
+                          OnnxCamWarning, stacklevel=2)
         candidates = {layer.name: layer for layer in self.model.layers()}
         self.bias_terms = bias_layers(self.model.proto, candidates)
         self.layers = (self.model.input.name,)
+        self.views = {}
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         inp = self.model.input.name
         names = [inp] + [name for name, _ in self.bias_terms]
-        g = self.model.gradients_at(x, names, targets, self.batch_size, self.gradient_mode)
+        g = self.model.gradients_at(x, names, targets, self.batch_size, self.gradient_mode, self.task)
         gxi = g.gradients[inp] * x
         terms = [(bias, g.gradients[name]) for name, bias in self.bias_terms]
         raw = methods.fullgrad(gxi, terms, self.model.input.size, self.model.input.layout)

@@ -18,7 +18,6 @@ from _common import THREADS, best, photos, preprocess
 import onnxcam  # noqa: E402
 import onnxcam.gradients  # noqa: E402
 from models.build import MODELS, build  # noqa: E402
-from onnxcam import backprop  # noqa: E402
 from onnxcam.graph.split import upstream_frontier  # noqa: E402
 from onnxcam.runtime import make_session  # noqa: E402
 
@@ -57,7 +56,7 @@ def main() -> int:
     fresh.split(cut)
     seeded = tuple(fresh.split(cut).model_outputs[:1])
     t = time.perf_counter()
-    proto, _, _ = backprop._gradient_proto(fresh, cut, (tensor,), seeded, args.batch)
+    proto, _, _ = fresh.gradient_engine.gradient_model(cut, (tensor,), seeded, args.batch)
     graph_s = time.perf_counter() - t
     t = time.perf_counter()
     make_session(proto, "cpu", THREADS, what="gradient graph")

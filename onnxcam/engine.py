@@ -1,0 +1,291 @@
+"""The gradient engine: per-sample gradients of target scores w.r.t. feature tensors.
+
+One call runs the body once (activations, crossing tensors and model outputs), resolves each
+image's target through the task, turns it into seeds d(score)/d(output) evaluated at those outputs,
+and runs the gradient graph of the head. The engine owns those graphs and their sessions (built once
+per cut x layers x seeded outputs x batch size) and the finite-difference fallback for heads with an
+op that has no gradient rule. The ``Model`` it works for keeps graph facts, splits and the body and
+head sessions; the engine only calls it, never the other way round.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import onnx
+
+from onnxcam.errors import ArgumentError, GradientError, OnnxCamWarning, TargetError, UnsupportedOpError
+from onnxcam.gradients.straight_through import straight_through, straight_through_note
+from onnxcam.graph.prune import prune_to_outputs
+from onnxcam.graph.shapes import make_value_info
+from onnxcam.runtime import chunks, run, run_batched
+from onnxcam.scoring import HeadScorer
+from onnxcam.targets import Target, TargetSpec, output_seeds, target_scores
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from onnxcam.graph.split import Split
+    from onnxcam.model import Model
+    from onnxcam.tasks import Task
+
+GradientMode = Literal["auto", "graph", "finite"]
+
+# Padding a batch up to an already built gradient graph is worth it while the padded rows cost at
+# most this many images' worth of the whole model (building another graph and session costs more).
+PAD_BUDGET_IMAGES = 1.0
+
+# Element-wise differences cost 2 head runs per activation value; above this many values per image
+# only channel-wise directional derivatives are taken (exact for Grad-CAM-type channel weights).
+ELEMENTWISE_LIMIT = 16384
+
+
+@dataclass
+class Gradients:
+    """What a gradient method consumes, for a batch of N images.
+
+    ``activations[layer]`` and ``gradients[layer]`` are ``(N, C, h, w)`` feature maps (each layer
+    seen through its view); ``scores`` is ``(N,)``; ``outputs`` are the model outputs; ``source``
+    says how the gradients were obtained.
+    """
+
+    layers: tuple[str, ...]
+    activations: dict[str, np.ndarray]
+    gradients: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    targets: list[Target]
+    scores: np.ndarray
+    source: str = "gradient graph"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GradientGraph:
+    """A built gradient graph: its session, seed input per seeded model output, gradient output per layer."""
+
+    session: ort.InferenceSession
+    seed_inputs: dict[str, str]
+    grad_outputs: dict[str, str]
+
+
+GraphKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]
+
+
+class GradientEngine:
+    """Gradients for one ``Model``; ``model.gradient_engine`` is the instance every method shares."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._graphs: dict[GraphKey, GradientGraph] = {}
+        self._straight: dict[tuple[str, ...], ort.InferenceSession] = {}
+
+    # -- public -----------------------------------------------------------------------------------
+    def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
+                batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
+        """Activations, exact gradients and scores at ``layers`` (tensor names, in their own layout)."""
+        if mode not in ("auto", "graph", "finite"):
+            raise ArgumentError(f"unknown gradient mode {mode!r}: use auto, graph or finite")
+        model = self.model
+        names = tuple(dict.fromkeys(layers))
+        cut = model.frontier(names)
+        split = model.split(cut)
+        feeds, outputs = model.run_body(x, cut, batch_size)
+        resolved = task.resolve(targets, outputs)
+        for t in resolved:
+            self._check_reads(t, split, len(outputs))
+        scores = target_scores(resolved, outputs)
+        seeds = {k: v for k, v in output_seeds(resolved, outputs).items()
+                 if split.model_outputs[k] in split.head_outputs}
+        seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
+        if mode != "finite":
+            try:
+                acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
+                note = straight_through_note(split.head)
+                return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
+            except UnsupportedOpError as exc:
+                if mode == "graph":
+                    raise
+                warnings.warn(f"{exc}; using central finite differences instead (slower, ~1e-3 accurate)",
+                              OnnxCamWarning, stacklevel=4)
+        acts, grads, how = self._finite_gradients(cut, names, resolved, feeds, outputs, batch_size)
+        return Gradients(names, acts, grads, outputs, resolved, scores, source="finite differences", notes=[how])
+
+    def prepare(self, layers: Sequence[str], n: int, reads: Sequence[int] = (0,), batch_size: int = 16,
+                mode: GradientMode = "auto") -> None:
+        """Build ahead what ``compute`` will use for ``n`` images whose targets seed the model outputs
+        ``reads``: the body session and the gradient graph. Best effort: a head without gradient
+        rules is left for the real call to report or fall back from."""
+        if mode == "finite" or n < 1:
+            return
+        model = self.model
+        names = tuple(dict.fromkeys(layers))
+        cut = model.frontier(names)
+        split = model.split(cut)
+        model.session("body", cut)
+        seeded = tuple(split.model_outputs[k] for k in sorted(set(reads))
+                       if 0 <= k < len(split.model_outputs) and split.model_outputs[k] in split.head_outputs)
+        if not seeded:
+            return
+        try:
+            self.graph(cut, names, seeded, min(model.batch_limit(batch_size), n))
+        except UnsupportedOpError:
+            return
+
+    def graph(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int) -> GradientGraph:
+        """The cached gradient graph of the head at ``cut`` for batch ``n`` (built on first use)."""
+        key: GraphKey = (cut, names, seeded, n)
+        built = self._graphs.get(key)
+        if built is None:
+            proto, seed_inputs, grad_outputs = self.gradient_model(cut, names, seeded, n)
+            sess = self.model.new_session(proto, f"gradient graph of {self.model.name}")
+            built = self._graphs[key] = GradientGraph(sess, seed_inputs, grad_outputs)
+        return built
+
+    def built_batches(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...]) -> list[int]:
+        """Batch sizes of the gradient graphs built so far for these layers and seeded outputs."""
+        return sorted(k[3] for k in self._graphs if k[:3] == (cut, names, seeded))
+
+    def gradient_model(self, cut: tuple[str, ...], wrt: tuple[str, ...], seeded: tuple[str, ...],
+                       n: int) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+        """The gradient graph's protobuf for batch ``n``, its seed inputs and gradient outputs by name."""
+        from onnxcam.gradients import build_gradient_model
+
+        model = self.model
+        head = model.static_head(cut, n)
+        if straight_through_note(head) is not None:
+            # Differentiate the clip surrogate of the quantised head: its gradient is exact for a stated
+            # function (what check-gradients verifies), and its clip masks are taken on values free of
+            # the rounding noise that accumulates through a deep quantised head.
+            head = straight_through(head)[0]
+        built = build_gradient_model(head, wrt, seeded)
+        proto = built.model
+        # Layers inside the head (downstream of the cut) are read from the gradient run itself.
+        inner = [w for w in wrt if w not in cut]
+        have = {o.name for o in proto.graph.output}
+        for name in inner:
+            if name not in have:
+                info = model.tensor_info(name)
+                shape = (n,) + tuple(info.shape[1:]) if info.shape else None
+                proto.graph.output.append(make_value_info(name, info.elem_type, shape))
+        proto = prune_to_outputs(proto, [*built.grad_outputs.values(), *inner])
+        return proto, dict(built.seed_inputs), dict(built.grad_outputs)
+
+    def head_scorer(self, layer: str, targets: Sequence[Target], feeds: dict[str, np.ndarray],
+                    outputs: Sequence[np.ndarray], batch_size: int, straight: bool = False) -> HeadScorer:
+        """The scorer of the head cut at ``layer`` (see ``onnxcam.scoring.HeadScorer``).
+
+        ``straight``: run the head with its activation Q/DQ pairs replaced by clips (what clipped
+        straight-through gradients differentiate; the quantised head itself is piecewise constant).
+        """
+        model = self.model
+        cut = (layer,)
+        split = model.split(cut)
+        limit = model.batch_limit(batch_size)
+
+        if straight:
+            sess = self._straight_session(cut, split)
+
+            def run_head(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+                return run_batched(sess, feed, list(split.head_outputs), limit,
+                                   what=f"straight-through head of {model.name}")
+        else:
+            def run_head(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+                return model.run_head(cut, feed, batch_size)
+
+        return HeadScorer(run_head, layer, split.head_inputs, split.head_outputs, split.model_outputs, targets,
+                          feeds, outputs)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _straight_session(self, cut: tuple[str, ...], split: Split) -> ort.InferenceSession:
+        sess = self._straight.get(cut)
+        if sess is None:
+            sess = self._straight[cut] = self.model.new_session(
+                straight_through(split.head)[0], f"straight-through head of {self.model.name}")
+        return sess
+
+    def _check_reads(self, t: Target, split: Split, n_outputs: int) -> None:
+        reads = [k for k in t.reads(n_outputs) if 0 <= k < len(split.model_outputs)]
+        if reads and not any(split.model_outputs[k] in split.head_outputs for k in reads):
+            names = ", ".join(repr(split.model_outputs[k]) for k in reads)
+            raise TargetError(
+                f"{self.model.name}: {t.describe()} reads output {names}, which does not depend on the chosen "
+                "layer; pick a layer upstream of that output"
+            )
+
+    def _graph_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
+                         seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
+                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        model = self.model
+        split = model.split(cut)
+        total = next(iter(feeds.values())).shape[0]
+        n = self._graph_batch(cut, names, seeded, min(model.batch_limit(batch_size), total), total)
+        graph = self.graph(cut, names, seeded, n)
+        by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
+        inner = [w for w in names if w not in cut]
+        fetch = [graph.grad_outputs[w] for w in names] + inner
+        parts: list[list[np.ndarray]] = []
+        for sl in chunks(total, n):
+            m = sl.stop - sl.start
+            feed = {k: _pad(v[sl], n) for k, v in feeds.items() if k in split.head_inputs}
+            for out_name, seed_name in graph.seed_inputs.items():
+                feed[seed_name] = _pad(by_name[out_name][sl], n, zero=True)
+            values = run(graph.session, feed, fetch, what=f"gradient graph of {model.name}")
+            parts.append([v[:m] for v in values])
+        joined = parts[0] if len(parts) == 1 else [np.concatenate([p[i] for p in parts], axis=0)
+                                                  for i in range(len(fetch))]
+        grads = {w: joined[i] for i, w in enumerate(names)}
+        acts = {w: feeds[w] if w in cut else joined[len(names) + inner.index(w)] for w in names}
+        for w, g in grads.items():
+            if not np.isfinite(g.sum()) and not np.all(np.isfinite(g)):  # the sum screens in one cheap pass
+                raise GradientError(f"gradients at {w!r} of {model.name} contain NaN/Inf: the head is numerically "
+                                    "unstable there; try another layer or gradient mode 'finite'")
+        return acts, grads
+
+    def _graph_batch(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int,
+                     total: int) -> int:
+        """The batch of the gradient graph to run ``total`` rows with: ``n``, or a larger one already
+        built if padding to it is cheap (the last, smaller chunk of a run must not build a second graph)."""
+        built = [k for k in self.built_batches(cut, names, seeded) if k > n]
+        if n >= total and built:
+            share = self.model.head_share(cut)
+            for k in built:
+                if (k - total) * share <= PAD_BUDGET_IMAGES:
+                    return int(k)
+        return n
+
+    def _finite_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], targets: Sequence[Target],
+                          feeds: dict[str, np.ndarray], outputs: Sequence[np.ndarray],
+                          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+        from onnxcam.gradients.finite_diff import channel_gradients, elementwise_gradients
+
+        if len(cut) != 1 or names != cut:
+            raise GradientError(
+                f"finite differences handle one layer at a time, got {list(names)}: explain layers one by one"
+            )
+        layer = cut[0]
+        a = feeds[layer]
+        rows = max(batch_size, 64)
+        scorer = self.head_scorer(layer, targets, feeds, outputs, rows)
+        per_image = int(np.prod(a.shape[1:]))
+        if per_image <= ELEMENTWISE_LIMIT:
+            return {layer: a}, {layer: elementwise_gradients(scorer, a, batch_size=rows)}, \
+                "element-wise central differences"
+        sums = channel_gradients(scorer, a, batch_size=rows)
+        h, w = a.shape[2], a.shape[3]
+        grads = np.broadcast_to((sums / (h * w))[:, :, None, None], a.shape).astype(a.dtype)
+        return {layer: a}, {layer: grads}, ("channel-wise central differences: each channel's gradient is its "
+                                            "spatial mean (exact for Grad-CAM weights; element-wise methods see "
+                                            "the mean)")
+
+
+def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:
+    """Pad a chunk to the gradient graph's static batch ``n`` (zeros for seeds, last sample for inputs)."""
+    m = v.shape[0]
+    if m == n:
+        return v
+    fill = np.zeros((n - m,) + v.shape[1:], v.dtype) if zero else np.repeat(v[-1:], n - m, axis=0)
+    return np.concatenate([v, fill], axis=0)
