@@ -224,10 +224,12 @@ def _unpermute(e: Emitter, x: str, g: str, split: list[int], perm: list[int]) ->
 
 
 def _blocked(e: Emitter, x: str) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of ``x``; a symbolic batch is -1, which the adjoint's Reshape infers."""
     shape = e.shape(x)
     if shape is None or len(shape) != 4 or any(d is None for d in shape[1:]):
         raise NoRule(f"needs a 4-D '{x}' with static C, H, W (got {shape})")
-    return (-1 if shape[0] is None else int(shape[0]), *(int(d or 0) for d in shape[1:]))  # type: ignore[return-value]
+    c, h, w = (int(d or 0) for d in shape[1:])
+    return (-1 if shape[0] is None else int(shape[0])), c, h, w
 
 
 @rule("DepthToSpace")

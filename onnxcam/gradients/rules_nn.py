@@ -175,7 +175,7 @@ def _maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
         "pads": pads,
         "ceil_mode": attr(node, "ceil_mode", 0),
     }
-    if any(d != 1 for d in dilations):
+    if any(d != 1 for d in dilations):  # an attribute only from opset 10: left out when trivial
         attrs["dilations"] = dilations
     reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     return _only_x(node, _max_pool_grad(e, node, _gy(gys), attrs, reach, strides))
