@@ -18,7 +18,7 @@ from gradients.grad_helpers import check_against_fd, run_gradient, tiny_model
 from onnx import helper
 
 from onnxcam.errors import UnsupportedOpError
-from onnxcam.gradients import build_gradient_model
+from onnxcam.gradients import build_gradient_model, missing_rules
 
 N = helper.make_node
 R = np.random.default_rng(11)
@@ -486,3 +486,53 @@ def test_unsupported_forms_name_the_op_and_the_fix(
     with pytest.raises(UnsupportedOpError, match=needle) as info:
         build_gradient_model(model, ["x"])
     assert node.op_type in str(info.value)
+
+
+def test_paddle_style_opset11_head_has_exact_gradients() -> None:
+    # the shape of a Paddle/old-exporter classifier at opset 11: MaxPool (no scatter-add yet),
+    # axes as attributes, Resize with roi/scales inputs, Softmax coercing to 2-D
+    graph_nodes = [
+        N("Conv", ["A", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        N("Relu", ["c1"], ["r1"]),
+        N("MaxPool", ["r1"], ["m"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        N("Resize", ["m", "roi", "sc"], ["up"], mode="linear", coordinate_transformation_mode="half_pixel"),
+        N("BatchNormalization", ["up", "s", "b", "mu", "v"], ["bn"]),
+        N("ReduceMean", ["bn"], ["pooled"], axes=[2, 3], keepdims=1),
+        N("Squeeze", ["pooled"], ["flat"], axes=[2, 3]),
+        N("Gemm", ["flat", "fc"], ["logits"], transB=1),
+        N("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    inits = {
+        "w1": _w(4, 3, 3, 3),
+        "roi": np.zeros(0, dtype=np.float32),
+        "sc": _f(1, 1, 2, 2),
+        "s": _w(4),
+        "b": _w(4),
+        "mu": _w(4),
+        "v": np.abs(_w(4)) + 0.5,
+        "fc": _w(5, 4),
+    }
+    model = tiny_model(graph_nodes, {"A": [2, 3, 6, 6]}, ["y"], inits, 11)
+    assert missing_rules(model, ["A"]) == []
+    a = _feeds({"A": [2, 3, 6, 6]}, "distinct", np.random.default_rng(3))["A"] / 10.0
+    check_against_fd(model, {"A": a}, directions=4, tol=2e-4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "ctm", "opset"),
+    [("nearest", "tf_half_pixel_for_nn", 11), ("linear", "align_corners", 11), ("linear", "align_corners", 21)],
+)
+def test_resize_adjoint_matches_onnxruntime(mode: str, ctm: str, opset: int) -> None:
+    # modes where onnx's reference evaluator lacks the mode or disagrees with onnxruntime (align_corners
+    # at a scale whose output size is rounded): Resize is linear, so <grad, d> = <seed, Resize(d)> exactly
+    import onnxruntime as ort
+
+    graph_nodes, inits = resize(mode, ctm, [1, 1, 2.0, 1.7])(opset)
+    model = tiny_model(graph_nodes, {"x": [1, 2, 3, 4]}, ["y"], inits, opset)
+    rng = np.random.default_rng(4)
+    x, d = rng.standard_normal((2, 1, 2, 3, 4)).astype(np.float32)
+    forward = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    seed = rng.standard_normal(forward.run(None, {"x": x})[0].shape)
+    grad = run_gradient(build_gradient_model(model, ["x"]), {"x": x}, {"y": seed})["x"]
+    expected = float(np.sum(seed * forward.run(None, {"x": d})[0]))
+    assert abs(float(np.sum(grad * d)) - expected) <= 1e-5 * max(1.0, abs(expected))
