@@ -174,6 +174,11 @@ def _einsum(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str
         equation = ",".join([rhs, *others]) + "->" + kept
         grad = e.op("Einsum", [g] + [n for j, n in enumerate(node.input) if j != k], equation=equation)
         missing = [t for t in tokens if t != "..." and t not in seen]
+        if missing and "..." in tokens:
+            own = e.shape(x) or []
+            at = tokens.index("...")
+            if list(own[at : at + len(own) - len(letters)]) != _ellipsis_dims(e, list(node.input), terms):
+                raise NoRule(f"Einsum '{attr(node, 'equation')}' both broadcasts an ellipsis and sums a letter away")
         if missing:
             # letters only this operand carries were summed away: their adjoint is a broadcast
             rank = e.rank(x)

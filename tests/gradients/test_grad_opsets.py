@@ -181,6 +181,7 @@ CASES: list[tuple[str, Make, dict[str, list[int]], tuple[int, ...], str | None]]
         (12, 21),
         None,
     ),
+    ("einsum_ellipsis_summed", op("Einsum", ("x",), equation="...ij->...i"), X3, (12, 21), None),
     ("einsum_outer", op("Einsum", ("x", "z"), equation="i,j->ij"), {"x": [3], "z": [4]}, (12, 21), None),
     # --- data movement ---
     ("tile", op("Tile", ("x", "r"), {"r": _i(2, 1, 3)}), X3, BOTH, None),
