@@ -10,13 +10,20 @@ Only nodes that are both forward-reachable from ``wrt`` and backward-reachable f
 outputs get adjoints, so weights and constants never do; the builder is linear in graph size.
 Convolutions are transposed with ConvTranspose on the same weights (SAME/VALID auto_pad resolved
 on static shapes), MaxPool routes to its argmax via its ``Indices`` output and
-ScatterElements(reduction="add") (opset >= 16; below that MaxPool is reported unsupported),
-Resize is applied transposed with per-axis
+ScatterElements(reduction="add") (opset >= 16; below it overlapping windows are split into
+non-overlapping phases, each a plain scatter), Resize is applied transposed with per-axis
 interpolation matrices that onnxruntime itself measures at build time, and ties in ReduceMax share
 the gradient evenly as in torch. QuantizeLinear/DequantizeLinear pass the gradient straight
 through (the straight-through estimator of quantisation-aware training), so a Q->DQ pair is
 differentiated as the identity. Ops without a rule raise ``UnsupportedOpError``; ``finite_diff``
 then stands in.
+
+The gradient graph keeps the model's opset (11 to 21): rules read both the attribute and the
+input form of what moved (axes, split, pads, Clip bounds, Resize scales) and emit each op in the
+form valid at that opset (``Emitter.reduce``/``unsqueeze``/``compare``/``crop``/``scatter_add``).
+Raising the opset instead is not safe: a model imports one version per domain, and forward nodes
+change meaning or validity across versions (Softmax < 13 coerces to 2-D, Squeeze/Unsqueeze/Split
+and the Reduce ops move attributes to inputs), so the forward graph would have to be rewritten.
 
 Why not ``onnx-ad`` (PyPI, 0.3.0, evaluated for this package): it is correct on a graph with
 explicit pads (depthwise Conv -> ConvTranspose, MaxPool via ScatterND, no weight gradients, runs in

@@ -128,6 +128,46 @@ class Emitter:
             return self.op("Reshape", [x, self.ints([int(d) for d in shape if d is not None])])
         return self.op("Reshape", [x, self.op("Shape", [ref])])
 
+    def crop(self, x: str, begin: Sequence[int], end: Sequence[int]) -> str:
+        """Drop ``begin[a]``/``end[a]`` leading/trailing entries of ``x`` along each axis ``a``.
+
+        Slice rather than a negative Pad: the ONNX spec and onnx's reference leave negative pads
+        undefined before opset 18, while Slice with starts/ends as inputs means the same from opset 10.
+        """
+        axes = [a for a in range(len(begin)) if begin[a] or end[a]]
+        if not axes:
+            return x
+        big = np.iinfo(np.int64).max
+        starts = [begin[a] for a in axes]
+        ends = [-end[a] if end[a] else big for a in axes]
+        return self.op("Slice", [x, self.ints(starts), self.ints(ends), self.ints(axes)])
+
+    def scatter_add(self, like: str, index: np.ndarray, values: str) -> str:
+        """Flat zeros shaped like ``like`` with the flat ``values`` added at the constant flat ``index``.
+
+        ScatterElements only adds repeated indices from opset 16 (reduction="add"); before that a
+        repeated index keeps one arbitrary write, so the writes are split into layers in which every
+        index is unique (the k-th occurrence of each index goes to layer k) and the layers summed.
+        """
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        flat = self.op("Reshape", [self.zeros_like(like), self.ints([-1])])
+        values = self.op("Reshape", [values, self.ints([-1])])
+        if self.opset >= 16:
+            return self.op("ScatterElements", [flat, self.ints(index.tolist()), values], axis=0, reduction="add")
+        order = np.argsort(index, kind="stable")
+        sorted_index = index[order]
+        first = np.searchsorted(sorted_index, sorted_index, side="left")
+        occurrence = np.empty_like(index)
+        occurrence[order] = np.arange(index.size) - first
+        layers = []
+        for k in range(int(occurrence.max(initial=0)) + 1):
+            positions = np.nonzero(occurrence == k)[0]
+            picked = values
+            if positions.size != index.size:
+                picked = self.op("Gather", [values, self.ints(positions.tolist())])
+            layers.append(self.op("ScatterElements", [flat, self.ints(index[positions].tolist()), picked], axis=0))
+        return layers[0] if len(layers) == 1 else self.op("Sum", layers)
+
     def zeros_like(self, ref: str) -> str:
         value = numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(self.dtype(ref))), "zero")
         return self.op("ConstantOfShape", [self.op("Shape", [ref])], value=value)

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from onnxcam.errors import ArgumentError, LayerNotFoundError, UnsupportedOpError
-from onnxcam.gradients import rules_math, rules_nn, rules_shape  # noqa: F401  (fill RULES)
+from onnxcam.gradients import rules_extra, rules_math, rules_nn, rules_shape  # noqa: F401  (fill RULES)
 from onnxcam.gradients._emit import Emitter, NoRule, attr
 from onnxcam.gradients._facts import collect_facts
 from onnxcam.gradients._registry import RULES, Rule

@@ -203,11 +203,16 @@ def _cast(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
 @rule("Pow")
 def _pow(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
     x, p = node.input
-    if e.active(p):
-        raise NoRule("Pow exponent depends on the differentiated tensor")
-    p = e.op("Cast", [p], to=e.dtype(x))
-    d = e.mul(p, e.op("Pow", [x, e.op("Sub", [p, e.scalar(1.0, x)])]))
-    return [e.unbroadcast(e.mul(_gy(gys), d), x, e.shape(node.output[0])), None]
+    g, y, shape = _gy(gys), node.output[0], e.shape(node.output[0])
+    out: list[str | None] = [None, None]
+    if e.active(x):
+        pc = e.op("Cast", [p], to=e.dtype(x))
+        d = e.mul(pc, e.op("Pow", [x, e.op("Sub", [pc, e.scalar(1.0, x)])]))
+        out[0] = e.unbroadcast(e.mul(g, d), x, shape)
+    if e.active(p):  # d(x^p)/dp = x^p log x, defined for x > 0
+        dp = e.op("Cast", [e.mul(g, e.mul(y, e.op("Log", [x])))], to=e.dtype(p))
+        out[1] = e.unbroadcast(dp, p, shape)
+    return out
 
 
 # --- binary elementwise with broadcasting ---------------------------------------------------------
@@ -261,12 +266,15 @@ def _mean(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
 
 @rule("Max", "Min")
 def _maxmin(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    if len(node.input) != 2:
-        raise NoRule(f"{node.op_type} with {len(node.input)} inputs")
-    g, (a, b) = _gy(gys), node.input
-    zero = e.scalar(0.0, node.output[0])
-    pick_a = e.compare("GreaterOrEqual" if node.op_type == "Max" else "LessOrEqual", a, b)
-    return _binary(e, node, e.op("Where", [pick_a, g, zero]), e.op("Where", [pick_a, zero, g]))
+    g, y = _gy(gys), node.output[0]
+    shape = e.shape(y)
+    if len(node.input) == 1:
+        return [g]
+    # each input equal to the result gets the adjoint; ties share it evenly, as torch.maximum does
+    masks = {x: e.op("Cast", [e.op("Equal", [x, y])], to=e.dtype(y)) for x in node.input}
+    count = e.op("Sum", [masks[x] for x in node.input])  # once per listing: Max(a, a) splits a's adjoint
+    share = e.op("Div", [g, count])
+    return [e.unbroadcast(e.mul(share, masks[x]), x, shape) if e.active(x) else None for x in node.input]
 
 
 @rule("Where")

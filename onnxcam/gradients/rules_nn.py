@@ -93,39 +93,76 @@ def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
 
 @rule("ConvTranspose")
 def _conv_transpose(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    w = node.input[1]
+    x, w = node.input[0], node.input[1]
     if e.active(w) or (len(node.input) > 2 and e.active(node.input[2])):
         raise NoRule("ConvTranspose weights depend on the differentiated tensor")
-    if attr(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "output_shape") is not None:
-        raise NoRule("ConvTranspose with auto_pad or output_shape")
+    if attr(node, "output_shape") is not None:
+        raise NoRule("ConvTranspose with output_shape; re-export with explicit pads")
     kernel = list(attr(node, "kernel_shape", None) or e.static_shape(w)[2:])
     n = len(kernel)
+    strides = list(attr(node, "strides", None) or [1] * n)
+    dilations = list(attr(node, "dilations", None) or [1] * n)
+    spatial, out = _spatial(e, x), _spatial(e, node.output[0])
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    auto = attr(node, "auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        # the spec's (and onnxruntime's) split of the padding that makes out == in * stride
+        extra = list(attr(node, "output_padding", None) or [0] * n)
+        total = [s * (i - 1) + p + r - o for s, i, p, r, o in zip(strides, spatial, extra, reach, out, strict=False)]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+    elif auto == "VALID":
+        begin = [0] * n
+    else:
+        begin = list(attr(node, "pads", None) or [0] * (2 * n))[:n]
+    # the adjoint is the Conv the transposed conv transposes; only the leading pads locate the
+    # windows, the trailing ones (never negative: output_padding < stride) just make it in-sized
+    end = [max((i - 1) * s + r - o - b, 0) for i, s, r, o, b in zip(spatial, strides, reach, out, begin, strict=True)]
     g = e.op(
         "Conv",
         [_gy(gys), w],
-        strides=list(attr(node, "strides", None) or [1] * n),
-        dilations=list(attr(node, "dilations", None) or [1] * n),
-        pads=list(attr(node, "pads", None) or [0] * (2 * n)),
+        strides=strides,
+        dilations=dilations,
+        pads=begin + end,
         group=attr(node, "group", 1),
         kernel_shape=kernel,
     )
     return _only_x(node, g)
 
 
-def _max_pool_grad(e: Emitter, node: onnx.NodeProto, g: str, attrs: dict) -> str:
+def _max_pool_grad(e: Emitter, node: onnx.NodeProto, g: str, attrs: dict, reach: list[int], strides: list[int]) -> str:
+    """Route ``g`` to each window's argmax, found by a second MaxPool's flat ``Indices`` output.
+
+    ``reach`` is each window's extent ((kernel - 1) * dilation + 1). Windows overlap when
+    stride < reach, and an input that is the max of two windows then gets two adjoints: from opset 16
+    ScatterElements adds them (reduction="add"). Before it, output positions are split by phase
+    (o mod ceil(reach / stride) along each axis): windows of one phase never overlap, so each phase
+    is a plain scatter with unique indices, and the phases are summed. Non-overlapping pooling
+    (kernel == stride, global) is a single phase.
+    """
     x = node.input[0]
-    if e.opset < 16:
-        raise NoRule("MaxPool needs ScatterElements(reduction='add') from opset 16; re-export with opset >= 16")
-    # a second MaxPool yields the argmax as flat indices into x; scatter-add routes the adjoint there
-    _, indices = e.op_n("MaxPool", [x], 2, **attrs)
+    # storage_order=0: the indices must be row-major to address the flattened x
+    _, indices = e.op_n("MaxPool", [x], 2, **attrs, storage_order=0)
     flat = e.op("Reshape", [e.zeros_like(x), e.ints([-1])])
-    scattered = e.op(
-        "ScatterElements",
-        [flat, e.op("Reshape", [indices, e.ints([-1])]), e.op("Reshape", [g, e.ints([-1])])],
-        axis=0,
-        reduction="add",
-    )
-    return e.reshape_like(scattered, x)
+    periods = [-(-r // s) for r, s in zip(reach, strides, strict=True)]
+    if e.opset >= 16 and any(p > 1 for p in periods):
+        scattered = e.op(
+            "ScatterElements",
+            [flat, e.op("Reshape", [indices, e.ints([-1])]), e.op("Reshape", [g, e.ints([-1])])],
+            axis=0,
+            reduction="add",
+        )
+        return e.reshape_like(scattered, x)
+    spatial_axes = list(range(2, 2 + len(periods)))
+    parts = []
+    for phase in np.ndindex(*periods):
+        idx, val = indices, g
+        if any(p > 1 for p in periods):
+            starts, ends, steps = e.ints(list(phase)), e.ints([np.iinfo(np.int64).max] * len(periods)), e.ints(periods)
+            idx = e.op("Slice", [indices, starts, ends, e.ints(spatial_axes), steps])
+            val = e.op("Slice", [g, starts, ends, e.ints(spatial_axes), steps])
+        flat_idx, flat_val = e.op("Reshape", [idx, e.ints([-1])]), e.op("Reshape", [val, e.ints([-1])])
+        parts.append(e.op("ScatterElements", [flat, flat_idx, flat_val], axis=0))
+    return e.reshape_like(parts[0] if len(parts) == 1 else e.op("Sum", parts), x)
 
 
 @rule("MaxPool")
@@ -135,18 +172,19 @@ def _maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
     attrs = {
         "kernel_shape": kernel,
         "strides": strides,
-        "dilations": dilations,
         "pads": pads,
         "ceil_mode": attr(node, "ceil_mode", 0),
-        "storage_order": attr(node, "storage_order", 0),
     }
-    return [_max_pool_grad(e, node, _gy(gys), attrs)]
+    if any(d != 1 for d in dilations):  # an attribute only from opset 10: left out when trivial
+        attrs["dilations"] = dilations
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    return _only_x(node, _max_pool_grad(e, node, _gy(gys), attrs, reach, strides))
 
 
 @rule("GlobalMaxPool")
 def _global_maxpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
     kernel = _spatial(e, node.input[0])
-    return [_max_pool_grad(e, node, _gy(gys), {"kernel_shape": kernel})]
+    return [_max_pool_grad(e, node, _gy(gys), {"kernel_shape": kernel}, kernel, kernel)]
 
 
 @rule("GlobalAveragePool")
@@ -164,8 +202,6 @@ def _avgpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
     x, y = node.input[0], node.output[0]
     kernel = list(attr(node, "kernel_shape"))
     spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
-    if any(d != 1 for d in dilations):
-        raise NoRule("AveragePool with dilations")
     channels = (e.shape(x) or [None, None])[1]
     if channels is None:
         raise NoRule(f"AveragePool needs the static channel count of '{x}'")
@@ -175,18 +211,19 @@ def _avgpool(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[st
     # the divisor of each output cell: its window clipped to the (padded) input
     counts = np.ones((), dtype=np.float64)
     for i in range(n):
-        start = np.arange(out[i]) * strides[i] - pads[i]
-        stop = start + kernel[i]
+        # taps of each window (dilated from opset 19), counted where they land inside the input
+        taps = (np.arange(out[i]) * strides[i] - pads[i])[:, None] + np.arange(kernel[i]) * dilations[i]
         lo, hi = (-pads[i], spatial[i] + pads[n + i]) if include_pad else (0, spatial[i])
-        counts = np.multiply.outer(counts, np.minimum(stop, hi) - np.maximum(start, lo))
+        counts = np.multiply.outer(counts, ((taps >= lo) & (taps < hi)).sum(axis=1))
     counts = counts.reshape([1, 1, *out])
-    t_pads, extra = _transpose_fit(spatial, out, kernel, strides, [1] * n, pads)
+    t_pads, extra = _transpose_fit(spatial, out, kernel, strides, dilations, pads)
     weight = np.ones([channels, 1, *kernel])
     g = e.op("Div", [_gy(gys), e.array_like(counts, x)])
     g = e.op(
         "ConvTranspose",
         [g, e.array_like(weight, x)],
         strides=strides,
+        dilations=dilations,
         pads=t_pads,
         output_padding=extra,
         group=channels,
@@ -297,8 +334,15 @@ def _resize_matrix(
 @rule("Resize", "Upsample")
 def _resize(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
     x, y = node.input[0], node.output[0]
-    if node.op_type == "Upsample" or attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize":
-        raise NoRule(f"{node.op_type} with this mode")
+    if node.op_type == "Upsample":
+        raise NoRule("Upsample (deprecated since opset 10); re-export with opset >= 11 to get Resize")
+    if attr(node, "coordinate_transformation_mode") == "tf_crop_and_resize":
+        # outside the crop box the output is extrapolation_value, which is not an interpolation of
+        # x whose weights sum to one, so the probe below cannot measure the matrix
+        raise NoRule(
+            "Resize coordinate_transformation_mode='tf_crop_and_resize' (crop boxes are not "
+            "differentiated); use Slice followed by Resize"
+        )
     in_shape, out_shape = [1, *_spatial(e, x)], [1, *_spatial(e, y)]
     in_shape.insert(1, (e.shape(x) or [0, 0])[1] or 0)
     out_shape.insert(1, (e.shape(y) or [0, 0])[1] or 0)

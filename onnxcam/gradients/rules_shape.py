@@ -143,10 +143,14 @@ def _pad(e: Emitter, g: str, pads: list[int]) -> str:
     return e.op("Pad", [g], pads=pads)
 
 
+_NP_PAD = {"edge": "edge", "reflect": "reflect", "wrap": "wrap"}
+
+
 @rule("Pad")
 def _pad_rule(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str | None]:
-    if attr(node, "mode", "constant") != "constant":
-        raise NoRule(f"Pad mode '{attr(node, 'mode')}'")
+    mode = attr(node, "mode", "constant")
+    if mode != "constant" and mode not in _NP_PAD:
+        raise NoRule(f"Pad mode '{mode}' is not one of constant/edge/reflect/wrap")
     x, g = node.input[0], _gy(gys)
     rank = e.rank(x)
     if e.opset >= 11:
@@ -161,10 +165,19 @@ def _pad_rule(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[s
     for i, a in enumerate(axes):
         begin[a], end[a] = pads[i], pads[n + i]
     if any(p < 0 for p in begin + end):
-        raise NoRule("Pad with negative pads")
-    # a negative pad on the adjoint crops it back to the unpadded region
+        raise NoRule("Pad with negative pads (a crop); export the crop as Slice")
     out: list[str | None] = [None] * len(node.input)
-    out[0] = _pad(e, g, [-p for p in begin + end])
+    mode = attr(node, "mode", "constant")
+    if mode == "constant":
+        # the adjoint of zero padding crops back to the unpadded region
+        out[0] = e.crop(g, begin, end)
+        return out
+    # edge/reflect/wrap pads gather x through a fixed index map; np.pad of an arange computes it,
+    # and its adjoint adds each output's adjoint back at the index it was read from
+    shape = e.static_shape(x)
+    where = np.arange(int(np.prod(shape))).reshape(shape)
+    index = np.pad(where, list(zip(begin, end, strict=True)), mode=_NP_PAD[mode])  # type: ignore[call-overload]
+    out[0] = e.reshape_like(e.scatter_add(x, index, g), x)
     return out
 
 

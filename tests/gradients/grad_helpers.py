@@ -73,11 +73,93 @@ class LayerNormalization(OpRun):
         return (y if bias is None else y + bias,)
 
 
+def _softmax_2d(x: np.ndarray, axis: int, log: bool) -> np.ndarray:
+    # before opset 13 Softmax coerced its input to 2-D at `axis`; onnx's reference ignores that
+    flat = x.reshape(int(np.prod(x.shape[: axis % x.ndim])), -1)
+    shifted = flat - flat.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return (shifted - logz if log else np.exp(shifted - logz)).reshape(x.shape)
+
+
+class Softmax11(OpRun):
+    op_domain = ""
+
+    def _run(self, x, axis=1):  # type: ignore[no-untyped-def]
+        return (_softmax_2d(x, axis, log=False),)
+
+
+class LogSoftmax11(OpRun):
+    op_domain = ""
+
+    def _run(self, x, axis=1):  # type: ignore[no-untyped-def]
+        return (_softmax_2d(x, axis, log=True),)
+
+
+def _group_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, groups: int, eps: float) -> np.ndarray:
+    grouped = x.reshape(x.shape[0], groups, -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    var = grouped.var(axis=2, keepdims=True)
+    normed = ((grouped - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    view = [1, -1] + [1] * (x.ndim - 2)
+    if scale.size == groups and groups != x.shape[1]:  # opset 18: per group
+        normed = normed.reshape(x.shape[0], groups, -1) * scale.reshape(1, -1, 1) + bias.reshape(1, -1, 1)
+        return normed.reshape(x.shape)
+    return normed * scale.reshape(view) + bias.reshape(view)
+
+
+class GroupNormalization(OpRun):
+    # the stock reference (the function body) computes in float32 at opset 21 (stash_type=1)
+    op_domain = ""
+
+    def _run(self, x, scale, bias, num_groups=1, epsilon=1e-5, stash_type=1):  # type: ignore[no-untyped-def]
+        return (_group_norm(x, scale, bias, num_groups, epsilon),)
+
+
+class LRN(OpRun):
+    # the stock reference loops over the batch axis instead of the channels
+    op_domain = ""
+
+    def _run(self, x, alpha=1e-4, beta=0.75, bias=1.0, size=1):  # type: ignore[no-untyped-def]
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        square_sum = np.zeros_like(x)
+        for c in range(x.shape[1]):
+            square_sum[:, c] = np.sum(x[:, max(0, c - lo) : c + hi + 1] ** 2, axis=1)
+        return (x / (bias + alpha / size * square_sum) ** beta,)
+
+
+class BatchNormalization(OpRun):
+    # the stock reference for opsets 9-13 normalises with batch statistics (momentum is set by default)
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):  # type: ignore[no-untyped-def]
+        scale, bias, mean, var = (v.reshape([1, -1] + [1] * (x.ndim - 2)) for v in (scale, bias, mean, var))
+        return ((x - mean) / np.sqrt(var + epsilon) * scale + bias,)
+
+
+class Cast(OpRun):
+    # float -> float32 casts would drop the oracle back to single precision: float stays float64
+    op_domain = ""
+
+    def _run(self, x, to=TensorProto.FLOAT, saturate=1, round_mode="up"):  # type: ignore[no-untyped-def]
+        if to in (TensorProto.FLOAT, TensorProto.DOUBLE) and x.dtype.kind == "f":
+            return (x.astype(np.float64),)
+        return (x.astype(helper.tensor_dtype_to_np_dtype(to)),)
+
+
+def reference_ops(model: onnx.ModelProto) -> list[type[OpRun]]:
+    """Float64-exact replacements for the reference ops that compute in float32 or miss old semantics."""
+    ops: list[type[OpRun]] = [Erf, LayerNormalization, GroupNormalization, LRN, BatchNormalization, Cast]
+    opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 21)
+    if opset < 13:
+        ops += [type("Softmax", (Softmax11,), {}), type("LogSoftmax", (LogSoftmax11,), {})]
+    return ops
+
+
 class Oracle:
     """sum(seed * output) evaluated in float64 by onnx's reference evaluator."""
 
     def __init__(self, model: onnx.ModelProto, seeds: dict[str, np.ndarray]) -> None:
-        self.ref = ReferenceEvaluator(_to_float64(model), new_ops=[Erf, LayerNormalization])
+        self.ref = ReferenceEvaluator(_to_float64(model), new_ops=reference_ops(model))
         self.seeds = seeds
 
     def score(self, feeds: dict[str, np.ndarray]) -> float:
@@ -113,7 +195,7 @@ def check_against_fd(
     rng = rng or np.random.default_rng(1)
     wrt = list(wrt or feeds)
     gm = build_gradient_model(model, wrt)
-    ref = ReferenceEvaluator(_to_float64(model), new_ops=[Erf, LayerNormalization])
+    ref = ReferenceEvaluator(_to_float64(model), new_ops=reference_ops(model))
     outs = ref.run(None, {k: v.astype(np.float64) for k, v in feeds.items()})
     if seeds is None:
         seeds = {o.name: rng.standard_normal(np.shape(v)) for o, v in zip(model.graph.output, outs, strict=True)}
