@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -212,3 +213,13 @@ def test_importing_onnxcam_does_not_load_onnx_or_onnxruntime() -> None:
     assert onnxcam.GradCAM is METHODS["gradcam"] and "GradCAM" in dir(onnxcam)
     with pytest.raises(AttributeError):
         _ = onnxcam.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_readme_methods_table_lists_every_declared_method() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Methods", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `([^`]+)` \| `", section, flags=re.M))
+    assert rows == set(METHODS)
+    for name in METHODS:
+        for option in spec_of(name).options:
+            assert f"`{option.name}`" in section, f"README's options table lacks {name}.{option.name}"
