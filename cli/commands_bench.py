@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from onnxcam.errors import ArgumentError
+
 from . import options as opt
 from .errors import friendly
 from .parsing import needs_model, resolve_layer_arg
@@ -31,24 +33,31 @@ def register(app: typer.Typer) -> None:
     app.command("bench", help=BENCH_HELP)(bench_command)
 
 
+def _row(item: str) -> tuple[str, str]:
+    """``scorecam:max_channels=64`` -> ("scorecam", "max_channels=64"), with the same type and range
+    checks as --option, so a typo fails before minutes of timing."""
+    from onnxcam.registry import check_options, spec_of
+
+    name, _, inline = item.partition(":")
+    canonical = spec_of(name).name
+    parts = [part for part in inline.split(":") if part]
+    if any("=" not in part for part in parts):
+        raise ArgumentError(f"--methods {item}: write METHOD:OPTION=VALUE, e.g. scorecam:max_channels=64")
+    check_options(canonical, dict(part.split("=", 1) for part in parts))
+    return canonical, inline
+
+
 def _rows(text: str) -> tuple[list[str], list[str]]:
     """``--methods`` -> (the rows to time, exact repeats dropped; their method names). A row may carry
     its own options (``scorecam:max_channels=64``), so one method can be timed several ways."""
-    from onnxcam.registry import check_options, spec_of
-
-    rows: list[str] = []
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], str] = {}
     for item in (s.strip() for s in text.split(",") if s.strip()):
-        name, _, inline = item.partition(":")
-        canonical = spec_of(name).name
-        pairs = dict(part.partition("=")[::2] for part in inline.split(":") if part)
-        check_options(canonical, pairs)  # the same type and range checks as --option, before any timing
-        if (canonical, inline) in seen:
+        key = _row(item)
+        if key in seen:
             typer.echo(f"onnxcam: note: {item} is given twice in --methods; it is timed once", err=True)
             continue
-        seen.add((canonical, inline))
-        rows.append(item)
-    return rows, list(dict.fromkeys(spec_of(r.partition(":")[0]).name for r in rows))
+        seen[key] = item
+    return list(seen.values()), list(dict.fromkeys(name for name, _ in seen))
 
 
 def _layer(model: Path, layer: str) -> str:

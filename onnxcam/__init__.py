@@ -64,10 +64,20 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'onnxcam' has no attribute {name!r}")
+        return _submodule(name)
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
+
+
+def _submodule(name: str) -> Any:
+    """``onnxcam.methods`` and the like after a bare ``import onnxcam``, as when the package imported them eagerly."""
+    try:
+        return importlib.import_module(f"onnxcam.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"onnxcam.{name}":
+            raise
+        raise AttributeError(f"module 'onnxcam' has no attribute {name!r}") from None
 
 
 def __dir__() -> list[str]:
