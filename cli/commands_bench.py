@@ -77,12 +77,14 @@ def bench_command(
                                                         "scorecam:max_channels=64 (default: gradcam, gradcam++, "
                                                         "layercam, ablationcam, scorecam)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
-    images: int = typer.Option(0, "--images", "-n", help="Images timed per method (default: the batch size)."),
+    images: int | None = typer.Option(None, "--images", "-n", show_default=False,
+                                      help="Images timed per method (default: the batch size)."),
     heavy_images: int = typer.Option(1, "--heavy-images", help="Images for Score-CAM, SS-CAM, Ablation-CAM."),
     layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name, '#N' (a row of `onnxcam layers`) "
                                                              "or 'auto'."),
     repeats: int = typer.Option(3, "--repeats", "-r", help="Timed runs per method; the best is kept."),
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per available core)."),
+    threads: int | None = typer.Option(None, "--threads", show_default=False,
+                                       help="onnxruntime intra-op threads (default: one per physical core)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     option: list[str] | None = opt.method_option_option(),
     max_channels: int | None = opt.max_channels_option(),
@@ -96,8 +98,9 @@ def bench_command(
 
     rows, names = _rows(methods if methods is not None else ",".join(DEFAULT_METHODS))
     method_options = parse_method_options(option or [], names, opt.option_shortcuts(max_channels, samples, noise_std))
-    result = bench(model, rows, batch_size=batch_size, images=images or None, heavy_images=heavy_images,
-                   layer=_layer(model, layer), repeats=repeats, threads=threads or None, device=device,
-                   memory=not no_memory, method_options=method_options,
+    result = bench(model, rows, batch_size=batch_size, images=opt.positive(images, "--images"),
+                   heavy_images=heavy_images, layer=_layer(model, layer), repeats=repeats,
+                   threads=opt.positive(threads, "--threads"), device=device, memory=not no_memory,
+                   method_options=method_options,
                    progress=None if as_json else (lambda m: typer.echo(f"timing {m} ...", err=True)))
     typer.echo(json.dumps(result.table(), indent=2) if as_json else format_table(result))

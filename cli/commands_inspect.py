@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from . import options as opt
 from .errors import friendly
 from .parsing import parse_size
 
@@ -29,13 +30,15 @@ def register(app: typer.Typer) -> None:
 @friendly
 def layers(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
-    last: int = typer.Option(0, "--last", help="Show only the last N candidates (0 = all)."),
+    last: int | None = typer.Option(None, "--last", show_default=False,
+                                    help="Show only the last N candidates (default: all)."),
     size: str = typer.Option("", "--size", help="Input size HxW for models with a dynamic spatial size."),
     as_json: bool = typer.Option(False, "--json", help="Print the layers as JSON (index, name, op, shape, auto)."),
 ) -> None:
     from onnxcam.model import load
 
     start = time.perf_counter()
+    opt.positive(last, "--last")
     m = load(model, device="cpu", input_size=parse_size(size) if size else None)
     if as_json:
         typer.echo(json.dumps(_as_json(m, last), indent=2))
@@ -47,10 +50,10 @@ def _auto(m: Model) -> str | None:
     return m.layer("auto").name if m.layers() else None
 
 
-def _as_json(m: Model, last: int) -> dict[str, Any]:
+def _as_json(m: Model, last: int | None) -> dict[str, Any]:
     all_layers = m.layers()
     auto = _auto(m)
-    shown = all_layers[-last:] if last > 0 else all_layers
+    shown = all_layers[-last:] if last else all_layers
     return {
         "model": m.name,
         "input": {"name": m.input.name, "layout": m.input.layout,
@@ -62,13 +65,13 @@ def _as_json(m: Model, last: int) -> dict[str, Any]:
     }
 
 
-def _print_table(m: Model, last: int, start: float) -> None:
+def _print_table(m: Model, last: int | None, start: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
     layers_ = m.layers()
     auto = _auto(m)
-    shown = layers_[-last:] if last > 0 else layers_
+    shown = layers_[-last:] if last else layers_
     table = Table(title=f"{m.name}: {len(layers_)} candidate layers (input {m.input.name} {m.input.layout} "
                         f"{m.input.channels}x{m.input.height}x{m.input.width})")
     table.add_column("#", justify="right")

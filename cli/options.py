@@ -116,3 +116,10 @@ def one_target(values: list[int] | None) -> int | None:
         raise ArgumentError(f"--target {values[0]}: class indices start at 0; leave --target out to explain each "
                             "image's top class")
     return values[0]
+
+
+def positive(value: int | None, flag: str) -> int | None:
+    """An optional count flag: None (not given) or >= 1."""
+    if value is not None and value < 1:
+        raise ArgumentError(f"{flag} {value}: must be >= 1 (leave {flag} out for the default)")
+    return value

@@ -102,9 +102,15 @@ def test_bench_device_defaults_to_auto() -> None:
 
 @pytest.mark.parametrize(("command", "name"), [("explain", "target"), ("explain", "max_channels"),
                                                ("compare", "max_channels"), ("bench", "max_channels"),
-                                               ("audit", "max_channels")])
+                                               ("audit", "max_channels"), ("bench", "images"),
+                                               ("bench", "threads"), ("layers", "last")])
 def test_no_sentinel_defaults(command: str, name: str) -> None:
     assert _option(command, name).default is None
+
+
+@pytest.mark.parametrize(("command", "flag"), [("bench", "--images"), ("bench", "--threads"), ("layers", "--last")])
+def test_counts_below_one_are_errors(ws: tuple[Path, Path, Path], command: str, flag: str) -> None:
+    _one_line_error(runner.invoke(app, [command, str(ws[0]), flag, "0"]), 2, f"{flag} 0: must be >= 1")
 
 
 def test_layout_is_case_insensitive(ws: tuple[Path, Path, Path]) -> None:
