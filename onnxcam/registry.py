@@ -7,6 +7,7 @@ explainer classes (see ``onnxcam.method_specs``); importing the explainer module
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -119,7 +120,7 @@ def coerce_option(method: str, option: MethodOption, value: Any, where: str) -> 
         raise ArgumentError(f"{where}: {method}.{option.name} takes {_type_word(option.type)}, got {value!r}")
     if option.minimum is not None and not isinstance(typed, (bool, str)) and typed < option.minimum:
         low = int(option.minimum) if option.type is int else option.minimum
-        raise ArgumentError(f"{where}: {method}.{option.name} must be >= {low}, got {typed} ({option.help})")
+        raise ArgumentError(f"{where}: {method}.{option.name} must be >= {low}, got {typed}")
     return typed
 
 
@@ -133,15 +134,16 @@ def _convert(kind: type, value: Any) -> Any:
         if kind is str:
             return text
         try:
-            return int(text) if kind is int else float(text)
+            number = int(text) if kind is int else float(text)
         except ValueError:
             return None
+        return number if math.isfinite(number) else None  # nan would pass every range check
     if isinstance(value, bool):
         return value if kind is bool else None
     if kind is int and isinstance(value, int):
         return value
     if kind is float and isinstance(value, (int, float)):
-        return float(value)
+        return float(value) if math.isfinite(value) else None
     return None
 
 

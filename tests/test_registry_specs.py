@@ -181,6 +181,8 @@ def test_shortcuts_apply_to_every_method_that_has_the_option() -> None:
     (["scorecam.max_channels=2.5"], ["scorecam"], {}, "takes an integer"),
     (["max_channels=-5"], ["scorecam"], {}, "scorecam.max_channels must be >= 1, got -5"),
     (["sscam.std=-1"], ["sscam"], {}, "sscam.std must be >= 0.0"),
+    (["sscam.std=nan"], ["sscam"], {}, "sscam.std takes a number, got 'nan'"),
+    ([], ["sscam"], {"--noise-std": ("std", float("inf"))}, "sscam.std takes a number, got inf"),
     (["smoothgradcam++.torchcam_compat=maybe"], ["smoothgradcam++"], {}, "takes true or false"),
     ([], ["scorecam"], {"--max-channels": ("max_channels", -5)}, "--max-channels -5: scorecam.max_channels must be"),
     ([], ["gradcam"], {"--max-channels": ("max_channels", 5)}, "none of them is among the methods (gradcam)"),
