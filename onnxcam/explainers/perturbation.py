@@ -9,6 +9,7 @@ import numpy as np
 
 from onnxcam import methods
 from onnxcam.explainers.base import BaseCAM, RawMaps
+from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
 from onnxcam.scoring import ForwardScorer
 from onnxcam.targets import Target, TargetSpec, target_scores
 
@@ -30,6 +31,13 @@ class _MaskingCAM(BaseCAM):
         return ForwardScorer(forward, targets).per_image()
 
 
+@method_spec(MethodSpec(
+    "scorecam", cost="1 + C forwards (C = channels; constant channels once)", cost_class="per-channel forwards",
+    uses_gradients=False,
+    options=(
+        MethodOption("max_channels", int, None, "score only the K most varied channels (Faster-Score-CAM)", minimum=1),
+    ),
+))
 class ScoreCAM(_MaskingCAM):
     """Score-CAM (Wang et al. 2020): channel weights = softmax of the target scores of the input masked
     by each upsampled, normalised channel. Constant channels are scored once (exact).
@@ -53,6 +61,15 @@ class ScoreCAM(_MaskingCAM):
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
 
 
+@method_spec(MethodSpec(
+    "sscam", cost="1 + samples x C forwards", cost_class="per-channel forwards", uses_gradients=False,
+    options=(
+        MethodOption("num_samples", int, 35, "noisy copies of each mask", minimum=1),
+        MethodOption("std", float, 2.0, "std of the Gaussian noise added to the masks", minimum=0.0),
+        MethodOption("seed", int, 0, "seed of each image's noise generator", minimum=0),
+        MethodOption("max_channels", int, None, "score only the K most varied channels (Faster-Score-CAM)", minimum=1),
+    ),
+))
 class SSCAM(_MaskingCAM):
     """SS-CAM (Wang et al. 2020): Score-CAM with Gaussian noise on the masks, averaged (torchcam's
     formulas). ``num_samples`` rounds, noise std ``std``. Every image draws its noise from its own
@@ -82,6 +99,9 @@ class SSCAM(_MaskingCAM):
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
 
 
+@method_spec(MethodSpec(
+    "ablationcam", cost="1 forward + C head runs", cost_class="per-channel head runs", uses_gradients=False,
+))
 class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target score when
     the channel is ablated. Only the head re-runs, batched over channels."""
