@@ -344,3 +344,23 @@ def test_fullgrad_says_it_does_not_use_the_layer(two_outputs: tuple) -> None:
     model, _, x = two_outputs
     with pytest.warns(onnxcam.errors.OnnxCamWarning, match="FullGrad uses the input and every bias-carrying layer"):
         onnxcam.FullGrad(model, "feat")
+
+
+def test_a_dropped_model_is_freed_at_once(tmp_path: Path) -> None:
+    """No reference cycle through the gradient engine: a model and its sessions go when the last
+    reference does, not at some later full GC pass (a test suite held 10 GB that way)."""
+    import gc
+    import weakref
+
+    path, _ = two_output_net(tmp_path)
+    model = onnxcam.load(path, device="cpu")
+    x = np.random.default_rng(1).normal(size=(2, 3, H, W)).astype(np.float32)
+    onnxcam.GradCAM(model, "feat")(x)
+    onnxcam.AblationCAM(model, "feat")(x)
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()
