@@ -63,10 +63,9 @@ def test_bodies_heads_and_gradient_graphs_at_role_layers(zoo: tuple[str, onnxcam
         _check(prune_to_outputs(built.model, built.grad_outputs.values()), f"pruned gradient graph of {where}")
 
 
-def test_heads_at_every_layer(zoo: tuple[str, onnxcam.Model]) -> None:
-    name, model = zoo
-    if name not in EVERY_LAYER:
-        pytest.skip(f"{name}: full checks of its large heads take seconds; role layers are checked above")
+@pytest.mark.parametrize("name", EVERY_LAYER)
+def test_heads_at_every_layer(name: str, build_model) -> None:
+    model = onnxcam.load(build_model(name), device="cpu")
     layers = [layer.name for layer in model.layers()]
     cuts = [(layer,) for layer in layers] + [(layers[len(layers) // 3], layers[-2])]
     for cut in cuts:
