@@ -11,6 +11,7 @@ from onnxcam.image import expand_image_paths
 from onnxcam.model import load
 from onnxcam.pipeline import read_labels
 
+from . import notes  # h-ux: warnings as one-line notes
 from .errors import friendly, report_skipped
 from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
@@ -54,11 +55,13 @@ def register(app: typer.Typer) -> None:
 
 def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
     report_skipped(summary.failed)
+    notes.print_notes(summary.notes)  # h-ux
     if not summary.report["images"]:
         typer.echo("onnxcam: error: no image could be read", err=True)
         raise typer.Exit(5)
     if not quiet:
-        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s; open "
+        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s"
+                   f"{notes.skipped_suffix(summary.failed)}; open "
                    f"{summary.out_dir / 'report.html'} (numbers in metrics.json, metrics.csv)")
 
 
@@ -85,6 +88,7 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()  # h-ux
     from onnxcam.audit.job import AuditConfig, audit_units, run_audit  # heavy: only for this command
 
     m = load(model, device=device, input_size=parse_size(size) if size else None, layout=layout or None)
@@ -119,6 +123,7 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()  # h-ux
     from onnxcam.audit.job import CompareConfig, run_compare  # heavy: only for this command
 
     input_size = parse_size(size) if size else None

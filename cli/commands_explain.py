@@ -12,6 +12,7 @@ from onnxcam.image import expand_image_paths, get_preset
 from onnxcam.model import Model, load
 from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
 
+from . import notes  # h-ux: warnings as one-line notes
 from .errors import friendly, report_skipped
 from .parsing import layer_list, parse_size, preprocessing
 from .progress import progress_bar
@@ -41,11 +42,12 @@ def _methods(text: str) -> list[str]:
 
 def _report(summary: ExplainSummary, quiet: bool) -> None:
     report_skipped(summary.failed)
+    notes.print_notes(summary.notes)  # h-ux
     if quiet:
         return
     n = len(summary.images)
-    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}; "
-               f"results in {summary.out_dir}/ (summary.json)")
+    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}"
+               f"{notes.skipped_suffix(summary.failed)}; results in {summary.out_dir}/ (summary.json)")
 
 
 @friendly
@@ -73,6 +75,7 @@ def explain(
     max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()  # h-ux
     input_size = parse_size(size) if size else None
     m = load(model, device=device, input_size=input_size, layout=layout or None)
     paths = expand_image_paths(images)
@@ -103,6 +106,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
+    notes.install()  # h-ux
     files = demo_files()
     m = load(files.model, device=device)
     pp = get_preset(files.preset, m.input.size, m.input.layout, mean=files.mean, std=files.std)
