@@ -58,7 +58,7 @@ def explain(
     layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name(s), comma-separated, or 'auto'."),
     target: int = typer.Option(-1, "--target", "-t", help="Class index to explain for every image (-1: top classes)."),
     top_k: int = typer.Option(1, "--top-k", "-k", help="Explain each image's top K classes."),
-    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     out: Path = typer.Option(Path("onnxcam-out"), "--out", "-o", help="Output folder (created)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -72,6 +72,7 @@ def explain(
     colormap: str = typer.Option("jet", "--colormap", help="jet, turbo, viridis, inferno, magma, ..."),
     boxes: bool = typer.Option(True, "--boxes/--no-boxes", help="Draw the CAM box (20% of the map's max)."),
     save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
+    colorbar: bool = typer.Option(False, "--colorbar", help="Draw a colour scale beside each overlay."),  # h-ux
     max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
@@ -83,7 +84,7 @@ def explain(
         preprocess=preprocessing(m, preset, mean, std, center_crop), methods=_methods(method), layer=layer_list(layer),
         target=None if target < 0 else target, top_k=top_k,
         labels=read_labels(labels) if labels else None, batch_size=batch_size, alpha=alpha, colormap=colormap,
-        boxes=boxes, save_npy=save_npy,
+        boxes=boxes, save_npy=save_npy, colorbar=colorbar,
         method_options={"scorecam": {"max_channels": max_channels}} if max_channels > 0 else {},
     )
     _run(m, paths, out, config, quiet, folders=[Path(i) for i in images if Path(i).is_dir()])

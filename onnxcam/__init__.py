@@ -24,6 +24,7 @@ from onnxcam.explainers.gradient import (
 from onnxcam.explainers.perturbation import SSCAM, AblationCAM, ScoreCAM
 from onnxcam.explainers.structural import CAM, EigenCAM, FullGrad
 from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, load_image, preprocess, to_display
+from onnxcam.labels import read_labels, resolve_labels
 from onnxcam.model import InputSpec, Model, load
 from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
 from onnxcam.registry import METHODS, get_method, method_info
@@ -31,14 +32,19 @@ from onnxcam.targets import ClassTarget, EmbeddingTarget, OutputTarget, Segmenta
 from onnxcam.tasks import TASKS, ClassificationTask, EmbeddingTask, SegmentationTask, Task, detect_task
 from onnxcam.views import FeatureView
 
+#: pytorch-grad-cam's name for a class target (``ClassifierOutputTarget(281)``): the same as ``ClassTarget``.
+ClassifierOutputTarget = ClassTarget
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "TASKS", "AblationCAM", "BaseCAM", "ClassTarget",
+    "ClassifierOutputTarget",
     "ClassificationTask", "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess", "ScoreCAM", "SegmentationTarget",
     "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task", "XGradCAM", "__version__",
     "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "get_method", "get_preset", "load",
-    "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
+    "load_image", "make_grid", "method_info", "preprocess", "read_labels", "resolve_labels", "show_cam_on_image",
+    "to_display",
 ]

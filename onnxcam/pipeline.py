@@ -193,7 +193,7 @@ def explain_images(
         x0, y0, x1, y1 = crop_box(hw, pp.size, pp.resize_mode, pp.crop_fraction)
         return _Loaded(p, display, hw, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)), tensor
 
-    with out_dir.transaction() as tx, Prefetcher(paths, read, config.batch_size) as batches:
+    with out_dir.transaction(replace_previous=True) as tx, Prefetcher(paths, read, config.batch_size) as batches:
         # Sessions and gradient graphs are built while the first images decode on the workers.
         report(0, stage="building sessions")
         job.prepare(min(len(paths), config.batch_size))

@@ -26,12 +26,14 @@ from onnxcam.audit.compare import check_comparable, compare_batch, rank_by_chang
 from onnxcam.audit.metrics_run import (
     BASE_METRICS,
     BOX_METRICS,
-    INSERTION_MARGIN,
+    FALSE_ALARM_TARGET,
     ROAD_METRIC,
+    calibrate_insertion,
     method_metrics,
     model_predict,
     near_tie,
     random_maps,
+    review_flags,
     top_predictions,
 )
 from onnxcam.audit.randomize import sanity_run, spread_steps, weight_nodes
@@ -307,11 +309,12 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
                                      steps=config.steps, batch_size=config.batch_size, layout=pp.layout)
         rand2 = deletion_insertion(predict, x, random_maps(len(loaded), pp.size, config.seed + 1), classes,
                                    steps=config.steps, batch_size=config.batch_size, layout=pp.layout).insertion_auc
-        rand = rand_di.insertion_auc
+        rand = (rand_di.insertion_auc + rand2) / 2  # the baseline: two random maps' mean
         curves["random"]["deletion"].append(rand_di.deletion_curves)
         curves["random"]["insertion"].append(rand_di.insertion_curves)
         views = [to_display(img, pp) for _, img in loaded]
-        batch_items = [_image_record(p, img, probs[i], task, in_boxes, boxes, i, float(rand[i]), float(rand2[i]))
+        batch_items = [_image_record(p, img, probs[i], task, in_boxes, boxes, i,
+                                     (float(rand_di.insertion_auc[i]), float(rand2[i])))
                        for i, (p, img) in enumerate(loaded)]
         batch_tiles = [[("input", data_uri(_with_boxes((v * 255).astype(np.uint8), in_boxes, i)))] for i, v in
                        enumerate(views)]
@@ -342,14 +345,17 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
             sanity_x.append(x[:room])
     if not images:
         raise _no_images(failed, len(paths))
+    calibration = _calibrate_flags(images)
     sanity = None
     if config.sanity and sanity_x:
         report_progress(0, stage="sanity check")
         sanity = _run_sanity(model, cams, np.concatenate(sanity_x), config, progress)
     report = _audit_report(model, config, names, cams, images, failed, sanity, boxes is not None)
+    report["false_alarm"] = calibration
+    report["insertion_margin"] = calibration["margin"]
     report["curves"] = {m: {k: _curve_stats(v) for k, v in c.items()} for m, c in curves.items()}
     report["notes"] = notes
-    with out_dir.transaction() as tx:
+    with out_dir.transaction(replace_previous=True) as tx:
         tx.write_json("metrics.json", report)
         tx.write_text("metrics.csv", _audit_csv(report))
         tx.write_text("report.html", render_audit(report, tiles))
@@ -369,14 +375,14 @@ def _with_boxes(rgb: np.ndarray, in_boxes: Sequence[NDArray[np.int64] | None] | 
 
 def _image_record(p: Path, img: np.ndarray, probs: NDArray[np.float64], task: ClassificationTask,
                   in_boxes: Sequence[NDArray[np.int64] | None] | None, boxes: Mapping[str, Any] | None, i: int,
-                  random_insertion: float, random_insertion_2: float) -> dict[str, Any]:
+                  random_insertion: tuple[float, float]) -> dict[str, Any]:
     top = top_predictions(probs[None], 3)[0]
     record: dict[str, Any] = {
         "file": str(p), "name": p.name, "size": [int(img.shape[1]), int(img.shape[0])],
         "predictions": [{"class": c, "label": task.label(c), "probability": pr} for c, pr in top],
         "near_tie": bool(near_tie(probs[None])[0]),
-        "random_insertion_auc": _finite(random_insertion),
-        "random_insertion_auc_2": _finite(random_insertion_2),
+        "random_insertion_auc": _finite(sum(random_insertion) / 2),
+        "random_insertion_aucs": [_finite(v) for v in random_insertion],
         "methods": {},
     }
     if boxes is not None:
@@ -459,19 +465,31 @@ def _audit_report(model: Model, config: AuditConfig, names: list[str], cams: Seq
         "images": images, "failed": failed, "summary": summary,
         "flag_counts": {m: sum(1 for item in images if item["methods"][m]["flags"]) for m in names},
         "near_ties": sum(1 for item in images if item["near_tie"]),
-        "insertion_margin": INSERTION_MARGIN,
-        "false_alarm": _false_alarm(images),
+
         "sanity": sanity,
     }
 
 
-def _false_alarm(images: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """How often the low-insertion flag would fire on a map with no information: a second random
-    map's insertion AUC against the first's, with the same margin."""
-    pairs = [(item["random_insertion_auc"], item["random_insertion_auc_2"]) for item in images
-             if item.get("random_insertion_auc") is not None and item.get("random_insertion_auc_2") is not None]
-    hits = sum(1 for a, b in pairs if b < a - INSERTION_MARGIN)
-    return {"flagged": hits, "of": len(pairs), "rate": _finite(hits / len(pairs)) if pairs else None}
+def _calibrate_flags(images: list[dict[str, Any]]) -> dict[str, Any]:
+    """Set the low-insertion margin from the run's random maps and (re)compute every image's flags.
+
+    Returns the calibration: the margin, the false-alarm rate it is set for and the one expected
+    (normal approximation), and the rate measured on the random maps themselves (each random map
+    against the other, with the same margin).
+    """
+    pairs = [tuple(item["random_insertion_aucs"]) for item in images
+             if None not in item.get("random_insertion_aucs", [None])]
+    first = np.array([a for a, _ in pairs], dtype=np.float64)
+    second = np.array([b for _, b in pairs], dtype=np.float64)
+    margin, expected = calibrate_insertion(first, second)
+    for item in images:
+        base = item.get("random_insertion_auc")
+        for res in item["methods"].values():
+            values = {k: float("nan") if v is None else float(v) for k, v in res["values"].items()}
+            res["flags"] = review_flags(values, base, margin)
+    hits = int(np.sum(first < second - margin) + np.sum(second < first - margin))
+    return {"margin": margin, "target": FALSE_ALARM_TARGET, "expected": _finite(expected),
+            "flagged": hits, "of": 2 * len(pairs), "rate": _finite(hits / (2 * len(pairs))) if pairs else None}
 
 
 def _audit_csv(report: dict[str, Any]) -> str:
@@ -563,7 +581,7 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
     report["verdict"] = compare_verdict(images)
     columns = ["change_rank", "file", "class", "label", "top1_a", "top1_b", "top1_agree", "prob_a", "prob_b",
                "pearson", "top_iou", "change"]
-    with out_dir.transaction() as tx:
+    with out_dir.transaction(replace_previous=True) as tx:
         tx.write_json("metrics.json", report)
         tx.write_text("metrics.csv", _csv([images[i] for i in ranking], columns))
         tx.write_text("report.html", render_compare(report, tiles))

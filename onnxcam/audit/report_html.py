@@ -31,7 +31,7 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "increase": ("Increase", "higher", "1 if the masked image scores higher than the original"),
     "deletion_auc": ("Deletion AUC", "lower", "class probability while the top pixels are removed"),
     "insertion_auc": ("Insertion AUC", "higher", "class probability while the top pixels are restored on a blur"),
-    "random_insertion_auc": ("Random ins. AUC", "-", "insertion AUC of a seeded random map (baseline)"),
+    "random_insertion_auc": ("Random ins. AUC", "-", "mean insertion AUC of two seeded random maps (baseline)"),
     "border_energy": ("Border energy", "lower", f"share of map mass in the outer {BORDER_BAND:.0%} band"),
     "pointing_game": ("Pointing", "higher", "1 if the map's maximum is inside the labelled box"),
     "energy_pointing_game": ("Energy PG", "higher", "share of map mass inside the labelled box"),
@@ -216,14 +216,15 @@ def svg_strips(title: str, rows: Sequence[tuple[str, Sequence[float | None]]], x
     """An inline SVG strip plot: one row per name, a dot per value, a bar at the mean."""
     m, row_h = 90, 26
     height = 36 + row_h * len(rows)
+    full = height + 8
     lo, hi = x_range
     span = (hi - lo) or 1.0
 
     def px(v: float) -> float:
         return m + (min(max(v, lo), hi) - lo) / span * (width - 12 - m)
 
-    parts = [f"<svg class=\"chart\" role=\"img\" aria-label=\"{esc(title)}\" width=\"{width}\" height=\"{height}\" "
-             f"viewBox=\"0 0 {width} {height}\"><title>{esc(title)}</title>"]
+    parts = [f"<svg class=\"chart\" role=\"img\" aria-label=\"{esc(title)}\" width=\"{width}\" height=\"{full}\" "
+             f"viewBox=\"0 0 {width} {full}\"><title>{esc(title)}</title>"]
     for k, (name, values) in enumerate(rows):
         y = 14 + row_h * k + row_h / 2
         color = PALETTE[k % len(PALETTE)]
@@ -242,7 +243,7 @@ def svg_strips(title: str, rows: Sequence[tuple[str, Sequence[float | None]]], x
     parts.append(f"<line x1=\"{m}\" y1=\"{base}\" x2=\"{width - 12}\" y2=\"{base}\" stroke=\"#57606a\"/>")
     for v in (lo, (lo + hi) / 2, hi):
         parts.append(f"<text x=\"{px(v):.1f}\" y=\"{base + 13}\" text-anchor=\"middle\">{v:g}</text>")
-    parts.append(f"<text x=\"{(m + width) / 2:.1f}\" y=\"{height - 2}\" text-anchor=\"middle\">{esc(x_label)}</text>")
+    parts.append(f"<text x=\"{(m + width) / 2:.1f}\" y=\"{height + 2}\" text-anchor=\"middle\">{esc(x_label)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -273,9 +274,8 @@ def _distributions(report: dict[str, Any]) -> str:
     charts = []
     for k in report["metric_keys"]:
         rows = [(m, [item["methods"][m]["values"].get(k) for item in images]) for m in methods]
-        if k in ("insertion_auc", "deletion_auc"):
-            rows.append(("random map", [item.get("random_insertion_auc") for item in images]
-                         if k == "insertion_auc" else []))
+        if k == "insertion_auc":
+            rows.append(("random map", [item.get("random_insertion_auc") for item in images]))
         finite = [float(v) for _, vals in rows for v in vals if v is not None and math.isfinite(float(v))]
         hi = 100.0 if k == "average_drop" else max(1.0, max(finite, default=1.0))
         lo = min(0.0, min(finite, default=0.0))
@@ -327,7 +327,7 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     body.append(_flag_index(images))
     body.append("<h2>Images</h2>")
     for i, (item, row) in enumerate(zip(images, tiles, strict=True)):
-        body.append(_audit_image(i, item, row, methods, keys))
+        body.append(_audit_image(i, item, row, methods, keys, report.get("insertion_margin")))
     return _page(f"onnxcam audit - {report['model_name']}", body)
 
 
@@ -335,10 +335,12 @@ def _false_alarm(report: dict[str, Any]) -> str:
     fa = report.get("false_alarm") or {}
     if not fa.get("of"):
         return ""
-    return (f"<p class=\"meta\">Low-insertion flags are calibrated against the random map: a map is flagged when "
-            f"its insertion AUC is more than {report.get('insertion_margin')} below the same image's random-map AUC. "
-            f"Measured false-alarm rate: a second, independent random map is flagged on {fa['flagged']} of "
-            f"{fa['of']} images ({fmt(fa.get('rate'))}).</p>")
+    return (f"<p class=\"meta\">Low-insertion flags are calibrated against random maps: a map is flagged when its "
+            f"insertion AUC is more than {fmt(fa.get('margin'))} below the same image's random-map baseline (the mean "
+            "of two seeded random maps); the margin is set from the spread between the two random maps so that a map "
+            f"with no information would be flagged on about {fa.get('target', 0.05):.0%} of images (expected here: "
+            f"{fmt(fa.get('expected'))}). Measured false-alarm rate: one random map flagged against the other on "
+            f"{fa['flagged']} of {fa['of']} comparisons ({fmt(fa.get('rate'))}).</p>")
 
 
 def _sanity(sanity: dict[str, Any] | None) -> str:
@@ -401,7 +403,7 @@ def _image_flags(item: dict[str, Any]) -> list[str]:
 
 
 def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Sequence[str],
-                 keys: Sequence[str]) -> str:
+                 keys: Sequence[str], report_margin: float | None = None) -> str:
     parts = [f"<div class=\"card\" id=\"img-{i}\"><h3>{esc(item['name'])}</h3>", _predictions(item["predictions"])]
     if item["near_tie"]:
         parts.append(f"<span class=\"badge\">{esc(flag_text('near_tie'))}</span>")
@@ -420,7 +422,9 @@ def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Seq
     parts.append(f"<p class=\"meta\">Random-map insertion AUC: {fmt(item.get('random_insertion_auc'))}</p>")
     flags = []
     for code, ms in _grouped_flags(item):
-        details = "; ".join(f"{m}: {flag_detail(code, item['methods'][m]['values'], item.get('random_insertion_auc'))}"
+        margin = float(report_margin) if report_margin is not None else 0.05
+        base = item.get("random_insertion_auc")
+        details = "; ".join(f"{m}: {flag_detail(code, item['methods'][m]['values'], base, margin)}"
                             for m in ms) if code in ("low_insertion", "border") else ", ".join(ms)
         flags.append(f"<li class=\"flag\" data-flag=\"{esc(code)}\">{esc(flag_text(code))} &mdash; {esc(details)}</li>")
     if flags:
