@@ -245,8 +245,8 @@ def _shrink(img: np.ndarray, side: int) -> np.ndarray:
 def _labels_hint(job: _Job, images: list[dict[str, Any]]) -> str | None:
     if not isinstance(job.task, ClassificationTask) or not images or not images[0]["predictions"]:
         return None
-    shape = job.model.output_shapes[job.task.output]
-    k = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else 0
+    shape = job.model.output_shapes[job.task.output]  # per image: (K,) for class scores
+    k = shape[0] if len(shape) == 1 and isinstance(shape[0], int) else 0
     return labels_hint(int(k), job.task.labels is not None)
 
 

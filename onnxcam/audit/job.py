@@ -131,8 +131,8 @@ def _audit_task(model: Model, labels: LabelsSpec, what: str) -> ClassificationTa
     """The model's task with the user's labels (or those in its metadata); audits rank class
     probabilities, so a classifier's."""
     names = resolve_labels(labels, model.proto)
-    shape = model.output_shapes[0] if model.output_shapes else ()
-    if labels is None and names is not None and len(shape) > 1 and shape[1] != len(names):
+    shape = model.output_shapes[0] if model.output_shapes else ()  # per image: (K,) for class scores
+    if labels is None and names is not None and shape and shape[0] != len(names):
         names = None  # metadata names that do not fit the outputs are someone else's
     return classifier_task(detect_task(model.output_shapes, model.task.name, names), what)
 
