@@ -287,3 +287,18 @@ def test_pil_images_need_the_preprocessing(ws: tuple[Path, Path, Path]) -> None:
     expected = onnxcam.GradCAM(model)(onnxcam.preprocess([rgb], pp))
     np.testing.assert_array_equal(onnxcam.GradCAM(model, preprocess="imagenet")(pil), expected)
     np.testing.assert_array_equal(onnxcam.GradCAM(model, preprocess=pp)([pil, pil])[1], expected[0])
+
+
+def test_readme_custom_target_example(ws: tuple[Path, Path, Path]) -> None:
+    """The README's MarginTarget, run by a gradient method and a gradient-free one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(import numpy as np\nfrom onnxcam import OutputTarget\n.*?)\nmaps = ", readme, re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(code.group(1), namespace)  # noqa: S102 - the project's own README
+    margin = namespace["MarginTarget"](1, 2)  # type: ignore[operator]
+    model = onnxcam.load(ws[0])
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    e = onnxcam.GradCAM(model, "b").explain(x, margin)
+    np.testing.assert_allclose(e.scores, e.outputs[0][:, 1] - e.outputs[0][:, 2], rtol=1e-5)
+    assert onnxcam.AblationCAM(model, "b")(x, margin).shape == (2, 8, 8)

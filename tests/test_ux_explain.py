@@ -23,6 +23,7 @@ from onnxcam.labels import labels_hint, metadata_labels, read_labels, resolve_la
 from onnxcam.output import MANIFEST
 from onnxcam.overlay import DIM_OUTSIDE, add_caption, add_colorbar, box_covers, overlay_on_original
 from onnxcam.pipeline import ExplainConfig, explain_images
+from onnxcam.tasks import ClassificationTask
 
 runner = CliRunner()
 
@@ -52,6 +53,7 @@ def test_imagenet_labels_are_built_in() -> None:
     assert (names[0], names[1], names[281], names[285], names[504], names[999]) == (
         "tench", "goldfish", "tabby", "Egyptian cat", "coffee mug", "toilet tissue")
     assert resolve_labels("imagenet") == names and resolve_labels("ImageNet") == names
+    assert ClassificationTask(labels="imagenet").label(285) == "Egyptian cat"  # not the letters of "imagenet"
 
 
 @pytest.mark.parametrize(("value", "expected"), [
