@@ -88,8 +88,9 @@ class ExplainSummary:
 #: ``progress(n, stage=None)``: ``n`` more images done (fractions while a batch runs), ``stage`` when it changes.
 Progress = Callable[..., None]
 
-#: Overlays keep the original resolution up to this longest side (larger photos are shrunk for display).
-DISPLAY_MAX_SIDE = 2048
+#: Overlays keep the original resolution up to this longest side (larger photos are shrunk for display,
+#: aspect kept: a 12-megapixel photo's overlay would take a quarter of a second to encode, for a map of 7 x 7).
+DISPLAY_MAX_SIDE = 1024
 #: Longest side of a tile in a multi-method grid.
 GRID_TILE_SIDE = 512
 
