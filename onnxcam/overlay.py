@@ -231,11 +231,13 @@ def overlay_on_original(
     x0, y0, x1, y1 = region if region is not None else (0.0, 0.0, float(w), float(h))
     px0, py0 = max(0, int(round(x0))), max(0, int(round(y0)))
     px1, py1 = min(w, max(px0 + 1, int(round(x1)))), min(h, max(py0 + 1, int(round(y1))))
-    mask = _as_cam(cam, (py1 - py0, px1 - px0))
-    heat = cv2.applyColorMap((255 * mask).astype(np.uint8), colormap_code(colormap))
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    # The map is quantised at its own resolution and resized as uint8: the float map of a photo-sized
+    # region would cost more than the rest of the overlay.
+    low = (255 * _as_cam(cam, np.asarray(cam).shape[-2:])).astype(np.uint8)
+    level = cv2.resize(low, (px1 - px0, py1 - py0), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.cvtColor(cv2.applyColorMap(level, colormap_code(colormap)), cv2.COLOR_BGR2RGB)
     inside = np.ascontiguousarray(base[py0:py1, px0:px1])
-    blended = cv2.addWeighted(heat, float(alpha), inside, 1.0 - float(alpha), 0.0, dtype=cv2.CV_32F)
+    blended = cv2.addWeighted(heat, float(alpha), inside, 1.0 - float(alpha), 0.0)
     peak = float(blended.max())
     if region is None or (px0, py0, px1, py1) == (0, 0, w, h):
         out = np.empty_like(base)
