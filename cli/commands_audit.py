@@ -9,6 +9,7 @@ import typer
 
 from onnxcam.errors import ArgumentError
 
+from . import notes  # warnings as one-line notes
 from . import options as opt
 from .errors import friendly, report_skipped
 from .parsing import parse_size, preprocessing, resolve_layer_arg
@@ -55,11 +56,10 @@ def register(app: typer.Typer) -> None:
 
 def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
     report_skipped(summary.failed)
-    if not summary.report["images"]:
-        typer.echo("onnxcam: error: no image could be read", err=True)
-        raise typer.Exit(5)
+    notes.print_notes(summary.notes)
     if not quiet:
-        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s; open "
+        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s"
+                   f"{notes.skipped_suffix(summary.failed)}; open "
                    f"{summary.out_dir / 'report.html'} (numbers in metrics.json, metrics.csv)")
 
 
@@ -70,7 +70,7 @@ def audit(
     boxes: Path | None = typer.Option(None, "--boxes", help="boxes.json with labelled boxes (original-image pixels)."),
     methods: str = opt.methods_option(),
     layer: str = typer.Option("auto", "--layer", "-l", help=opt.LAYER_HELP),
-    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     preset: str = typer.Option("imagenet", "--preprocess", "-p", help="imagenet, tf, unit, caffe or raw."),
     mean: str = typer.Option("", "--mean", help="Per-channel mean (overrides the preset)."),
     std: str = typer.Option("", "--std", help="Per-channel std (overrides the preset)."),
@@ -91,6 +91,7 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()
     from onnxcam.audit.job import AuditConfig, audit_units, run_audit
     from onnxcam.image import expand_image_paths
     from onnxcam.model import load
@@ -118,7 +119,7 @@ def compare(
     method: str = opt.methods_option(help="The CAM method (one)."),
     layer_a: str = typer.Option("auto", "--layer-a", help="Layer of model A: a name, '#N' or 'auto'."),
     layer_b: str = typer.Option("auto", "--layer-b", help="Layer of model B: a name, '#N' or 'auto'."),
-    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     preset: str = typer.Option("imagenet", "--preprocess", "-p", help="imagenet, tf, unit, caffe or raw."),
     mean: str = typer.Option("", "--mean", help="Per-channel mean (overrides the preset)."),
     std: str = typer.Option("", "--std", help="Per-channel std (overrides the preset)."),
@@ -134,6 +135,7 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()
     from onnxcam.audit.job import CompareConfig, run_compare
     from onnxcam.image import expand_image_paths
     from onnxcam.model import load

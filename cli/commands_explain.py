@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from . import notes  # warnings as one-line notes
 from . import options as opt
 from .errors import friendly, report_skipped
 from .parsing import check_top_k, parse_size, preprocessing, resolve_layer_arg
@@ -40,11 +41,12 @@ def register(app: typer.Typer) -> None:
 
 def _report(summary: ExplainSummary, quiet: bool) -> None:
     report_skipped(summary.failed)
+    notes.print_notes(summary.notes)
     if quiet:
         return
     n = len(summary.images)
-    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}; "
-               f"results in {summary.out_dir}/ (summary.json)")
+    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}"
+               f"{notes.skipped_suffix(summary.failed)}; results in {summary.out_dir}/ (summary.json)")
 
 
 @friendly
@@ -56,7 +58,7 @@ def explain(
     target: list[int] | None = typer.Option(None, "--target", "-t", show_default=False,
                                             help="Class index to explain for every image (default: top classes)."),
     top_k: int = typer.Option(1, "--top-k", "-k", help="Explain each image's top K classes."),
-    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     out: Path = typer.Option(Path("onnxcam-out"), "--out", "-o", help="Output folder (created)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -71,12 +73,14 @@ def explain(
     colormap: str = typer.Option("jet", "--colormap", help="jet, turbo, viridis, inferno, magma, ..."),
     boxes: bool = typer.Option(True, "--boxes/--no-boxes", help="Draw the CAM box (20% of the map's max)."),
     save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
+    colorbar: bool = typer.Option(False, "--colorbar", help="Draw a colour scale beside each overlay."),
     option: list[str] | None = opt.method_option_option(),
     max_channels: int | None = opt.max_channels_option(),
     samples: int | None = opt.samples_option(),
     noise_std: float | None = opt.noise_std_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
+    notes.install()
     from onnxcam.image import expand_image_paths
     from onnxcam.model import load
     from onnxcam.pipeline import ExplainConfig, read_labels
@@ -90,7 +94,7 @@ def explain(
         preprocess=preprocessing(m, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
         methods=chosen.methods, layer=resolve_layer_arg(m, layer), target=target_index, top_k=top_k,
         labels=read_labels(labels) if labels else None, batch_size=batch_size, alpha=alpha, colormap=colormap,
-        boxes=boxes, save_npy=save_npy, method_options=chosen.options,
+        boxes=boxes, save_npy=save_npy, colorbar=colorbar, method_options=chosen.options,
     )
     _run(m, paths, out, config, quiet, folders=[Path(i) for i in images if Path(i).is_dir()])
 
@@ -115,6 +119,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
+    notes.install()
     from onnxcam.data import demo_files
     from onnxcam.image import get_preset
     from onnxcam.model import load

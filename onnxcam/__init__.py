@@ -34,13 +34,23 @@ if TYPE_CHECKING:
     from onnxcam.explainers.perturbation import SSCAM, AblationCAM, ScoreCAM
     from onnxcam.explainers.structural import CAM, EigenCAM, FullGrad
     from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, load_image, preprocess, to_display
+    from onnxcam.labels import read_labels, resolve_labels
     from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
     from onnxcam.model import InputSpec, Model, load
     from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
     from onnxcam.registry import METHODS, get_method, method_info, parse_method_options
-    from onnxcam.targets import ClassTarget, EmbeddingTarget, OutputTarget, SegmentationTarget, SoftmaxTarget, Target
+    from onnxcam.targets import (
+        ClassifierOutputTarget,
+        ClassTarget,
+        EmbeddingTarget,
+        OutputTarget,
+        SegmentationTarget,
+        SoftmaxTarget,
+        Target,
+    )
     from onnxcam.tasks import TASKS, ClassificationTask, EmbeddingTask, SegmentationTask, Task, detect_task
     from onnxcam.views import FeatureView
+
 
 __version__ = "0.1.0"
 
@@ -58,8 +68,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "onnxcam.model": ("InputSpec", "Model", "load"),
     "onnxcam.overlay": ("COLORMAPS", "make_grid", "show_cam_on_image"),
     "onnxcam.registry": ("METHODS", "get_method", "method_info", "parse_method_options"),
-    "onnxcam.targets": ("ClassTarget", "EmbeddingTarget", "OutputTarget", "SegmentationTarget", "SoftmaxTarget",
-                        "Target"),
+    "onnxcam.labels": ("read_labels", "resolve_labels"),
+    "onnxcam.targets": ("ClassTarget", "ClassifierOutputTarget", "EmbeddingTarget", "OutputTarget",
+                        "SegmentationTarget", "SoftmaxTarget", "Target"),
     "onnxcam.tasks": ("TASKS", "ClassificationTask", "EmbeddingTask", "SegmentationTask", "Task", "detect_task"),
     "onnxcam.views": ("FeatureView",),
 }
@@ -91,11 +102,12 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "TASKS", "AblationCAM", "BaseCAM", "ClassTarget",
+    "ClassifierOutputTarget",
     "ClassificationTask", "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "MethodOption", "MethodSpec", "Model", "OutputTarget", "Preprocess", "ScoreCAM",
     "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task",
     "XGradCAM", "__version__", "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths",
     "get_method", "get_preset", "load", "load_image", "make_grid", "method_info", "method_spec",
-    "parse_method_options", "preprocess", "show_cam_on_image", "to_display",
+    "parse_method_options", "preprocess", "read_labels", "resolve_labels", "show_cam_on_image", "to_display",
 ]

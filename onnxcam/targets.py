@@ -244,6 +244,9 @@ class EmbeddingTarget(OutputTarget):
         return "embedding cosine similarity"
 
 
+#: pytorch-grad-cam's name for a class target (``ClassifierOutputTarget(281)``): the same as ``ClassTarget``.
+ClassifierOutputTarget = ClassTarget
+
 TargetSpec = None | int | Target | Sequence[int | Target]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxcam.errors import ArgumentError, TargetError
+from onnxcam.labels import LabelsSpec, resolve_labels
 from onnxcam.targets import ClassTarget, Target, TargetSpec, output_shapes
 
 TASKS: tuple[str, ...] = ("classification", "segmentation", "embedding")
@@ -38,13 +39,14 @@ def to_probabilities(outputs: np.ndarray) -> np.ndarray:
 class Task:
     """Base: turns a user's target spec into one ``Target`` per image, and outputs into summary rows.
 
-    ``labels``: one name per class (``None``: class indices are their own names).
+    ``labels``: one name per class, ``"imagenet"`` (the built-in ImageNet-1k names) or a labels file
+    path (``None``: class indices are their own names; see ``onnxcam.labels``).
     """
 
     name = "task"
 
-    def __init__(self, labels: Sequence[str] | None = None, output: int = 0) -> None:
-        self.labels = list(labels) if labels is not None else None
+    def __init__(self, labels: LabelsSpec = None, output: int = 0) -> None:
+        self.labels = resolve_labels(labels) if labels is not None else None
         self.output = output
 
     # -- targets ----------------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def class_indices(task: ClassificationTask, targets: Sequence[Target]) -> np.nda
 
 
 def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = None,
-                labels: Sequence[str] | None = None) -> Task:
+                labels: LabelsSpec = None) -> Task:
     """The task for a model whose outputs have per-image ``shapes`` (batch axis dropped).
 
     ``kind``: a ``Task`` (kept as is), a task name from ``TASKS``, or None/``"auto"``: a first

@@ -23,12 +23,17 @@ class _MaskingCAM(BaseCAM):
         super().prepare(n)
         self.model.session("forward")  # the masked copies run through the whole model
 
-    def _score_fn(self, targets: list[Target]) -> Callable[[np.ndarray, int], np.ndarray]:
-        """``fn(masked images (M, ...), i) -> (M,)``: image ``i``'s target on whole-model runs."""
+    def _score_fn(self, targets: list[Target], total: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        """``fn(masked images (M, ...), i) -> (M,)``: image ``i``'s target on whole-model runs; each call
+        reports ``M / total`` of the explain call's progress."""
         def forward(images: np.ndarray) -> list[np.ndarray]:
             return self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
 
-        return ForwardScorer(forward, targets).per_image()
+        return _counted(self, ForwardScorer(forward, targets).per_image(), total)
+
+    def _channels(self, acts: dict[str, np.ndarray], max_channels: int | None) -> int:
+        """Channels scored per image over all layers (the unit of progress)."""
+        return sum(min(a.shape[1], max_channels or a.shape[1]) for a in acts.values())
 
 
 @method_spec(MethodSpec(
@@ -51,7 +56,7 @@ class ScoreCAM(_MaskingCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
-        score_fn = self._score_fn(resolved)
+        score_fn = self._score_fn(resolved, len(x) * self._channels(acts, self.max_channels))
         maps, weights = {}, {}
         for layer in self.layers:
             w = methods.scorecam_weights(acts[layer], self.model.input.size, x, score_fn, self.batch_size,
@@ -88,7 +93,7 @@ class SSCAM(_MaskingCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
-        score_fn = self._score_fn(resolved)
+        score_fn = self._score_fn(resolved, len(x) * self._channels(acts, self.max_channels) * self.num_samples)
         maps, weights = {}, {}
         for layer in self.layers:
             w = methods.sscam_weights(acts[layer], x, score_fn, self.batch_size, self.num_samples, self.std,
@@ -124,8 +129,21 @@ class AblationCAM(BaseCAM):
             a = view.to_map(feeds[layer])
             acts_all[layer] = a
             scorer = self.model.gradient_engine.head_scorer(layer, resolved, feeds, outputs, self.batch_size)
-            w = methods.ablation_weights(a, scorer.per_image(view), scores, self.batch_size)
+            total = len(x) * a.shape[1] * len(self.layers)
+            w = methods.ablation_weights(a, _counted(self, scorer.per_image(view), total), scores, self.batch_size)
             weights[layer] = w
             maps[layer] = methods.weighted_sum(a, w)
         return RawMaps(maps, resolved, scores, outputs, acts_all, weights=weights,
                        notes=["only the head re-ran; the body ran once"])
+
+
+def _counted(cam: BaseCAM, fn: Callable[[np.ndarray, int], np.ndarray],
+             total: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``fn`` reporting ``len(rows) / total`` of ``cam``'s explain call as done after each call, so a
+    progress bar moves within a batch (the methods' loops never see it)."""
+    def scored(rows: np.ndarray, i: int) -> np.ndarray:
+        out = fn(rows, i)
+        cam.report_progress(rows.shape[0] / max(1, total))
+        return out
+
+    return scored
