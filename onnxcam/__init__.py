@@ -23,6 +23,7 @@ from onnxcam.explainers.gradient import (
 )
 from onnxcam.explainers.perturbation import SSCAM, AblationCAM, ScoreCAM
 from onnxcam.explainers.structural import CAM, EigenCAM, FullGrad
+from onnxcam.export import export_explainer
 from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, load_image, preprocess, to_display
 from onnxcam.model import InputSpec, Model, load
 from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
@@ -39,6 +40,6 @@ __all__ = [
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess", "ScoreCAM", "SegmentationTarget",
     "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task", "XGradCAM", "__version__",
-    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "get_method", "get_preset", "load",
+    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "export_explainer", "get_method", "get_preset", "load",
     "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
 ]

@@ -5,7 +5,7 @@ iteration (repeated squaring), oriented by onnxcam's deterministic "activation" 
 them on the first right-singular vector. The projection ``X v1`` equals ``sigma1 u1`` for the top
 eigenvector ``u1`` of ``X X^T`` (``hw x hw``), so the graph takes the smaller of the two Gram
 matrices, squares it ``SQUARINGS`` times (the power ``2^SQUARINGS`` separates any eigengap down to
-float32 resolution), each time divided by its trace to stay in range, and reads the eigenvector off
+float32 resolution), each time divided by its largest entry to stay in range, and reads the eigenvector off
 the column with the largest diagonal entry (never zero for the limiting ``u1 u1^T``). SVD signs are
 arbitrary; the sign rule fixes it: the projection must correlate non-negatively with the channel
 sum of the activations (a zero correlation: the larger extreme is made positive).
@@ -27,23 +27,19 @@ def _top_eigenvector(w: GraphWriter, gram: str, d: int) -> str:
     """``(N, d, 1)`` unit top eigenvector of the PSD ``(N, d, d)`` ``gram``."""
     m = gram
     for _ in range(SQUARINGS):
-        diag = w.op("Mul", [m, w.const(_eye(d))])
-        trace = w.reduce("ReduceSum", diag, [1, 2], keepdims=1)
-        m = w.op("Div", [m, w.op("Max", [trace, w.f32(1e-30)])])
+        # The largest entry of a PSD matrix is on its diagonal: dividing by it keeps the powers in range.
+        top = w.reduce("ReduceMax", w.op("Abs", [m]), [1, 2], keepdims=1)
+        m = w.op("Div", [m, w.op("Max", [top, w.f32(1e-30)])])
         m = w.op("MatMul", [m, m])
-    diag = w.reduce("ReduceSum", w.op("Mul", [m, w.const(_eye(d))]), [2], keepdims=1)  # (N, d, 1)
+    # The identity is made in-graph (EyeLike), not stored: a d x d constant can outweigh a small model.
+    eye = w.unsqueeze(w.op("EyeLike", [w.op("ConstantOfShape", [w.ints([d, d])])], dtype=1), [0])
+    diag = w.reduce("ReduceSum", w.op("Mul", [m, eye]), [2], keepdims=1)  # (N, d, 1)
     column = w.op("ArgMax", [diag], axis=1, keepdims=1)  # (N, 1, 1)
     index = w.op("Expand", [column, w.op("Concat", [w.batch(m), w.ints([d, 1])], axis=0)])
     v = w.op("GatherElements", [m, index], axis=2)  # (N, d, 1): the picked column
     # One more power step with the Gram itself: what the squarings' rounding left of other components shrinks.
     v = _unit(w, v, 1)
     return _unit(w, w.op("MatMul", [gram, v]), 1)
-
-
-def _eye(d: int) -> object:
-    import numpy as np
-
-    return np.eye(d, dtype=np.float32)[None]
 
 
 def eigencam(w: GraphWriter, acts: str, channels: int, h: int, wd: int) -> str:
