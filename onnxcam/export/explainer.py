@@ -295,7 +295,7 @@ def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seede
     wrt = (inp, *(name for name, _ in terms))
     graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
     bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}  # type: ignore[operator]
-    rename = spliced.splice(graph, bind, "fullgrad")
+    rename = spliced.splice(graph, bind, "fullgrad", reuse=False)
     size = m.input.size
     x = _as_nchw(w, inp, m.input.layout)
     gx = _as_nchw(w, rename[grad_outputs[inp]], m.input.layout)

@@ -75,8 +75,11 @@ class SpliceTarget:
             self._made.add(out)
         return out
 
-    def splice(self, graph: onnx.GraphProto, bind: Mapping[str, str], scope: str) -> dict[str, str]:
-        """Add ``graph``'s nodes with its inputs bound by ``bind``; returns every tensor's new name."""
+    def splice(self, graph: onnx.GraphProto, bind: Mapping[str, str], scope: str, reuse: bool = True) -> dict[str, str]:
+        """Add ``graph``'s nodes with its inputs bound by ``bind``; returns every tensor's new name.
+
+        ``reuse=False`` keeps the graph's own forward nodes rather than the model's equal ones.
+        """
         prefix = f"{PREFIX}{scope}/"
         rename: dict[str, str] = dict(bind)
         for t in graph.initializer:
@@ -97,7 +100,7 @@ class SpliceTarget:
                 inputs[1] = self._unshared(inputs[1], next(iter(bind.values())), prefix)
             has_graph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
             sig = _signature(node, inputs)
-            same = None if has_graph else self._seen.get(sig)
+            same = None if has_graph or not reuse else self._seen.get(sig)
             if same is not None and len(same) == len(node.output):
                 rename.update({o: s for o, s in zip(node.output, same) if o})
                 continue
