@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands_audit, commands_bench, commands_explain, commands_gradients, commands_inspect
-from . import commands_export
+from . import commands_audit, commands_bench, commands_explain, commands_export, commands_gradients, commands_inspect
 from .errors import DEBUG
 
 app = typer.Typer(

@@ -40,6 +40,6 @@ __all__ = [
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess", "ScoreCAM", "SegmentationTarget",
     "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task", "XGradCAM", "__version__",
-    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "export_explainer", "get_method", "get_preset", "load",
-    "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
+    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "export_explainer", "get_method",
+    "get_preset", "load", "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
 ]

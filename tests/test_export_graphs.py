@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from graphs import residual_net, save
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import onnxcam
-from graphs import residual_net, save
 from onnxcam.errors import ArgumentError
-from onnxcam.export import CLASS_OUTPUT, TARGET_INPUT, export_explainer, explainer
+from onnxcam.export import CLASS_OUTPUT, TARGET_INPUT, explainer, export_explainer
 from onnxcam.gradients.dynamic import BatchDependenceError, build_batch_agnostic, generalize_batch
 
 

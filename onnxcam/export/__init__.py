@@ -8,8 +8,15 @@ post-processing as ONNX ops), ``eigen`` (EigenCAM by power iteration), ``explain
 the atomic save). Dynamic batch: ``onnxcam.gradients.dynamic``.
 """
 
-from onnxcam.export.explainer import CLASS_OUTPUT, EXPORTABLE, TARGET_INPUT, ExportedExplainer, export_explainer, \
-    output_name, parse_methods
+from onnxcam.export.explainer import (
+           CLASS_OUTPUT,
+           EXPORTABLE,
+           TARGET_INPUT,
+           ExportedExplainer,
+           export_explainer,
+           output_name,
+           parse_methods,
+)
 
 __all__ = ["CLASS_OUTPUT", "EXPORTABLE", "TARGET_INPUT", "ExportedExplainer", "export_explainer", "output_name",
            "parse_methods"]

@@ -33,7 +33,7 @@ class GraphWriter:
                                            **{k: v for k, v in attrs.items() if v is not None}))
         return name
 
-    def const(self, array: np.ndarray | float | int | Sequence[int], dtype: Any = None) -> str:
+    def const(self, array: Any, dtype: Any = None) -> str:
         arr = np.ascontiguousarray(np.asarray(array, dtype=dtype))
         key = (str(arr.dtype), tuple(arr.shape), arr.tobytes())
         if key not in self._consts:

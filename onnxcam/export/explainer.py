@@ -114,15 +114,18 @@ def export_explainer(
     out = m.outputs[task.output]
     info = m.tensor_info(out)
     if info.shape is None or len(info.shape) < 2 or not isinstance(info.shape[1], int):
-        raise UnsupportedModelError(f"{m.name}: output {out!r} has shape {info.shape}; export needs a known class count")
+        raise UnsupportedModelError(
+            f"{m.name}: output {out!r} has shape {info.shape}; export needs a known class count (axis 1)")
     rank, classes = len(info.shape), int(info.shape[1])
     logits = final_softmax(m.proto, out)
-    with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
+    if logits is None:
+        proto = _assemble(m, m, names, layer, view, target, out, out, rank, classes)
+    else:
         # A Softmax output is explained at its logits: the gradient graph is built on the model cut
-        # below the Softmax (the Python path explains the same raw score).
-        src = m if logits is None else _logit_model(m, out, logits, Path(tmp))
-        seeded = logits or out
-        proto = _assemble(m, src, names, layer, view, target, out, seeded, rank, classes)
+        # below the Softmax (the raw score Grad-CAM is defined on), loaded from a scratch copy.
+        with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
+            src = _logit_model(m, out, logits, Path(tmp))
+            proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
     return _save(proto, Path(path), m, names, target, layer)
 
 
@@ -284,7 +287,8 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
 
 
 def _batch_dim(m: Model) -> int | str:
-    return m.input.batch
+    batch = m.input.batch
+    return batch if batch is not None else "N"
 
 
 def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,

@@ -60,7 +60,8 @@ def main() -> int:
                 for n in args.batches:
                     x = preprocess(photos(n), spec.spatial, spec.mean, spec.std)
                     feeds = {model.input.name: x}
-                    t_exp, t_plain = best_pair(lambda: exported(feeds), lambda: plain(feeds), args.repeats)
+                    t_exp, t_plain = best_pair(lambda f=feeds, r=exported: r(f),  # type: ignore[misc]
+                                               lambda f=feeds, r=plain: r(f), args.repeats)  # type: ignore[misc]
                     rows.append((name, runtime, n, t_plain * 1e3, t_exp * 1e3, t_exp / t_plain, size))
     print(f"{'model':20} {'runtime':12} {'batch':>5} {'forward ms':>11} {'+Grad-CAM ms':>13} {'ratio':>6} {'size':>6}")
     for name, runtime, n, a, b, r, s in rows:
