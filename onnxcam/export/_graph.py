@@ -67,4 +67,6 @@ class GraphWriter:
 
     def batch(self, x: str) -> str:
         """``(1,)`` int64: the first dim of ``x`` at run time."""
+        if self.opset >= 15:
+            return self.op("Shape", [x], start=0, end=1)
         return self.op("Slice", [self.op("Shape", [x]), self.ints([0]), self.ints([1])])

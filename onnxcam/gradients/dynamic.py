@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcam.errors import UnsupportedModelError
+from onnxcam.graph.protos import opset_version
 
 # Batch sizes the graph is built at. Odd and unlike common dims (channels, 7x7 maps, axes 2/3),
 # so that a batch-dependent constant rarely equals an unrelated literal the emitter would share a
@@ -151,12 +152,13 @@ def generalize_batch(models: Sequence[onnx.ModelProto], batches: Sequence[int], 
         dtypes[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
     shape = f"{_PREFIX}shape"
     batch = f"{_PREFIX}n"
-    head: list[onnx.NodeProto] = [
-        helper.make_node("Shape", [batch_source], [shape], name=shape),
-        helper.make_node("Slice", [shape, f"{_PREFIX}zero", f"{_PREFIX}one"], [batch], name=batch),
-    ]
-    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{_PREFIX}zero"),
-                          numpy_helper.from_array(np.array([1], np.int64), f"{_PREFIX}one")])
+    if opset_version(result) >= 15:
+        head = [helper.make_node("Shape", [batch_source], [batch], name=batch, start=0, end=1)]
+    else:
+        head = [helper.make_node("Shape", [batch_source], [shape], name=shape),
+                helper.make_node("Slice", [shape, f"{_PREFIX}zero", f"{_PREFIX}one"], [batch], name=batch)]
+        g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{_PREFIX}zero"),
+                              numpy_helper.from_array(np.array([1], np.int64), f"{_PREFIX}one")])
     for k, (name, (a, b)) in enumerate(sorted(affine.items())):
         tag = f"{_PREFIX}{k}"
         g.initializer.extend([numpy_helper.from_array(a.reshape(-1), f"{tag}/a"),
