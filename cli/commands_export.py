@@ -37,5 +37,6 @@ def export_cmd(
     m = load(model, device="cpu", input_size=parse_size(size) if size else None)
     result = export_explainer(m, method, layer, path=output, target=target)  # type: ignore[arg-type]
     extra = f" + {result.path.name}.data" if result.external_data else ""
-    typer.echo(f"wrote {result.path}{extra}: inputs {', '.join(result.inputs)}; outputs "
+    at = f" at layer {result.layer}" if result.layer else ""
+    typer.echo(f"wrote {result.path}{extra}{at}: inputs {', '.join(result.inputs)}; outputs "
                f"{', '.join(result.model_outputs)}, {result.class_output}, {', '.join(result.maps.values())}")

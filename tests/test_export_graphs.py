@@ -112,6 +112,7 @@ def test_target_input_explains_the_given_classes(tmp_path: Path, build_model) ->
     out = tmp_path / "resnet_cam.onnx"
     result = export_explainer(m, "gradcam,hirescam", path=out, target="input")
     assert result.inputs == (m.input.name, TARGET_INPUT)
+    assert result.layer == m.layer("auto").name
     x = np.random.default_rng(2).normal(size=m.input.shape(3)).astype(np.float32)
     classes = np.array([4, 0, 9], np.int64)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -58,7 +58,7 @@ class ExportedExplainer:
     inputs: tuple[str, ...]
     maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
     class_output: str
-    layer: str | None
+    layer: str | None  # the tensor explained (None for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
     external_data: bool
 
@@ -126,7 +126,8 @@ def export_explainer(
         with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
             src = _logit_model(m, out, logits, Path(tmp))
             proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
-    return _save(proto, Path(path), m, names, target, layer)
+    explained = None if names == ["fullgrad"] else m.resolve_layers(layer, view)[0]
+    return _save(proto, Path(path), m, names, explained)
 
 
 def _logit_model(m: Model, out: str, logits: str, tmp: Path) -> Model:
@@ -312,8 +313,7 @@ def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seede
     return total
 
 
-def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], target: ExportTarget,
-          layer: LayerSpec) -> ExportedExplainer:
+def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer: str | None) -> ExportedExplainer:
     path = path.expanduser()
     if path.resolve() == m.path.resolve():
         raise ArgumentError(f"refusing to overwrite the model itself ({m.path}): choose another output path")
@@ -339,8 +339,8 @@ def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], target
             if leftover.exists():
                 leftover.unlink()
     inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
-    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT,
-                             None if names == ["fullgrad"] else str(layer), tuple(m.outputs), external)
+    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layer,
+                             tuple(m.outputs), external)
 
 
 def _relocate(file: Path, old: str, new: str) -> None:
