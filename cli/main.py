@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands_audit, commands_bench, commands_explain, commands_gradients, commands_inspect
+from . import commands_audit, commands_bench, commands_explain, commands_export, commands_gradients, commands_inspect
 from .errors import DEBUG
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ commands_explain.register(app)
 commands_gradients.register(app)
 commands_bench.register(app)
 commands_audit.register(app)
+commands_export.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     )
     from onnxcam.explainers.perturbation import SSCAM, AblationCAM, ScoreCAM
     from onnxcam.explainers.structural import CAM, EigenCAM, FullGrad
+    from onnxcam.export import export_explainer
     from onnxcam.image import PRESETS, Preprocess, expand_image_paths, get_preset, load_image, preprocess, to_display
     from onnxcam.labels import read_labels, resolve_labels
     from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
@@ -62,6 +63,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                                     "LayerCAM", "SmoothGradCAMPlusPlus", "XGradCAM"),
     "onnxcam.explainers.perturbation": ("SSCAM", "AblationCAM", "ScoreCAM"),
     "onnxcam.explainers.structural": ("CAM", "EigenCAM", "FullGrad"),
+    "onnxcam.export": ("export_explainer",),
     "onnxcam.image": ("PRESETS", "Preprocess", "expand_image_paths", "get_preset", "load_image", "preprocess",
                       "to_display"),
     "onnxcam.method_specs": ("MethodOption", "MethodSpec", "method_spec"),
@@ -108,6 +110,6 @@ __all__ = [
     "InputSpec", "LayerCAM", "MethodOption", "MethodSpec", "Model", "OutputTarget", "Preprocess", "ScoreCAM",
     "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task",
     "XGradCAM", "__version__", "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths",
-    "get_method", "get_preset", "load", "load_image", "make_grid", "method_info", "method_spec",
+    "export_explainer", "get_method", "get_preset", "load", "load_image", "make_grid", "method_info", "method_spec",
     "parse_method_options", "preprocess", "read_labels", "resolve_labels", "show_cam_on_image", "to_display",
 ]

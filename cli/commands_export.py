@@ -1,0 +1,44 @@
+"""``onnxcam export``: one ONNX file returning the model's outputs and their CAMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from onnxcam.errors import ArgumentError
+from onnxcam.export import export_explainer
+from onnxcam.model import load
+
+from . import options as opt
+from .errors import friendly
+from .parsing import parse_size
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", help="Write one ONNX file that returns the model's outputs, the explained class and a CAM "
+                               "per method (N, H, W) in [0, 1], for any ONNX runtime.\n\nExample:\n\n"
+                               "    onnxcam export model.onnx --method gradcam,layercam -o model_cam.onnx")(export_cmd)
+
+
+@friendly
+def export_cmd(
+    model: Path = typer.Argument(..., help="The .onnx model file (read, never modified).", show_default=False),
+    method: str = opt.methods_option(help="Method(s), comma-separated: gradcam, gradcam++, xgradcam, layercam, "
+                                          "hirescam, gradcam-elementwise, fullgrad, cam, eigencam."),
+    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor to explain at."),
+    target: str = typer.Option("top1", "--target", help="top1: each image's top class; input: an int64 input "
+                               "'target' (N,) names the class per image."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the exported .onnx file.",
+                                show_default=False),
+    size: str = typer.Option("", "--size", help="Input size HxW for dynamic-size models."),
+) -> None:
+
+    if target not in ("top1", "input"):
+        raise ArgumentError(f"--target must be top1 or input, got {target!r}")
+    m = load(model, device="cpu", input_size=parse_size(size) if size else None)
+    result = export_explainer(m, method, layer, path=output, target=target)  # type: ignore[arg-type]
+    extra = f" + {result.path.name}.data" if result.external_data else ""
+    at = f" at layer {result.layer}" if result.layer else ""
+    typer.echo(f"wrote {result.path}{extra}{at}: inputs {', '.join(result.inputs)}; outputs "
+               f"{', '.join(result.model_outputs)}, {result.class_output}, {', '.join(result.maps.values())}")

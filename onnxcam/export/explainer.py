@@ -1,0 +1,353 @@
+"""``export_explainer``: one ONNX file returning the model's outputs and their CAMs.
+
+The exported graph is the model, unchanged, plus: the explained class (argmax or a ``target``
+input), its one-hot seed, onnxcam's gradient graph of the head (made batch-agnostic, sharing the
+model's weights and forward nodes), and each method's arithmetic and post-processing as ONNX ops.
+Any ONNX runtime runs it; no Python, no onnxcam at serving time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, OutputError, UnsupportedModelError
+from onnxcam.export import arithmetic as ar
+from onnxcam.export._graph import GraphWriter
+from onnxcam.export.eigen import eigencam
+from onnxcam.export.seed import explained_class, final_softmax, one_hot_seed
+from onnxcam.export.splice import SpliceTarget
+from onnxcam.gradients.dynamic import build_batch_agnostic
+from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
+from onnxcam.graph.protos import make_model, opset_version
+from onnxcam.model import LayerSpec, Model, load
+from onnxcam.registry import get_method
+from onnxcam.tasks import ClassificationTask
+from onnxcam.views import ViewSpec
+
+ExportTarget = Literal["top1", "input"]
+
+# Methods whose whole computation is a fixed graph of the image (no sampling, no per-channel reruns).
+EXPORTABLE: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise",
+                               "fullgrad", "cam", "eigencam")
+_AT_LAYER_GRADIENT = frozenset(EXPORTABLE) - {"fullgrad", "cam", "eigencam"}
+CLASS_OUTPUT = "explained_class"
+TARGET_INPUT = "target"
+# Protobuf cannot serialise a message over 2 GiB; weights go to a side file well before that.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def output_name(method: str) -> str:
+    """The graph output of ``method``'s maps: ``cam_gradcam``, ``cam_gradcampp``, ``cam_gradcam_elementwise``."""
+    return "cam_" + method.replace("++", "pp").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ExportedExplainer:
+    """What ``export_explainer`` wrote: the file, its inputs, and which output holds what."""
+
+    path: Path
+    inputs: tuple[str, ...]
+    maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
+    class_output: str
+    layer: str | None  # the tensor explained (None for FullGrad alone, which reads every bias layer)
+    model_outputs: tuple[str, ...]
+    external_data: bool
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """Canonical method names from ``"gradcam,layercam"`` or a list; ArgumentError for those that cannot be exported."""
+    raw = methods.split(",") if isinstance(methods, str) else list(methods)
+    names: list[str] = []
+    for item in raw:
+        if not item.strip():
+            continue
+        name = get_method(item).name
+        if name not in EXPORTABLE:
+            raise ArgumentError(
+                f"method {name!r} cannot be exported into one ONNX graph (it samples noise or reruns the model "
+                f"per channel); exportable methods: {', '.join(EXPORTABLE)}"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ArgumentError(f"no method given: choose from {', '.join(EXPORTABLE)}")
+    return names
+
+
+def export_explainer(
+    model: Model | str | os.PathLike[str],
+    methods: str | Sequence[str],
+    layer: LayerSpec = "auto",
+    *,
+    path: str | os.PathLike[str],
+    target: ExportTarget = "top1",
+    view: ViewSpec = None,
+) -> ExportedExplainer:
+    """Write to ``path`` an ONNX model computing ``model``'s outputs and a CAM per method.
+
+    Outputs: the model's outputs unchanged, ``cam_<method>`` ``(N, H, W)`` float32 in [0, 1] at the
+    input size, and ``explained_class`` ``(N,)`` int64. ``target="top1"`` explains each image's top
+    class (as onnxcam's default); ``"input"`` adds an int64 input ``target`` ``(N,)`` with the class
+    to explain per image. ``layer``: one layer (name or ``"auto"``); ``view``: its layout (NCHW or
+    NHWC). The batch size stays dynamic when the model's is. The file is written atomically; the
+    weights are stored once, in a side file ``<name>.data`` when the model is over ~1.8 GB.
+    """
+    if target not in ("top1", "input"):
+        raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
+    names = parse_methods(methods)
+    m = model if isinstance(model, Model) else load(model, device="cpu")
+    task = m.task
+    if not isinstance(task, ClassificationTask):
+        raise UnsupportedModelError(
+            f"{m.name}: export explains class scores (N, K) or class maps (N, K, H, W); this model's task is "
+            f"{task.name}"
+        )
+    out = m.outputs[task.output]
+    info = m.tensor_info(out)
+    if info.shape is None or len(info.shape) < 2 or not isinstance(info.shape[1], int):
+        raise UnsupportedModelError(
+            f"{m.name}: output {out!r} has shape {info.shape}; export needs a known class count (axis 1)")
+    rank, classes = len(info.shape), int(info.shape[1])
+    logits = final_softmax(m.proto, out)
+    if logits is None:
+        proto = _assemble(m, m, names, layer, view, target, out, out, rank, classes)
+    else:
+        # A Softmax output is explained at its logits: the gradient graph is built on the model cut
+        # below the Softmax (the raw score Grad-CAM is defined on), loaded from a scratch copy.
+        with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
+            src = _logit_model(m, out, logits, Path(tmp))
+            proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
+    explained = None if names == ["fullgrad"] else m.resolve_layers(layer, view)[0]
+    return _save(proto, Path(path), m, names, explained)
+
+
+def _logit_model(m: Model, out: str, logits: str, tmp: Path) -> Model:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(m.proto)
+    g = proto.graph
+    keep = [n for n in g.node if out not in n.output]
+    del g.node[:]
+    g.node.extend(keep)
+    for o in g.output:
+        if o.name == out:
+            o.name = logits
+    file = tmp / "logits.onnx"
+    onnx.save_model(proto, str(file))
+    return load(file, device="cpu", input_size=m.input.size, layout=m.input.layout)
+
+
+def _layer(src: Model, layer: LayerSpec, view: ViewSpec) -> tuple[str, str]:
+    chosen = src.select_layers(layer, view)
+    if len(chosen) != 1:
+        raise ArgumentError(f"export explains one layer, got {[c.name for c in chosen]}: pass a single layer")
+    lay = chosen[0].view.layout
+    if lay not in ("NCHW", "NHWC"):
+        raise LayerError(f"export reads NCHW or NHWC feature maps; layer {chosen[0].name!r} is seen as {lay}")
+    return chosen[0].name, lay
+
+
+def _gradient_graph(src: Model, wrt: tuple[str, ...], seeded: str) -> tuple[onnx.GraphProto, str, dict[str, str],
+                                                                             tuple[str, ...]]:
+    """The head's gradient graph w.r.t. ``wrt`` for any batch: (graph, seed input, grad outputs, head inputs)."""
+    cut = src.frontier(wrt)
+    split = src.split(cut)
+    io: dict[str, dict[str, str]] = {}
+
+    def build(n: int) -> onnx.ModelProto:
+        proto, seeds, grads = src.gradient_engine.gradient_model(cut, wrt, (seeded,), n)
+        io["seeds"], io["grads"] = seeds, grads
+        return proto
+
+    fixed = src.input.max_batch
+    proto = build(fixed) if fixed is not None else build_batch_agnostic(build, split.head_inputs[0])
+    return proto.graph, io["seeds"][seeded], io["grads"], split.head_inputs
+
+
+def _as_nchw(w: GraphWriter, name: str, layout: str) -> str:
+    return name if layout == "NCHW" else w.op("Transpose", [name], perm=[0, 3, 1, 2])
+
+
+def _map_dims(src: Model, name: str, layout: str) -> tuple[int, int, int]:
+    shape = src.tensor_info(name).shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        raise LayerError(f"{src.name}: layer {name!r} has shape {shape}; export needs a static (C, h, w)")
+    c, h, wd = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    return int(c), int(h), int(wd)  # type: ignore[arg-type]
+
+
+def _classifier_rows(w: GraphWriter, base: onnx.ModelProto, fc: np.ndarray, category: str) -> str:
+    """``(N, C)`` rows of the ``(K, C)`` classifier weight for each image's class, read from the model's
+    own initializer where it holds them (as is or transposed), so the weights are not stored twice."""
+    for t in base.graph.initializer:
+        if tuple(t.dims) not in (fc.shape, fc.shape[::-1]):
+            continue
+        value = numpy_helper.to_array(t)
+        if value.shape == fc.shape and np.array_equal(value, fc):
+            return w.op("Gather", [t.name, category], axis=0)
+        if value.shape == fc.shape[::-1] and np.array_equal(value.T, fc):
+            return w.op("Transpose", [w.op("Gather", [t.name, category], axis=1)], perm=[1, 0])
+    return w.op("Gather", [w.const(fc.astype(np.float32)), category], axis=0)
+
+
+def _channel_scaled_sum(w: GraphWriter, terms: str) -> str:
+    """``methods.fullgrad._channel_scaled_sum``: per-channel min-max (eps 1e-7), summed over channels."""
+    return w.reduce("ReduceSum", ar.normalize(w, terms, (2, 3)), [1], keepdims=0)
+
+
+def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: ViewSpec, target: ExportTarget,
+              out: str, seeded: str, rank: int, classes: int) -> onnx.ModelProto:
+    base = m.proto
+    opset = opset_version(base)
+    size = m.input.size
+    spliced = SpliceTarget(base)
+    taken = {o for n in base.graph.node for o in n.output} | {i.name for i in base.graph.input}
+    for name in [CLASS_OUTPUT, *(output_name(k) for k in names)] + ([TARGET_INPUT] if target == "input" else []):
+        if name in taken:
+            raise OutputError(f"{m.name} already has a tensor named {name!r}; export cannot add its own of that name")
+
+    head = GraphWriter("target", opset)
+    category = explained_class(head, out, rank, TARGET_INPUT if target == "input" else None)
+    head.op("Identity", [category], out=CLASS_OUTPUT)
+    pre_nodes = list(head.nodes)
+    maps = GraphWriter("maps", opset)
+    seed: str | None = None
+
+    def get_seed() -> str:
+        nonlocal seed
+        if seed is None:
+            n0 = len(head.nodes)
+            seed = one_hot_seed(head, seeded, classes, rank, CLASS_OUTPUT)
+            pre_nodes.extend(head.nodes[n0:])
+        return seed
+
+    per_layer = [k for k in names if k != "fullgrad"]
+    acts = grads = ""
+    if per_layer:
+        lname, layout = _layer(src, layer, view)
+        c, h, wd = _map_dims(src, lname, layout)
+        acts = _as_nchw(maps, lname, layout)
+        if any(k in _AT_LAYER_GRADIENT for k in per_layer):
+            graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, (lname,), seeded)
+            bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
+            rename = spliced.splice(graph, bind, "grad")
+            grads = _as_nchw(maps, rename[grad_outputs[lname]], layout)
+    for k in names:
+        raw: str
+        if k == "fullgrad":
+            raw = _fullgrad(m, src, spliced, maps, seeded, get_seed)
+            ar.finish(maps, raw, size, size, output_name(k))
+            continue
+        if k == "gradcam":
+            raw = ar.weighted_sum(maps, acts, ar.gradcam_weights(maps, grads))
+        elif k == "gradcam++":
+            raw = ar.weighted_sum(maps, acts, ar.gradcam_plusplus_weights(maps, acts, grads))
+        elif k == "xgradcam":
+            raw = ar.weighted_sum(maps, acts, ar.xgradcam_weights(maps, acts, grads))
+        elif k == "layercam":
+            raw = ar.layercam(maps, acts, grads)
+        elif k == "hirescam":
+            raw = ar.hirescam(maps, acts, grads)
+        elif k == "gradcam-elementwise":
+            raw = ar.gradcam_elementwise(maps, acts, grads)
+        elif k == "cam":
+            if layout != "NCHW":
+                raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {layout}: use "
+                                         "gradcam")
+            fc = linear_head_weights(src.proto, lname, seeded, m.name)
+            raw = ar.weighted_sum(maps, acts, _classifier_rows(maps, base, fc, CLASS_OUTPUT))
+        else:  # eigencam
+            raw = eigencam(maps, acts, c, h, wd)
+        ar.finish(maps, raw, (h, wd), size, output_name(k))
+
+    g = base.graph
+    inputs = list(g.input)
+    if target == "input":
+        inputs.append(helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.INT64, [_batch_dim(m)]))
+    outputs = list(g.output) + [helper.make_tensor_value_info(CLASS_OUTPUT, onnx.TensorProto.INT64, [_batch_dim(m)])]
+    outputs += [helper.make_tensor_value_info(output_name(k), onnx.TensorProto.FLOAT, [_batch_dim(m), *size])
+                for k in names]
+    graph = helper.make_graph(
+        list(g.node) + pre_nodes + spliced.nodes + maps.nodes, g.name or "onnxcam_export", inputs, outputs,
+        list(g.initializer) + head.initializers + spliced.initializers + maps.initializers,
+        value_info=list(g.value_info),
+    )
+    proto = make_model(graph, base.opset_import, ir_version=max(base.ir_version, 7))
+    proto.producer_name = "onnxcam"
+    for prop in base.metadata_props:
+        proto.metadata_props.add().CopyFrom(prop)
+    return proto
+
+
+def _batch_dim(m: Model) -> int | str:
+    batch = m.input.batch
+    return batch if batch is not None else "N"
+
+
+def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,
+              get_seed: object) -> str:
+    inp = m.input.name
+    candidates = {layer.name: layer for layer in src.layers()}
+    terms = bias_layers(src.proto, candidates)
+    wrt = (inp, *(name for name, _ in terms))
+    graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
+    bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}  # type: ignore[operator]
+    rename = spliced.splice(graph, bind, "fullgrad", reuse=False)
+    size = m.input.size
+    x = _as_nchw(w, inp, m.input.layout)
+    gx = _as_nchw(w, rename[grad_outputs[inp]], m.input.layout)
+    total = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [gx, x])]))
+    for name, bias in terms:
+        _, h, wd = _map_dims(src, name, "NCHW")
+        b = w.const(bias.astype(np.float32).reshape(1, -1, 1, 1))
+        term = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [b, rename[grad_outputs[name]]])]))
+        total = w.op("Add", [total, ar.resize(w, term, (h, wd), size)])
+    return total
+
+
+def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer: str | None) -> ExportedExplainer:
+    path = path.expanduser()
+    if path.resolve() == m.path.resolve():
+        raise ArgumentError(f"refusing to overwrite the model itself ({m.path}): choose another output path")
+    if not path.parent.exists():
+        raise OutputError(f"output directory {path.parent} does not exist: create it first")
+    external = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    data_name = path.name + ".data"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_data = path.with_name(f".{data_name}.{os.getpid()}.tmp")
+    try:
+        if external:
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            # the location recorded in the file must be the final name of the side file
+            _relocate(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, path.with_name(data_name))
+        else:
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp_data):
+            if leftover.exists():
+                leftover.unlink()
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
+    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layer,
+                             tuple(m.outputs), external)
+
+
+def _relocate(file: Path, old: str, new: str) -> None:
+    model = onnx.load_model(str(file), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    with open(file, "wb") as f:
+        f.write(model.SerializeToString())

@@ -1,0 +1,73 @@
+"""Cost of an exported Grad-CAM graph (``onnxcam export``) against the plain model, per runtime.
+
+    PYTHONPATH=. python tests/benchmarks/export_overhead.py [--models efficientnet_lite0 resnet50] [--repeats 10]
+
+For each model: the exported graph (model outputs + explained class + Grad-CAM at the auto layer)
+and the original model are run alternately on the same photos at batch 1 and 16, in onnxruntime
+(CPU, all optimisations) and OpenVINO (CPU, f32), 2 threads each; prints the best times, their
+ratio (target <= 1.1) and the file size ratio (target <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _common import THREADS, best_pair, photos, preprocess
+
+import onnxcam  # noqa: E402
+from models.build import MODELS, build  # noqa: E402
+
+
+def ort_runner(path: Path):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda feeds: sess.run(None, feeds)
+
+
+def ov_runner(path: Path):  # type: ignore[no-untyped-def]
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": THREADS, "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    return lambda feeds: request.infer(feeds)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            spec = MODELS[name]
+            path = build(name)
+            model = onnxcam.load(path, device="cpu")
+            out = Path(tmp) / f"{name}_cam.onnx"
+            onnxcam.export_explainer(model, ["gradcam"], path=out)
+            size = out.stat().st_size / path.stat().st_size
+            for runtime, make in (("onnxruntime", ort_runner), ("openvino", ov_runner)):
+                exported, plain = make(out), make(path)
+                for n in args.batches:
+                    x = preprocess(photos(n), spec.spatial, spec.mean, spec.std)
+                    feeds = {model.input.name: x}
+                    t_exp, t_plain = best_pair(lambda f=feeds, r=exported: r(f),  # type: ignore[misc]
+                                               lambda f=feeds, r=plain: r(f), args.repeats)  # type: ignore[misc]
+                    rows.append((name, runtime, n, t_plain * 1e3, t_exp * 1e3, t_exp / t_plain, size))
+    print(f"{'model':20} {'runtime':12} {'batch':>5} {'forward ms':>11} {'+Grad-CAM ms':>13} {'ratio':>6} {'size':>6}")
+    for name, runtime, n, a, b, r, s in rows:
+        print(f"{name:20} {runtime:12} {n:5d} {a:11.1f} {b:13.1f} {r:6.3f} {s:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

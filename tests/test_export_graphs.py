@@ -1,0 +1,159 @@
+"""Export on hand-built graphs: batch-agnostic gradient graphs, Softmax heads, the target input,
+errors, external data and the CLI command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from graphs import residual_net, save
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import onnxcam
+from onnxcam.errors import ArgumentError
+from onnxcam.export import CLASS_OUTPUT, TARGET_INPUT, explainer, export_explainer
+from onnxcam.gradients.dynamic import BatchDependenceError, build_batch_agnostic, generalize_batch
+
+
+def _view_head_net() -> onnx.ModelProto:
+    """residual_net whose classifier input is ``g.view(g.size(0), -1)`` (a Shape-derived Reshape)."""
+    model = residual_net()
+    g = model.graph
+    nodes = [n for n in g.node if n.op_type != "Flatten"]
+    extra = [
+        helper.make_node("Shape", ["g"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "zero"], ["n0"], axis=0, name="gather"),
+        helper.make_node("Unsqueeze", ["n0", "zero_axes"], ["n1"], name="unsq"),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target_shape"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["g", "target_shape"], ["f"], name="view"),
+    ]
+    gemm = nodes.pop()
+    del g.node[:]
+    g.node.extend(nodes + extra + [gemm])
+    g.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                          numpy_helper.from_array(np.array([0], np.int64), "zero_axes"),
+                          numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
+    return model
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_batch_agnostic_gradient_graph_equals_static_builds(tmp_path: Path) -> None:
+    m = onnxcam.load(save(_view_head_net(), tmp_path / "view.onnx"), device="cpu")
+    cut, wrt, seeded = ("b",), ("b",), ("y",)
+    io = {}
+
+    def build(n: int) -> onnx.ModelProto:
+        proto, seeds, grads = m.gradient_engine.gradient_model(cut, wrt, seeded, n)
+        io["seed"], io["grad"] = seeds["y"], grads["b"]
+        return proto
+
+    general = build_batch_agnostic(build, "b")
+    # the folded x.view(n, -1) target and the Reshape adjoint's shape became in-graph values
+    assert any(n.name.startswith("onnxcam_batch/") for n in general.graph.node)
+    dyn = _session(general)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 16):
+        feeds = {"b": np.maximum(rng.normal(size=(n, 6, 8, 8)), 0).astype(np.float32),
+                 io["seed"]: rng.normal(size=(n, 4)).astype(np.float32)}
+        got = dyn.run([io["grad"]], feeds)[0]
+        want = _session(build(n)).run([io["grad"]], feeds)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        # and by hand: y = Wf mean(e) + bf with e = relu(b + conv2(b)); at b's own path dy/db includes W/64
+        assert got.shape == (n, 6, 8, 8)
+
+
+def test_generalize_refuses_non_affine_constants() -> None:
+    def proto(value: np.ndarray) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(value, "shape")])
+        return helper.make_model(graph)
+
+    ok = generalize_batch([proto(np.array([n, 2 * n + 1], np.int64)) for n in (5, 9, 11)], (5, 9, 11), "x")
+    values = [n for n in ok.graph.node if n.op_type in ("Mul", "Add")]
+    assert len(values) == 2
+    with pytest.raises(BatchDependenceError):
+        generalize_batch([proto(np.array([n * n], np.int64)) for n in (5, 9, 11)], (5, 9, 11), "x")
+    with pytest.raises(BatchDependenceError):
+        generalize_batch([proto(np.array([1.0 / n], np.float32)) for n in (5, 9, 11)], (5, 9, 11), "x")
+
+
+def test_softmax_model_is_explained_at_its_logits(tmp_path: Path) -> None:
+    logits_model = residual_net(classes=5)
+    with_softmax = onnx.ModelProto()
+    with_softmax.CopyFrom(logits_model)
+    g = with_softmax.graph
+    g.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=1, name="softmax"))
+    g.output[0].name = "p"
+    path = save(with_softmax, tmp_path / "softmax.onnx")
+    out = tmp_path / "softmax_cam.onnx"
+    export_explainer(path, ["gradcam", "layercam"], path=out)
+    x = np.random.default_rng(1).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    names = ["p", CLASS_OUTPUT, "cam_gradcam", "cam_layercam"]
+    p, cls, gradcam, layercam = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        names, {"x": x})
+    ref_model = onnxcam.load(save(logits_model, tmp_path / "logits.onnx"), device="cpu")
+    np.testing.assert_array_equal(cls, p.argmax(axis=1))
+    np.testing.assert_allclose(gradcam, onnxcam.GradCAM(ref_model)(x), atol=1e-5)
+    np.testing.assert_allclose(layercam, onnxcam.LayerCAM(ref_model)(x), atol=1e-5)
+
+
+def test_target_input_explains_the_given_classes(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
+    m = onnxcam.load(build_model("resnet_small"), device="cpu")
+    out = tmp_path / "resnet_cam.onnx"
+    result = export_explainer(m, "gradcam,hirescam", path=out, target="input")
+    assert result.inputs == (m.input.name, TARGET_INPUT)
+    assert result.layer == m.layer("auto").name
+    x = np.random.default_rng(2).normal(size=m.input.shape(3)).astype(np.float32)
+    classes = np.array([4, 0, 9], np.int64)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    cls, gradcam, hirescam = sess.run([CLASS_OUTPUT, "cam_gradcam", "cam_hirescam"],
+                                      {m.input.name: x, TARGET_INPUT: classes})
+    np.testing.assert_array_equal(cls, classes)
+    np.testing.assert_allclose(gradcam, onnxcam.GradCAM(m)(x, list(classes)), atol=1e-4)
+    np.testing.assert_allclose(hirescam, onnxcam.HiResCAM(m)(x, list(classes)), atol=1e-4)
+
+
+def test_non_exportable_methods_are_refused_by_name(tmp_path: Path) -> None:
+    path = save(residual_net(), tmp_path / "r.onnx")
+    with pytest.raises(ArgumentError, match="scorecam.*exportable methods: gradcam, gradcam\\+\\+"):
+        export_explainer(path, "gradcam,scorecam", path=tmp_path / "o.onnx")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_external_data_for_large_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(explainer, "EXTERNAL_DATA_BYTES", 0)
+    path = save(residual_net(), tmp_path / "r.onnx")
+    out = tmp_path / "r_cam.onnx"
+    result = export_explainer(path, ["gradcam"], path=out)
+    assert result.external_data and (tmp_path / "r_cam.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.onnx", "r_cam.onnx", "r_cam.onnx.data"]
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.random.default_rng(3).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    maps = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam_gradcam"], {"x": x})[0]
+    np.testing.assert_allclose(maps, onnxcam.GradCAM(str(path))(x), atol=1e-5)
+
+
+def test_cli_export(tmp_path: Path) -> None:
+    from onnxcam_cli.main import app
+
+    path = save(residual_net(), tmp_path / "r.onnx")
+    out = tmp_path / "r_cam.onnx"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["export", str(path), "--method", "gradcam,eigencam", "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "cam_gradcam" in ok.output and "cam_eigencam" in ok.output
+    x = np.random.default_rng(4).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    eigen = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam_eigencam"], {"x": x})[0]
+    np.testing.assert_allclose(eigen, onnxcam.EigenCAM(str(path))(x), atol=1e-4)
+    bad = runner.invoke(app, ["export", str(path), "--method", "sscam", "-o", str(tmp_path / "bad.onnx")])
+    assert bad.exit_code != 0 and "exportable methods" in bad.output
