@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 
 from onnxcam.errors import ArgumentError
-from onnxcam.export import export_explainer
-from onnxcam.model import load
 
 from . import options as opt
 from .errors import friendly
@@ -33,6 +31,8 @@ def export_cmd(
                                 show_default=False),
     size: str = typer.Option("", "--size", help="Input size HxW for dynamic-size models."),
 ) -> None:
+    from onnxcam.export import export_explainer
+    from onnxcam.model import load
 
     if target not in ("top1", "input"):
         raise ArgumentError(f"--target must be top1 or input, got {target!r}")
