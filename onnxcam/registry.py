@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxcam.explainers.attention import AttentionRollout, GradientAttention
 from onnxcam.explainers.base import BaseCAM
 from onnxcam.explainers.gradient import (
     EigenGradCAM,
@@ -33,6 +34,8 @@ METHODS: dict[str, type[BaseCAM]] = {
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
     "ablationcam": AblationCAM,
+    "rollout": AttentionRollout,
+    "gradattention": GradientAttention,
 }
 
 
@@ -59,6 +62,8 @@ _COST = {
     "scorecam": "1 + C forwards (C = channels; constant channels once)",
     "sscam": "1 + samples x C forwards",
     "ablationcam": "1 forward + C head runs",
+    "rollout": "1 forward (transformers: reads each block's attention)",
+    "gradattention": "1 forward + 1 backward from the first global attention block",
 }
 
 
@@ -78,7 +83,9 @@ def get_method(name: str) -> type[BaseCAM]:
     key = name.strip().lower().replace("_", "-")
     aliases = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "smoothgradcampp": "smoothgradcam++",
                "smoothgradcamplusplus": "smoothgradcam++", "ss-cam": "sscam", "score-cam": "scorecam",
-               "ablation-cam": "ablationcam", "grad-cam": "gradcam", "eigen-cam": "eigencam"}
+               "ablation-cam": "ablationcam", "grad-cam": "gradcam", "eigen-cam": "eigencam",
+               "attention-rollout": "rollout", "attentionrollout": "rollout", "grad-attention": "gradattention",
+               "chefer": "gradattention"}
     key = aliases.get(key, key)
     if key not in METHODS:
         raise ArgumentError(f"unknown method {name!r}: choose one of {', '.join(METHODS)} (see `onnxcam methods`)")
