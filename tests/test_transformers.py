@@ -24,7 +24,7 @@ from models.torchvision_stub import install as _stub_torchvision  # noqa: E402
 _stub_torchvision()
 pytest.importorskip("timm")
 pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.ablation_layer import AblationLayer  # noqa: E402
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 import onnxcam  # noqa: E402
@@ -131,7 +131,7 @@ def test_gradients_match_autograd(name: str) -> None:
         assert np.abs(w - w_ref).max() <= 1e-4 * np.abs(w_ref).max()
 
 
-class PatchAblationLayer(AblationLayer):  # type: ignore[misc]
+class PatchAblationLayer(AblationLayerVit):  # type: ignore[misc]
     """Ablation of one channel of the patch tokens (the feature map), the class and other prefix
     tokens kept, with the value read once per sample from the map, as onnxcam ablates through the
     token view. pytorch-grad-cam's ``AblationLayerVit`` also overwrites the prefix tokens' channel and
@@ -166,7 +166,6 @@ PGC_METHODS = {
     "gradcam++": (onnxcam.GradCAMPlusPlus, "GradCAMPlusPlus"),
     "xgradcam": (onnxcam.XGradCAM, "XGradCAM"),
     "layercam": (onnxcam.LayerCAM, "LayerCAM"),
-    "hirescam": (onnxcam.HiResCAM, "HiResCAM"),
     "eigencam": (onnxcam.EigenCAM, "EigenCAM"),
     "scorecam": (onnxcam.ScoreCAM, "ScoreCAM"),
     "ablationcam": (onnxcam.AblationCAM, "AblationCAM"),
@@ -209,6 +208,27 @@ def test_maps_match_pytorch_grad_cam(name: str, method: str) -> None:
     assert max(float(e.max() - e.min()) for e in expected) > 0.5
     r = [pearson(g, e) for g, e in zip(got, expected)]
     assert min(r) >= MIN_PEARSON, f"{method} on {name}: Pearson per image {r}"
+
+
+def test_hirescam_is_within_float32_noise_of_a_float64_reference() -> None:
+    # HiResCAM sums activations x gradients over channels: on the residual stream of a ViT, whose
+    # few outlier channels are large, the terms cancel (max |a g| / max |sum| ~ 3e4 here), so float32
+    # noise moves the map by a few per cent. Measured against torch in float64: torch's own float32
+    # map reaches Pearson 0.9996, onnxcam's 0.9990-0.9996, and the two float32 maps 0.9989 to each
+    # other (below pytorch-grad-cam parity's 0.999). The check that can fail: each position's error
+    # is bounded by the float32 rounding of its terms, sum_c |a g| (tolerance 1e-4 of it).
+    import copy
+
+    c = case("vit_tiny")
+    net64 = copy.deepcopy(c.net).double()
+    a64, g64 = torch_grads(Case(c.name, net64, c.model, c.x.astype(np.float64), c.classes))
+    g = c.model.gradients(c.x, "auto", targets=c.classes)
+    layer = c.model.layer("auto").name
+    ours = (g.activations[layer].astype(np.float64) * g.gradients[layer]).sum(1)
+    ref = (a64 * g64).sum(1)
+    assert np.all(np.abs(ours - ref) <= 1e-4 * np.abs(a64 * g64).sum(1))
+    (raw,) = onnxcam.HiResCAM(c.model).explain(c.x, targets=c.classes).raw.values()
+    assert np.abs(raw - ours).max() <= 1e-4 * np.abs(a64 * g64).sum(1).max()
 
 
 def torch_attentions(c: Case, grads: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -325,9 +345,8 @@ def test_token_count_without_a_square_grid_is_refused_with_a_layer_that_works() 
 
 
 def test_layers_listing_shows_token_grids() -> None:
-    from typer.testing import CliRunner
-
     from onnxcam_cli.main import app
+    from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, ["layers", str(build("deit_tiny_distilled"))], terminal_width=200)
     assert result.exit_code == 0, result.output
