@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxcam.explainers.attention import AttentionRollout, GradientAttention
 from onnxcam.explainers.base import BaseCAM
 from onnxcam.explainers.gradient import (
     EigenGradCAM,
@@ -34,8 +33,6 @@ METHODS: dict[str, type[BaseCAM]] = {
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
     "ablationcam": AblationCAM,
-    "rollout": AttentionRollout,
-    "gradattention": GradientAttention,
 }
 
 
@@ -62,8 +59,6 @@ _COST = {
     "scorecam": "1 + C forwards (C = channels; constant channels once)",
     "sscam": "1 + samples x C forwards",
     "ablationcam": "1 forward + C head runs",
-    "rollout": "1 forward (transformers: reads each block's attention)",
-    "gradattention": "1 forward + 1 backward from the first global attention block",
 }
 
 
@@ -83,9 +78,7 @@ def get_method(name: str) -> type[BaseCAM]:
     key = name.strip().lower().replace("_", "-")
     aliases = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "smoothgradcampp": "smoothgradcam++",
                "smoothgradcamplusplus": "smoothgradcam++", "ss-cam": "sscam", "score-cam": "scorecam",
-               "ablation-cam": "ablationcam", "grad-cam": "gradcam", "eigen-cam": "eigencam",
-               "attention-rollout": "rollout", "attentionrollout": "rollout", "grad-attention": "gradattention",
-               "chefer": "gradattention"}
+               "ablation-cam": "ablationcam", "grad-cam": "gradcam", "eigen-cam": "eigencam"}
     key = aliases.get(key, key)
     if key not in METHODS:
         raise ArgumentError(f"unknown method {name!r}: choose one of {', '.join(METHODS)} (see `onnxcam methods`)")

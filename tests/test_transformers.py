@@ -305,7 +305,8 @@ def test_attention_methods_refuse_windowed_attention() -> None:
 def test_every_method_runs_without_options(name: str) -> None:
     c = case(name)
     x = c.x[:1]
-    for method, cls in METHODS.items():
+    every = {**METHODS, "rollout": AttentionRollout, "gradattention": GradientAttention}
+    for method, cls in every.items():
         kw: dict[str, Any] = {"num_samples": 2} if method == "sscam" else {}  # 35 x C forwards by default
         if method == "cam" or (name == "mobilevit_xxs" and method in ("rollout", "gradattention")):
             continue
