@@ -194,8 +194,13 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
 
 
-@pytest.mark.parametrize("method", sorted(PGC_METHODS))
-@pytest.mark.parametrize("name", GLOBAL_MODELS)
+# pytorch-grad-cam's Ablation-CAM runs the whole Swin once per channel (384): minutes on CI, so
+# Ablation-CAM's parity is held on the three token models (the same view code ablates NHWC maps).
+PARITY_CASES = [(n, m) for n in GLOBAL_MODELS for m in sorted(PGC_METHODS)
+                if (n, m) != ("swin_tiny", "ablationcam")]
+
+
+@pytest.mark.parametrize(("name", "method"), PARITY_CASES)
 def test_maps_match_pytorch_grad_cam(name: str, method: str) -> None:
     c = case(name)
     images = 1 if method in PERTURBATION else N_IMAGES
@@ -311,7 +316,7 @@ def test_every_method_runs_without_options(name: str) -> None:
         if method == "cam" or (name == "mobilevit_xxs" and method in ("rollout", "gradattention")):
             continue
         with warnings.catch_warnings():
-            warnings.simplefilter("error", onnxcam.OnnxCamWarning)  # no layout guess, no finite differences
+            warnings.simplefilter("error", onnxcam.errors.OnnxCamWarning)  # no layout guess, no finite differences
             maps = cls(c.model, **kw)(x)
         assert maps.shape == (1, *MODELS[name].spatial) and np.isfinite(maps).all()
         assert maps.max() - maps.min() > 0.1, f"{method} on {name} is flat"
