@@ -78,10 +78,14 @@ def _print_table(m: Model, last: int | None, start: float) -> None:
     table.add_column("tensor")
     table.add_column("op")
     table.add_column("shape (N, C, h, w)")
+    # How the tensor is read as a map: NCHW, NHWC, tokens P+hxw (P prefix tokens dropped); "?" marks
+    # a layout no op fixes (assumed NCHW).
+    table.add_column("view")
     table.add_column("")
     for layer in shown:
         shape = "(" + ", ".join(str(d) for d in layer.shape) + ")"
-        table.add_row(str(layer.index), layer.name, layer.op_type, shape, "<- auto" if layer.name == auto else "")
+        table.add_row(str(layer.index), layer.name, layer.op_type, shape, layer.grid.removeprefix("tokens NTD "),
+                      "<- auto" if layer.name == auto else "")
     console = Console(width=160)
     console.print(table)
     console.print(f"auto layer: {auto}   ({time.perf_counter() - start:.2f} s)")

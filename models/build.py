@@ -13,10 +13,11 @@ from pathlib import Path
 
 from models.efficientnet import SPECS as EFFICIENTNET_SPECS
 from models.export import export_spec
+from models.transformers import SPECS as TRANSFORMER_SPECS
 from models.zoo import ZOO, ModelSpec
 
 MODELS_DIR = Path(__file__).resolve().parent
-MODELS: dict[str, ModelSpec] = {**ZOO, **EFFICIENTNET_SPECS}
+MODELS: dict[str, ModelSpec] = {**ZOO, **EFFICIENTNET_SPECS, **TRANSFORMER_SPECS}
 DEFAULT = tuple(name for name, spec in MODELS.items() if spec.default)
 
 

@@ -10,6 +10,7 @@ builds nothing twice.
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,13 +22,13 @@ import onnx
 import onnxruntime as ort
 
 from onnxcam.engine import GradientEngine, GradientMode, Gradients
-from onnxcam.errors import ArgumentError, InputError, OnnxRuntimeError, UnsupportedModelError
+from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
-from onnxcam.layers import Layer, candidate_layers, resolve_layer, viewed_layer
+from onnxcam.layers import Layer, LayerFacts, layer_facts, resolve_layer, viewed_layer
 from onnxcam.loading import read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
 from onnxcam.targets import TargetSpec
@@ -99,7 +100,8 @@ class Model:
         self._infos: dict[str, TensorInfo] = {**tensor_infos(shaped), **value_infos(folded)}
         self._probe_missing_shapes()
         self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
-        self._layers: list[Layer] | None = None
+        self._facts: LayerFacts | None = None
+        self._warned_layouts: set[str] = set()
         self._splits: dict[tuple[str, ...], Split] = {}
         self._frontiers: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._costs: dict[tuple[str, ...], float] = {}
@@ -202,21 +204,38 @@ class Model:
         return self._device
 
     # -- layers -----------------------------------------------------------------------------------
+    def layer_facts(self) -> LayerFacts:
+        """Candidate layers and attention blocks (see ``onnxcam.layers.layer_facts``), cached."""
+        if self._facts is None:
+            self._facts = layer_facts(self.proto, self._infos, self.input.layout)
+        return self._facts
+
     def layers(self) -> list[Layer]:
-        """Candidate feature tensors (every 4-D float tensor produced by a node), in graph order."""
-        if self._layers is None:
-            self._layers = candidate_layers(self.proto, self._infos)
-        return self._layers
+        """Candidate feature tensors, each with its view (NCHW, channels-last, tokens), in graph order."""
+        return self.layer_facts().layers
 
     def layer(self, name: str = "auto", view: ViewSpec = None) -> Layer:
         """Resolve a layer name (exact tensor, node name, unique suffix or ``auto``).
 
         ``view``: how the tensor is seen as a feature map (``"NHWC"``, ``"tokens"``, ``"tokens:1"``
-        or a ``FeatureView``; see ``onnxcam.views``); None for the NCHW feature maps ``layers()`` lists.
+        or a ``FeatureView``; see ``onnxcam.views``); None for the view ``layers()`` lists with it.
+        Warns (once per layer) when the layer's layout is a guess.
         """
+        facts = self.layer_facts()
         if view is None:
-            return resolve_layer(name, self.layers(), self._infos, self.name)
-        return viewed_layer(name, self.proto, self.layers(), self._infos, view, self.name)
+            found = resolve_layer(name, facts.layers, self._infos, self.name, facts.blocks)
+            if found.guessed and found.name not in self._warned_layouts:
+                self._warned_layouts.add(found.name)
+                shape = format_shape(found.tensor_shape or found.shape)
+                warnings.warn(
+                    f"{self.name}: the layout of layer {found.name!r} {shape} "
+                    "is a guess (no convolution, transpose or normalisation fixes it), read as NCHW: check the map, "
+                    "or pass view='NHWC' / 'tokens' if its channels are elsewhere",
+                    OnnxCamWarning,
+                    stacklevel=3,
+                )
+            return found
+        return viewed_layer(name, self.proto, facts.layers, self._infos, view, self.name, facts.blocks)
 
     def select_layers(self, layer: LayerSpec, view: ViewsSpec = None) -> tuple[Layer, ...]:
         """The layers named by ``layer`` (one spec or a list), each with its view, duplicates dropped."""

@@ -17,6 +17,13 @@ from onnxcam.gradients._registry import RULES, Rule
 from onnxcam.gradients.straight_through import output_quantizers
 from onnxcam.graph.protos import make_model, opset_version
 
+# onnxruntime's fused transformer ops: no rules (their semantics are kernel-specific); the error
+# names the unfused export instead.
+FUSED_TRANSFORMER_OPS = frozenset({
+    "Attention", "MultiHeadAttention", "PackedAttention", "GroupQueryAttention", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization", "FastGelu", "BiasGelu", "QuickGelu",
+    "BiasAdd", "BiasSplitGelu", "RotaryEmbedding",
+})
 # Outputs of these ops are piecewise constant (or integer) in their inputs: no adjoint flows through.
 _ZERO_GRAD_OPS = frozenset(
     "Shape Size NonZero ArgMax ArgMin Equal Greater GreaterOrEqual Less LessOrEqual Not And Or Xor "
@@ -166,10 +173,14 @@ class _Plan:
         op_types = sorted({f.op_type for f in self.failures})
         details = "; ".join(f"{f.op_type} node '{f.node or '?'}': {f.reason}" for f in self.failures[:10])
         more = f" (+{len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
+        fused = sorted(set(op_types) & FUSED_TRANSFORMER_OPS)
+        hint = (f"; {', '.join(fused)} are onnxruntime's fused transformer kernels (com.microsoft, written by "
+                "onnxruntime.transformers.optimizer): explain the model as exported before that fusion (e.g. "
+                "the torch.onnx.export file) for exact gradients") if fused else ""
         return UnsupportedOpError(
             f"no reverse-mode gradient rule for op(s) {', '.join(op_types)} between {self.wrt} and "
             f"outputs {self.outputs} ({details}{more}); finite differences will be used instead "
-            "(they can also be forced for every model)",
+            f"(they can also be forced for every model){hint}",
             op_types,
         )
 

@@ -5,6 +5,7 @@ callable; none touches ONNX protobufs or sessions.
 """
 
 from onnxcam.methods.ablation import ablation_value, ablation_weights
+from onnxcam.methods.attention import attention_rollout, gradient_attention, token_map
 from onnxcam.methods.cam import cam_weights
 from onnxcam.methods.eigen import eigencam, eigengradcam, principal_projection
 from onnxcam.methods.fullgrad import fullgrad
@@ -25,6 +26,7 @@ from onnxcam.methods.smooth import smooth_gradcam_plusplus
 __all__ = [
     "ablation_value",
     "ablation_weights",
+    "attention_rollout",
     "cam_weights",
     "eigencam",
     "eigengradcam",
@@ -33,6 +35,7 @@ __all__ = [
     "gradcam_elementwise",
     "gradcam_plusplus_weights",
     "gradcam_weights",
+    "gradient_attention",
     "hirescam",
     "layercam",
     "principal_projection",
@@ -41,6 +44,7 @@ __all__ = [
     "select_channels_by_variance",
     "smooth_gradcam_plusplus",
     "sscam_weights",
+    "token_map",
     "weighted_sum",
     "xgradcam_weights",
 ]
