@@ -160,7 +160,13 @@ LAYERS = {
 # clipping), so the fp32 name now holds the *unclipped* Conv output; the activation proper is
 # the DequantizeLinear output.
 LAYERS_INT8 = {role: (path, f"{name}_DequantizeLinear_Output") for role, (path, name) in LAYERS.items()}
-LAYERS_QOP = LAYERS_INT8  # checked against the built graph in the tests
+# QOperator models pass uint8 tensors between QLinear ops; onnxcam exposes each as a float
+# "<name>_dequantized" tensor (onnxcam.graph.quant_taps). head.2's ReLU6 is folded into head.0's
+# QLinearConv output range.
+LAYERS_QOP = {
+    "last": ("head.2", "/head/head.0/Conv_output_0_dequantized"),
+    "mid": ("blocks.10", "/blocks.10/Add_output_0_dequantized"),
+}
 
 SPECS: dict[str, ModelSpec] = {
     "efficientnet_lite0": ModelSpec(
@@ -178,12 +184,12 @@ SPECS: dict[str, ModelSpec] = {
         name="efficientnet_lite0_int8_qop", input_shape=(3, SIZE, SIZE), layout="NCHW", dynamic_batch=True,
         num_classes=1000, factory=load_torch, layers=LAYERS_QOP, mean=MEAN, std=STD,
         description="EfficientNet-Lite0 QOperator int8; factory is the fp32 torch model it was quantised from",
-        make_onnx=make_int8_qoperator, requires=("efficientnet_lite0",),
+        make_onnx=make_int8_qoperator, requires=("efficientnet_lite0",), default=False,
     ),
     "efficientnet_lite0_int8_dyn": ModelSpec(
         name="efficientnet_lite0_int8_dyn", input_shape=(3, SIZE, SIZE), layout="NCHW", dynamic_batch=True,
         num_classes=1000, factory=load_torch, layers=LAYERS, mean=MEAN, std=STD,
         description="EfficientNet-Lite0 dynamic int8; factory is the fp32 torch model it was quantised from",
-        make_onnx=make_int8_dynamic, requires=("efficientnet_lite0",),
+        make_onnx=make_int8_dynamic, requires=("efficientnet_lite0",), default=False,
     ),
 }  # fmt: skip
