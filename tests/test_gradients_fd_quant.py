@@ -182,7 +182,7 @@ def test_builder_infers_shapes_behind_constant_pads() -> None:
 
 # ------------------------------------------------------------------ check-gradients CLI
 
-_ERROR = re.compile(r"relative error vs central finite differences ([0-9.e+-]+)")
+_ERROR = re.compile(r"relative error vs central differences of a float64 copy of the head \([^)]*\) ([0-9.e+-]+)")
 
 
 def _cli(*args: str) -> tuple[int, str, float]:
@@ -196,15 +196,15 @@ def test_check_gradients_cli_passes_on_efficientnet_lite0() -> None:
     code, out, err = _cli(str(build("efficientnet_lite0")))
     print(out)
     assert code == 0 and "PASS:" in out, out
-    assert "gradient graph" in out and err <= 1e-2
+    assert "gradient graph" in out and err <= 1e-3
 
 
 @pytest.mark.parametrize("role", ["last", "mid"])
 def test_check_gradients_cli_passes_on_int8(role: str) -> None:
-    code, out, err = _cli(str(build("efficientnet_lite0_int8")), "--layer", _int8_layer(role))
+    code, out, err = _cli(str(build("efficientnet_lite0_int8")), "--layer", _int8_layer(role), "--directions", "2")
     print(out)
     assert code == 0 and "gradient graph" in out and err <= 1e-2, out
-    assert "straight through" in out and "per-channel directions" in out
+    assert "straight through" in out and "clipped straight-through surrogate" in out
 
 
 def _sinh_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

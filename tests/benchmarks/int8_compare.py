@@ -85,7 +85,8 @@ def main() -> None:
             median_r = sorted(rs)[len(rs) // 2] if rs else float("nan")
             ratio = min(walls) / explain_t
             ok = ratio <= TIME_RATIO and peak <= PEAK_GB
-            print(f"{fmt:12} {min(walls):10.1f} {ratio:10.2f} {peak:8.2f} {median_r:9.3f}  {'met' if ok else 'NOT met'}")
+            verdict = 'met' if ok else 'NOT met'
+            print(f"{fmt:12} {min(walls):10.1f} {ratio:10.2f} {peak:8.2f} {median_r:9.3f}  {verdict}")
 
 
 if __name__ == "__main__":
