@@ -244,7 +244,8 @@ def _tiny_model(path: Path, zero: bool = False) -> None:
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "wc"),
              numpy_helper.from_array(np.float32(0.0 if zero else 0.7), "k"),
              numpy_helper.from_array(rng.normal(0, 1, (4, 8)).astype(np.float32), "wf")]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
     onnx.save(make_model(graph, [helper.make_opsetid("", 17)]), str(path))
 
