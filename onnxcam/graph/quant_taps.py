@@ -30,7 +30,9 @@ def tap_name(name: str) -> str:
 
 def expose_int8_activations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with a float view of every QOperator activation, and how many were added
-    (0: the copy equals ``model``)."""
+    (0: ``model`` itself, not copied, when it has no QOperator op)."""
+    if not any(n.op_type in _OUTPUT_QPARAMS for n in model.graph.node):
+        return model, 0
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
