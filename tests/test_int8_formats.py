@@ -343,3 +343,22 @@ def test_float64_reference_runs_a_qdq_head_in_float64() -> None:
     got = runner({k: v for k, v in feeds.items() if k in split.head_inputs})[0]
     assert got.dtype == np.float64
     assert np.abs(got - outputs[0]).max() <= 1e-3 * np.abs(outputs[0]).max() + 0.1  # the output quantiser rounds
+
+
+def test_float64_reference_computes_every_op_in_float64() -> None:
+    # onnx 1.23's reference Erf rounds to float32 (a 1e-2 noise floor on ConvNeXt's GELU heads);
+    # the reference replaces it, and Conv (no double kernel in onnxruntime) sends the head there
+    import math
+
+    w = np.random.default_rng(0).normal(size=(2, 2, 1, 1))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Erf", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [numpy_helper.from_array(w.astype(np.float32), "w")])
+    runner = Float64Runner(make_model(graph, [helper.make_opsetid("", 17)]), ["y"])
+    assert "reference evaluator" in runner.what
+    x = np.random.default_rng(1).normal(size=(1, 2, 3, 3))
+    got = runner({"x": x})[0]
+    conv = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0].astype(np.float32).astype(np.float64))
+    want = np.vectorize(math.erf)(conv)
+    assert got.dtype == np.float64 and np.abs(got - want).max() <= 1e-12

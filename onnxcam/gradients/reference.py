@@ -107,6 +107,23 @@ def float64_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _float64_ops() -> list[type]:
+    """Reference ops whose stock implementation rounds to float32 (onnx 1.23's Erf), in float64."""
+    import math
+
+    from onnx.reference.op_run import OpRun
+
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+
+    class Erf(OpRun):  # the class name is the op it replaces
+        op_domain = ""
+
+        def _run(self, x: np.ndarray) -> tuple[np.ndarray]:
+            return (erf(x).astype(x.dtype),)
+
+    return [Erf]
+
+
 class Float64Runner:
     """``runner(feeds) -> outputs``: the float64 copy of ``model``; float inputs are cast to float64.
 
@@ -130,7 +147,7 @@ class Float64Runner:
             from onnx.reference import ReferenceEvaluator
 
             try:
-                self._ref = ReferenceEvaluator(self.proto)
+                self._ref = ReferenceEvaluator(self.proto, new_ops=_float64_ops())
             except Exception as exc:
                 raise GradientError(f"no float64 reference for this head: onnx's reference evaluator cannot load "
                                     f"it ({str(exc)[:200]})") from exc
