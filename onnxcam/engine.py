@@ -287,8 +287,10 @@ class GradientEngine:
                 straight = False
                 notes.append(f"finite differences of the int8 head itself (no float surrogate: {exc}); rounding "
                              "makes them zero or jumps")
-        # Rows per head run: the batch the user chose, so memory stays that of one forward of it.
-        rows = max(1, self.model.batch_limit(batch_size))
+        # Rows per head run: as many as cost one forward of the user's batch (the head is a share of the
+        # model), at most 4x the batch: memory stays about that of one forward of the batch.
+        share = max(self.model.head_share(cut), 0.25)
+        rows = max(1, self.model.batch_limit(int(self.model.batch_limit(batch_size) / share)))
         scorer = self.head_scorer(layer, targets, feeds, outputs, rows, straight)
         per_image = int(np.prod(a.shape[1:]))
         if per_image <= ELEMENTWISE_LIMIT:

@@ -175,7 +175,7 @@ def check_gradients(
     batch = max(2, 2 * n)
     untied = _untied(g.activations[name])
     if not untied.all():
-        notes.append(f"element-wise directions leave the {1 - untied.mean():.0%} of values that repeat exactly (ReLU "
+        notes.append(f"element-wise directions leave the {1 - untied.mean():.1%} of values that repeat exactly (ReLU "
                      "zeros, clip limits: ties of a downstream max or clip, where any subgradient is right) still")
     for kind in ("channel", "element"):
         d = _directions(a, directions, rng, kind == "channel", untied)

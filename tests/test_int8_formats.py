@@ -179,20 +179,23 @@ def test_int8_gradcam_maps_are_not_blank(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_int8_gradcam_weights_correlate_with_fp32(fmt: str) -> None:
+@pytest.mark.parametrize(("role", "low", "median"), [("last", 0.8, 0.9), ("mid", 0.6, 0.75)])
+def test_int8_gradcam_weights_correlate_with_fp32(fmt: str, role: str, low: float, median: float) -> None:
     # At the last layer the head is pool + linear: Grad-CAM weights are the class's dequantised
-    # fc row, masked by the clip; their correlation with fp32's measures weight quantisation, not
-    # calibration. Measured 0.96..1.00 across the photos and formats.
+    # fc row, masked by the clip, so they measure weight quantisation, not calibration (measured
+    # 1.00). The middle layer's head is 16 quantised convolutions deep: measured 0.80-0.96 over the
+    # photos and formats (dynamic lowest: per-tensor uint8 weights); the bounds leave room for
+    # another CPU's calibration.
     fp32 = _model("efficientnet_lite0")
     int8 = _model(FORMATS[fmt])
     x = _photos(4)
     classes = fp32.forward(x)[0].argmax(axis=1).tolist()
-    w32 = fp32.gradients(x, LAYERS["dynamic"]["last"][1], classes).gradients[LAYERS["dynamic"]["last"][1]]
-    g8 = int8.gradients(x, LAYERS[fmt]["last"][1], classes)
-    w8 = g8.gradients[LAYERS[fmt]["last"][1]]
-    rs = [float(np.corrcoef(w32[i].mean(axis=(1, 2)), w8[i].mean(axis=(1, 2)))[0, 1]) for i in range(len(x))]
-    print(f"{fmt}: Pearson of Grad-CAM weights per photo {np.round(rs, 3)}")
-    assert min(rs) >= 0.8 and float(np.median(rs)) >= 0.9
+    layer32, layer8 = LAYERS["dynamic"][role][1], LAYERS[fmt][role][1]
+    w32 = fp32.gradients(x, layer32, classes).gradients[layer32].mean(axis=(2, 3))
+    w8 = int8.gradients(x, layer8, classes).gradients[layer8].mean(axis=(2, 3))
+    rs = [float(np.corrcoef(w32[i], w8[i])[0, 1]) for i in range(len(x))]
+    print(f"{fmt} {role}: Pearson of Grad-CAM weights per photo {np.round(rs, 3)}")
+    assert min(rs) >= low and float(np.median(rs)) >= median
 
 
 # ------------------------------------------------------------------ finite differences
