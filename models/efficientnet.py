@@ -107,9 +107,6 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.it, None)
 
-    def rewind(self) -> None:
-        raise NotImplementedError
-
 
 def _quantize(spec: ModelSpec, path: Path, deps: Mapping[str, Path], fmt: str, description: str) -> None:
     import tempfile
