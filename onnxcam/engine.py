@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from onnxcam.tasks import Task
 
 GradientMode = Literal["auto", "graph", "finite"]
+GradientKind = Literal["elementwise", "channel-mean"]
 
 # Padding a batch up to an already built gradient graph is worth it while the padded rows cost at
 # most this many images' worth of the whole model (building another graph and session costs more).
@@ -51,7 +52,9 @@ class Gradients:
 
     ``activations[layer]`` and ``gradients[layer]`` are ``(N, C, h, w)`` feature maps (each layer
     seen through its view); ``scores`` is ``(N,)``; ``outputs`` are the model outputs; ``source``
-    says how the gradients were obtained.
+    says how the gradients were obtained; ``kind`` what they are: ``"elementwise"`` (d score / d A
+    at every position) or ``"channel-mean"`` (finite differences above ``ELEMENTWISE_LIMIT``: each
+    channel's gradient spread evenly over its positions, exact for Grad-CAM's weights only).
     """
 
     layers: tuple[str, ...]
@@ -62,6 +65,7 @@ class Gradients:
     scores: np.ndarray
     source: str = "gradient graph"
     notes: list[str] = field(default_factory=list)
+    kind: GradientKind = "elementwise"
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,9 @@ class GradientEngine:
                     raise
                 warnings.warn(f"{exc}; using central finite differences instead (slower, ~1e-3 accurate)",
                               OnnxCamWarning, stacklevel=4)
-        acts, grads, how = self._finite_gradients(cut, names, resolved, feeds, outputs, batch_size)
-        return Gradients(names, acts, grads, outputs, resolved, scores, source="finite differences", notes=[how])
+        acts, grads, kind, notes = self._finite_gradients(cut, names, resolved, feeds, outputs, batch_size)
+        return Gradients(names, acts, grads, outputs, resolved, scores, source="finite differences", notes=notes,
+                         kind=kind)
 
     def prepare(self, layers: Sequence[str], n: int, reads: Sequence[int] = (0,), batch_size: int = 16,
                 mode: GradientMode = "auto") -> None:
@@ -262,7 +267,8 @@ class GradientEngine:
 
     def _finite_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], targets: Sequence[Target],
                           feeds: dict[str, np.ndarray], outputs: Sequence[np.ndarray],
-                          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+                          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], GradientKind,
+                                                    list[str]]:
         from onnxcam.gradients.finite_diff import channel_gradients, elementwise_gradients
 
         if len(cut) != 1 or names != cut:
@@ -271,18 +277,34 @@ class GradientEngine:
             )
         layer = cut[0]
         a = feeds[layer]
-        rows = max(batch_size, 64)
-        scorer = self.head_scorer(layer, targets, feeds, outputs, rows)
+        notes: list[str] = []
+        # A quantised head is piecewise constant: differences of it are zero or jumps. They are taken
+        # on its straight-through surrogate, the function the gradient graph differentiates.
+        straight = straight_through_note(self.model.split(cut).head) is not None
+        if straight:
+            try:
+                self._straight_session(cut, self.model.split(cut))
+                notes.append("finite differences of the head with its int8 quantisers replaced by clips to their "
+                             "range (clipped straight-through surrogate; the int8 head itself is piecewise constant)")
+            except UnsupportedOpError as exc:
+                straight = False
+                notes.append(f"finite differences of the int8 head itself (no float surrogate: {exc}); rounding "
+                             "makes them zero or jumps")
+        # Rows per head run: as many as cost one forward of the user's batch (the head is a share of the
+        # model), at most 4x the batch: memory stays about that of one forward of the batch.
+        share = max(self.model.head_share(cut), 0.25)
+        rows = max(1, self.model.batch_limit(int(self.model.batch_limit(batch_size) / share)))
+        scorer = self.head_scorer(layer, targets, feeds, outputs, rows, straight)
         per_image = int(np.prod(a.shape[1:]))
         if per_image <= ELEMENTWISE_LIMIT:
-            return {layer: a}, {layer: elementwise_gradients(scorer, a, batch_size=rows)}, \
-                "element-wise central differences"
+            grads = elementwise_gradients(scorer, a, batch_size=rows).astype(a.dtype)
+            return {layer: a}, {layer: grads}, "elementwise", ["element-wise central differences", *notes]
         sums = channel_gradients(scorer, a, batch_size=rows)
         h, w = a.shape[2], a.shape[3]
         grads = np.broadcast_to((sums / (h * w))[:, :, None, None], a.shape).astype(a.dtype)
-        return {layer: a}, {layer: grads}, ("channel-wise central differences: each channel's gradient is its "
-                                            "spatial mean (exact for Grad-CAM weights; element-wise methods see "
-                                            "the mean)")
+        return {layer: a}, {layer: grads}, "channel-mean", [
+            f"channel-wise central differences ({per_image} values per image > {ELEMENTWISE_LIMIT}): each channel's "
+            "gradient is its spatial mean, exact for Grad-CAM weights only", *notes]
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:

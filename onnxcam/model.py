@@ -23,9 +23,11 @@ import onnxruntime as ort
 
 from onnxcam.engine import GradientEngine, GradientMode, Gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, OnnxRuntimeError, UnsupportedModelError
+from onnxcam.gradients.quant_ops import integer_op_count
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
+from onnxcam.graph.quant_taps import expose_int8_activations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
 from onnxcam.layers import Layer, LayerFacts, layer_facts, resolve_layer, viewed_layer
@@ -94,6 +96,9 @@ class Model:
         self.requested_device: Device = check_device(device)
         self.threads = threads
         self.proto = read_model(self.path)
+        # QOperator int8 models pass uint8 tensors between ops: float views of them (which leave the
+        # computation bit for bit as it was) are the feature maps a CAM can use.
+        self.proto, self.int8_views = expose_int8_activations(self.proto)
         self.input = self._find_input(input_size, layout)
         skeleton, folded = shape_skeleton(self.proto)
         shaped = with_static_inputs(skeleton, {self.input.name: self._input_dims(self.input.batch)})
@@ -114,7 +119,8 @@ class Model:
         # only when the whole pattern is in one session; a split would change the arithmetic by up to
         # a quantisation step. Basic optimisation keeps QDQ as float simulation in every session, so
         # the forward, the body/head and the gradient graph compute exactly the same function.
-        self.quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
+        self.quantized = integer_op_count(self.proto) > 0 or any(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
         self.optimization = "basic" if self.quantized else "all"
 
     # -- input contract -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from onnxcam.runtime import make_session
 from onnxcam.targets import ClassTarget, SoftmaxTarget, Target
 
 FD_TOL = 1e-2
-FP32_MODELS = [n for n in DEFAULT if n != "efficientnet_lite0_int8"]
+FP32_MODELS = [n for n in DEFAULT if not n.startswith("efficientnet_lite0_int8")]
 
 
 @cache
@@ -254,7 +254,7 @@ def test_builder_infers_shapes_behind_constant_pads() -> None:
 
 # ------------------------------------------------------------------ check-gradients CLI
 
-_ERROR = re.compile(r"relative error vs central finite differences ([0-9.e+-]+)")
+_ERROR = re.compile(r"relative error vs central differences of a float64 copy of the head \([^)]*\) ([0-9.e+-]+)")
 
 
 def _cli(*args: str) -> tuple[int, str, float]:
@@ -268,18 +268,18 @@ def test_check_gradients_cli_passes_on_efficientnet_lite0() -> None:
     code, out, err = _cli(str(build("efficientnet_lite0")))
     print(out)
     assert code == 0 and "PASS:" in out, out
-    assert "gradient graph" in out and err <= 1e-2
+    assert "gradient graph" in out and err <= 1e-3
 
 
 @pytest.mark.parametrize("role", ["last", "mid"])
 def test_check_gradients_cli_passes_on_int8(role: str) -> None:
-    code, out, err = _cli(str(build("efficientnet_lite0_int8")), "--layer", _int8_layer(role))
+    code, out, err = _cli(str(build("efficientnet_lite0_int8")), "--layer", _int8_layer(role), "--directions", "2")
     print(out)
     assert code == 0 and "gradient graph" in out and err <= 1e-2, out
-    assert "straight through" in out and "per-channel directions" in out
+    assert "straight through" in out and "clipped straight-through surrogate" in out
 
 
-def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sinh_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """input (N, 3, 6, 6) -> Conv -> Relu ("feat") -> Sinh -> GlobalAveragePool -> Flatten -> Gemm (N, 4).
 
     ``Sinh`` runs in onnxruntime but has no gradient rule. Returns the weights (conv, fc, fc bias).
@@ -291,13 +291,13 @@ def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nodes = [
         helper.make_node("Conv", ["input", "wc"], ["conv"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv"], ["feat"]),
-        helper.make_node("Sinh", ["feat"], ["sin"]),
-        helper.make_node("GlobalAveragePool", ["sin"], ["gap"]),
+        helper.make_node("Sinh", ["feat"], ["sinh"]),
+        helper.make_node("GlobalAveragePool", ["sinh"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "sin_head",
+        nodes, "sinh_head",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
         [numpy_helper.from_array(wc, "wc"), numpy_helper.from_array(wf, "wf"), numpy_helper.from_array(bf, "bf")],
@@ -307,8 +307,8 @@ def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_fallback_for_an_op_without_rule(tmp_path: Path) -> None:
-    path = tmp_path / "sin_head.onnx"
-    _, wf, _ = _sin_head_model(path)
+    path = tmp_path / "sinh_head.onnx"
+    _, wf, _ = _sinh_head_model(path)
     model = onnxcam.load(path, device="cpu")
     assert missing_rules(model.static_head(("feat",), 2), ["feat"]) == ["Sinh"]
     x = np.random.default_rng(1).normal(size=(2, 3, 6, 6)).astype(np.float32)
@@ -328,8 +328,8 @@ def test_fallback_for_an_op_without_rule(tmp_path: Path) -> None:
 
 
 def test_check_gradients_cli_reports_the_fallback(tmp_path: Path) -> None:
-    path = tmp_path / "sin_head.onnx"
-    _sin_head_model(path)
+    path = tmp_path / "sinh_head.onnx"
+    _sinh_head_model(path)
     code, out, err = _cli(str(path), "--layer", "feat")
     print(out)
     assert code == 0 and "PASS" in out, out

@@ -5,22 +5,42 @@ from __future__ import annotations
 import numpy as np
 
 from onnxcam import methods
+from onnxcam.engine import Gradients
+from onnxcam.errors import GradientError
 from onnxcam.explainers.base import BaseCAM, RawMaps
 from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
 from onnxcam.postprocess import eigen_smooth
 from onnxcam.targets import TargetSpec
 
 
+def require_elementwise(g: Gradients, method: str, model: str) -> None:
+    """Refuse channel-mean gradients (finite differences on a large layer) for a method that reads
+    the gradient at each position: its map would be another method's under its name."""
+    if g.kind != "elementwise":
+        layers = ", ".join(repr(k) for k in g.layers)
+        raise GradientError(
+            f"{method} needs the gradient at every position, but the gradients of {model} at {layers} come from "
+            "finite differences (an op without a gradient rule, or gradient mode 'finite'), which there give only "
+            "each channel's mean gradient: use "
+            "gradcam (exact with channel means), or a layer closer to the output (at most "
+            "onnxcam.engine.ELEMENTWISE_LIMIT values per image get element-wise differences)"
+        )
+
+
 class _ChannelWeightCAM(BaseCAM):
     """Map = sum_c w_c A_c, with weights from (activations, gradients)."""
 
     prepares = "gradients"
+    # whether the weights need the gradient at each position (all but Grad-CAM's spatial mean)
+    elementwise = True
 
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         g = self.gradients(x, targets)
+        if self.elementwise:
+            require_elementwise(g, self.name, self.model.name)
         maps: dict[str, np.ndarray] = {}
         weights: dict[str, np.ndarray] = {}
         for layer in self.layers:
@@ -40,6 +60,7 @@ class GradCAM(_ChannelWeightCAM):
     """Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of the gradients."""
 
     name = "gradcam"
+    elementwise = False
 
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return methods.gradcam_weights(grads)
@@ -79,6 +100,7 @@ class _ElementWiseCAM(BaseCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         g = self.gradients(x, targets)
+        require_elementwise(g, self.name, self.model.name)
         maps = {}
         for layer in self.layers:
             a, d = g.activations[layer], g.gradients[layer]
@@ -130,6 +152,7 @@ class EigenGradCAM(BaseCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         g = self.gradients(x, targets)
+        require_elementwise(g, self.name, self.model.name)
         maps = {k: methods.eigengradcam(g.activations[k], g.gradients[k], self.eigen_sign) for k in self.layers}
         return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
                        notes=[f"gradients: {g.source}", *g.notes])
@@ -167,6 +190,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         clean = self.gradients(x, targets)
+        require_elementwise(clean, self.name, self.model.name)
         fixed = clean.targets
         maps = {}
         for layer in self.layers:

@@ -40,34 +40,43 @@ def _steps(a: np.ndarray, eps: float) -> np.ndarray:
     return eps * np.where(rms > 0, rms, 1.0)
 
 
-def _scores(score_fn: ScoreFn, rows: np.ndarray, samples: np.ndarray, batch_size: int, dtype: np.dtype) -> np.ndarray:
+Directions = Callable[[np.ndarray], np.ndarray]
+
+
+def _central(score_fn: ScoreFn, a: np.ndarray, directions: Directions | np.ndarray, samples: np.ndarray,
+             steps: np.ndarray, batch_size: int) -> np.ndarray:
+    """(score(A[s] + h d) - score(A[s] - h d)) / 2h for each row (direction d, sample s).
+
+    ``directions`` is an ``(M, ...)`` array or a function of row indices returning those rows'
+    directions: rows are perturbed and scored ``batch_size`` at a time, so memory holds one chunk
+    of perturbed activations, never all ``M`` of them."""
     if batch_size < 1:
         raise ArgumentError(f"finite-difference batch_size must be >= 1, got {batch_size}")
-    out = np.empty(rows.shape[0], dtype=np.float64)
-    for start in range(0, rows.shape[0], batch_size):
-        chunk = slice(start, start + batch_size)
-        values = np.asarray(score_fn(rows[chunk].astype(dtype), samples[chunk]), dtype=np.float64)
-        out[chunk] = values.reshape(-1)
+    out = np.empty(samples.shape[0], dtype=np.float64)
+    for start in range(0, samples.shape[0], batch_size):
+        rows = np.arange(start, min(start + batch_size, samples.shape[0]))
+        d = directions(rows) if callable(directions) else directions[rows]
+        s = samples[rows]
+        base = a[s].astype(np.float64)
+        h = steps[s].reshape(-1, *([1] * (a.ndim - 1)))
+        plus = np.asarray(score_fn((base + h * d).astype(a.dtype), s), dtype=np.float64).reshape(-1)
+        minus = np.asarray(score_fn((base - h * d).astype(a.dtype), s), dtype=np.float64).reshape(-1)
+        out[rows] = (plus - minus) / (2.0 * steps[s])
     return out
 
 
-def _central(
-    score_fn: ScoreFn, a: np.ndarray, directions: np.ndarray, samples: np.ndarray, steps: np.ndarray, batch_size: int
-) -> np.ndarray:
-    """(score(A[s] + h d) - score(A[s] - h d)) / 2h for each row (direction d, sample s)."""
-    base = a.astype(np.float64)[samples]
-    h = steps[samples].reshape(-1, *([1] * (a.ndim - 1)))
-    plus = _scores(score_fn, base + h * directions, samples, batch_size, a.dtype)
-    minus = _scores(score_fn, base - h * directions, samples, batch_size, a.dtype)
-    return (plus - minus) / (2.0 * steps[samples])
-
-
 def channel_gradients(score_fn: ScoreFn, a: np.ndarray, eps: float = DEFAULT_EPS, batch_size: int = 64) -> np.ndarray:
-    """Spatial sums of d score / d A per channel: ``A: (N, C, h, w)`` -> ``(N, C)`` float64."""
+    """Spatial sums of d score / d A per channel: ``A: (N, C, h, w)`` -> ``(N, C)`` float64.
+
+    ``2 * N * C`` head runs of one row each, ``batch_size`` rows per run."""
     n, c = a.shape[:2]
     samples = np.repeat(np.arange(n), c)
-    directions = np.zeros((n * c, *a.shape[1:]), dtype=np.float64)
-    directions[np.arange(n * c), np.tile(np.arange(c), n)] = 1.0
+
+    def directions(rows: np.ndarray) -> np.ndarray:
+        d = np.zeros((rows.size, *a.shape[1:]), dtype=np.float64)
+        d[np.arange(rows.size), rows % c] = 1.0
+        return d
+
     return _central(score_fn, a, directions, samples, _steps(a, eps), batch_size).reshape(n, c)
 
 
@@ -77,19 +86,14 @@ def elementwise_gradients(
     """d score / d A for every element (2 * A.size evaluations: small heads only): ``(N, C, h, w)``."""
     n = a.shape[0]
     per_sample = int(np.prod(a.shape[1:]))
-    steps = _steps(a, eps)
-    grads = np.empty((n, per_sample), dtype=np.float64)
-    eye_rows = max(1, batch_size // 2)
-    for s in range(n):
-        for start in range(0, per_sample, eye_rows):
-            idx = np.arange(start, min(start + eye_rows, per_sample))
-            directions = np.zeros((idx.size, per_sample), dtype=np.float64)
-            directions[np.arange(idx.size), idx] = 1.0
-            samples = np.full(idx.size, s)
-            grads[s, idx] = _central(
-                score_fn, a, directions.reshape(idx.size, *a.shape[1:]), samples, steps, batch_size
-            )
-    return grads.reshape(a.shape)
+    samples = np.repeat(np.arange(n), per_sample)
+
+    def directions(rows: np.ndarray) -> np.ndarray:
+        d = np.zeros((rows.size, per_sample), dtype=np.float64)
+        d[np.arange(rows.size), rows % per_sample] = 1.0
+        return d.reshape(rows.size, *a.shape[1:])
+
+    return _central(score_fn, a, directions, samples, _steps(a, eps), batch_size).reshape(a.shape)
 
 
 def directional_check(

@@ -21,40 +21,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxcam.gradients._facts import collect_consts
+from onnxcam.gradients.quant_ops import float_surrogate, integer_op_count, quantiser_range
 
-# Integer ranges of the quantised types a QuantizeLinear can produce.
-_INT_RANGES: dict[int, tuple[int, int]] = {
-    onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127),
-    onnx.TensorProto.UINT16: (0, 65535), onnx.TensorProto.INT16: (-32768, 32767),
-    onnx.TensorProto.UINT4: (0, 15), onnx.TensorProto.INT4: (-8, 7),
-}
-
-
-def quantiser_range(scale: np.ndarray | None, zero_point: np.ndarray | None,
-                    output_dtype: int = 0) -> tuple[float, float] | None:
-    """``(lo, hi)``: the real values a per-tensor QuantizeLinear rounds into its integer range
-    instead of clipping, ``((qmin - zp - 1/2) * scale, (qmax - zp + 1/2) * scale)`` (the mask of
-    PyTorch's fake-quantise backward); None when unknown (scale not a constant scalar, a
-    non-integer type, or a per-axis quantiser).
-
-    The half step matters in practice: after a folded ReLU, whole channels sit exactly at the zero
-    point, and their gradient must pass (as through the float model's pooling) with a margin that
-    finite differences see too."""
-    if scale is None or np.size(scale) != 1:
-        return None
-    if zero_point is not None:
-        if np.size(zero_point) != 1:
-            return None
-        elem = int(helper.np_dtype_to_tensor_dtype(np.asarray(zero_point).dtype))
-        zp = float(np.asarray(zero_point).reshape(()))
-    else:
-        elem, zp = output_dtype or onnx.TensorProto.UINT8, 0.0
-    bounds = _INT_RANGES.get(elem)
-    if bounds is None:
-        return None
-    s = float(np.asarray(scale).reshape(()))
-    lo, hi = sorted(((bounds[0] - zp - 0.5) * s, (bounds[1] - zp + 0.5) * s))
-    return lo, hi
+__all__ = ["node_range", "output_quantizers", "quantiser_range", "straight_through", "straight_through_note"]
 
 
 def node_range(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> tuple[float, float] | None:
@@ -81,13 +50,14 @@ def output_quantizers(graph: onnx.GraphProto) -> set[str]:
 
 def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A copy of ``model`` with every activation Q -> DQ pair replaced by a clip to the quantiser's
-    range (the identity where it is not constant), and the pair count.
+    range (the identity where it is not constant), its dynamic / QOperator integer ops by float ops
+    and clips (``quant_ops.float_surrogate``), and how many pairs and ops were replaced.
 
     The copy computes what the quantised model would without rounding; the count is 0 (and the
-    copy equal to ``model``) for a float model.
+    copy equal to ``model``) for a float model. Raises ``UnsupportedOpError`` for an integer op
+    with no float surrogate.
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy, rewritten = float_surrogate(model)
     graph = copy.graph
     consts = _constants(graph)
     values = collect_consts(graph, max_elements=16)  # scales and zero points
@@ -118,7 +88,7 @@ def straight_through(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     kept = [n for n in nodes if not (n.output and n.output[0] in quant and n.output[0] not in used)]
     del graph.node[:]
     graph.node.extend(kept)
-    return copy, pairs
+    return copy, pairs + rewritten
 
 
 def straight_through_note(model: onnx.ModelProto) -> str | None:
@@ -128,10 +98,14 @@ def straight_through_note(model: onnx.ModelProto) -> str | None:
         n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ("", "ai.onnx") and n.input[0] not in consts
         for n in model.graph.node
     )
-    if not count:
+    integer = integer_op_count(model)
+    if not count and not integer:
         return None
+    what = f"{count} QuantizeLinear/DequantizeLinear node(s)" if count else ""
+    if integer:
+        what += (" and " if what else "") + (f"{integer} int8 op(s) (dynamic / QOperator: ConvInteger, QLinearConv, "
+                                              "...) rewritten as float ops with dequantised weights")
     return (
-        f"gradients pass straight through {count} QuantizeLinear/DequantizeLinear node(s) (clipped straight-through "
-        "estimator): they are the exact gradients of the model with each activation quantiser replaced by a clip "
-        "to its range"
+        f"gradients pass straight through {what} (clipped straight-through estimator): they are the exact gradients "
+        "of the model with each activation quantiser replaced by a clip to its range"
     )
