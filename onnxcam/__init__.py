@@ -7,8 +7,9 @@
     maps = onnxcam.GradCAM(model, layer="auto")(x)          # (N, H, W) in [0, 1]
 """
 
-from onnxcam import errors
+from onnxcam import detection, errors
 from onnxcam.boxes import box_iou, cam_to_boxes
+from onnxcam.detection import DetectionScoreTarget, DetectionTask, DRiseTarget
 from onnxcam.engine import Gradients
 from onnxcam.explainers.base import BaseCAM, Explanation
 from onnxcam.explainers.gradient import (
@@ -35,10 +36,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "TASKS", "AblationCAM", "BaseCAM", "ClassTarget",
-    "ClassificationTask", "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
-    "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
-    "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess", "ScoreCAM", "SegmentationTarget",
-    "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task", "XGradCAM", "__version__",
-    "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths", "get_method", "get_preset", "load",
-    "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image", "to_display",
+    "ClassificationTask", "DRiseTarget", "DetectionScoreTarget", "DetectionTask", "EigenCAM", "EigenGradCAM",
+    "EmbeddingTarget", "EmbeddingTask", "Explanation", "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "Gradients", "HiResCAM", "InputSpec", "LayerCAM", "Model", "OutputTarget", "Preprocess",
+    "ScoreCAM", "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task",
+    "XGradCAM", "__version__", "box_iou", "cam_to_boxes", "detect_task", "detection", "errors", "expand_image_paths",
+    "get_method", "get_preset", "load", "load_image", "make_grid", "method_info", "preprocess", "show_cam_on_image",
+    "to_display",
 ]

@@ -99,6 +99,8 @@ class Model:
         self._infos: dict[str, TensorInfo] = {**tensor_infos(shaped), **value_infos(folded)}
         self._probe_missing_shapes()
         self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
+        # What the exporter wrote (ultralytics: task, imgsz, names, stride), for the task's reading.
+        self.metadata: dict[str, str] = {p.key: p.value for p in self.proto.metadata_props}
         self._layers: list[Layer] | None = None
         self._splits: dict[tuple[str, ...], Split] = {}
         self._frontiers: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -215,12 +217,15 @@ class Model:
         or a ``FeatureView``; see ``onnxcam.views``); None for the NCHW feature maps ``layers()`` lists.
         """
         if view is None:
-            return resolve_layer(name, self.layers(), self._infos, self.name)
+            picked = self.task.default_layers(self) if name == "auto" else None
+            return resolve_layer(picked[0] if picked else name, self.layers(), self._infos, self.name)
         return viewed_layer(name, self.proto, self.layers(), self._infos, view, self.name)
 
     def select_layers(self, layer: LayerSpec, view: ViewsSpec = None) -> tuple[Layer, ...]:
         """The layers named by ``layer`` (one spec or a list), each with its view, duplicates dropped."""
-        names = [layer] if isinstance(layer, str) else list(layer)
+        # A task may mean several layers by "auto" (a detector: the maps feeding its head, one per stride).
+        picked = self.task.default_layers(self) if layer == "auto" and view is None else None
+        names = list(picked) if picked else [layer] if isinstance(layer, str) else list(layer)
         if not names:
             raise ArgumentError("no layer given: pass a layer name, a list of names, or 'auto'")
         chosen: dict[str, Layer] = {}
@@ -247,7 +252,8 @@ class Model:
     def task(self) -> Task:
         """What the outputs mean, read from their shapes (see ``onnxcam.tasks.detect_task``)."""
         if self._task is None:
-            self._task = detect_task(self.output_shapes)
+            self._task = detect_task(self.output_shapes, metadata={
+                "imgsz": str(list(self.input.size)), **self.metadata})
         return self._task
 
     def tensor_info(self, name: str) -> TensorInfo:
