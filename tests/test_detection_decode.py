@@ -191,3 +191,11 @@ def test_detection_targets_seeds_are_their_scores_gradients(kind):
     rows = [np.stack([o, o * 1.01]) for o in outs]
     for t in (score_t, drise):
         assert np.allclose(t.scores(rows), [t.score([r[0] for r in rows]), t.score([r[1] for r in rows])], atol=1e-6)
+
+
+def test_drise_box_gradient_is_zero_at_its_own_box():
+    layout = recognise([(5, 2)], kind="yolov8")
+    out = np.array([[20.0, 50.0], [20.0, 50.0], [10.0, 8.0], [12.0, 8.0], [0.8, 0.6]])
+    t = DRiseTarget(layout, (15.0, 14.0, 25.0, 26.0), 0)  # prediction 0's own box: IoU peaks at 1
+    seeds = t.seeds([out])[0]
+    assert np.allclose(seeds[:4, 0], 0.0) and seeds[4, 0] > 0

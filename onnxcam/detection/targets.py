@@ -135,6 +135,11 @@ def _iou_to(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.asarray(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0))
 
 
+def _side(inner: float, outer: float) -> float:
+    """1 where edge ``inner`` lies strictly inside ``outer``, 0.5 on it, 0 outside."""
+    return 1.0 if inner > outer else 0.5 if inner == outer else 0.0
+
+
 def _iou_grad(t: np.ndarray, b: np.ndarray) -> np.ndarray:
     """d IoU(t, b) / d b for xyxy boxes (one-sided where a min/max or a clip switches)."""
     iw = min(t[2], b[2]) - max(t[0], b[0])
@@ -144,8 +149,10 @@ def _iou_grad(t: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.zeros(4)
     inter = iw * ih
     union = (t[2] - t[0]) * (t[3] - t[1]) + w * h - inter
-    d_inter = np.array([-ih if b[0] > t[0] else 0.0, -iw if b[1] > t[1] else 0.0,
-                        ih if b[2] < t[2] else 0.0, iw if b[3] < t[3] else 0.0])
+    # Where an edge of b sits exactly on t's (the detection's own prediction), the two one-sided
+    # derivatives average to 0, as torch's min/max split a tie: IoU peaks there.
+    inner = np.array([_side(b[0], t[0]), _side(b[1], t[1]), _side(t[2], b[2]), _side(t[3], b[3])])
+    d_inter = inner * np.array([-ih, -iw, ih, iw])
     d_area = np.array([-h, -w, h, w])
     return np.asarray((d_inter * union - inter * (d_area - d_inter)) / union**2)
 
