@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from onnxcam.data import demo_files
+from onnxcam.detection import DetectionTask
+from onnxcam.detection.job import DetectionConfig, detection_report, explain_detections
 from onnxcam.image import expand_image_paths, get_preset
 from onnxcam.model import Model, load
 from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
@@ -72,10 +74,23 @@ def explain(
     save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
     max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
+    task: str = typer.Option("auto", "--task", help="auto, or detect to read the outputs as a detector's."),
+    conf: float = typer.Option(0.25, "--conf", help="Detectors: minimum detection score, 0..1."),
+    iou: float = typer.Option(0.45, "--iou", help="Detectors: NMS IoU threshold, 0..1."),
+    detections: int = typer.Option(5, "--detections", help="Detectors: explain each image's top K detections."),
 ) -> None:
     input_size = parse_size(size) if size else None
     m = load(model, device=device, input_size=input_size, layout=layout or None)
     paths = expand_image_paths(images)
+    if task == "detect" or (task == "auto" and isinstance(m.task, DetectionTask)):  # onnxcam.detection.job
+        # A detector's default preprocessing is the yolo letterbox, not the imagenet default of classifiers.
+        pp = None if preset == "imagenet" and not (mean or std or center_crop) else \
+            preprocessing(m, preset, mean, std, center_crop)
+        found = explain_detections(m, paths, out, DetectionConfig(
+            _methods(method), layer_list(layer), detections, conf, iou, pp, alpha, colormap), task)
+        if not quiet:
+            typer.echo(detection_report(found))
+        return
     config = ExplainConfig(
         preprocess=preprocessing(m, preset, mean, std, center_crop), methods=_methods(method), layer=layer_list(layer),
         target=None if target < 0 else target, top_k=top_k,
