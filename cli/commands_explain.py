@@ -79,6 +79,10 @@ def explain(
     samples: int | None = opt.samples_option(),
     noise_std: float | None = opt.noise_std_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
+    task: str = typer.Option("auto", "--task", help="auto, or detect to read the outputs as a detector's."),
+    conf: float = typer.Option(0.25, "--conf", help="Detectors: minimum detection score, 0..1."),
+    iou: float = typer.Option(0.45, "--iou", help="Detectors: NMS IoU threshold, 0..1."),
+    detections: int = typer.Option(5, "--detections", help="Detectors: explain each image's top K detections."),
 ) -> None:
     notes.install()
     from onnxcam.image import expand_image_paths
@@ -88,8 +92,12 @@ def explain(
     chosen = opt.choose_methods(method, option, max_channels, samples, noise_std)
     target_index = opt.one_target(target)
     m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout))
-    check_top_k(m, top_k)
     paths = expand_image_paths(images)
+    if _is_detector(m, task):
+        _explain_detections(m, paths, out, chosen, layer, detections, conf, iou, preset, mean, std, center_crop,
+                            alpha, colormap, task, quiet)
+        return
+    check_top_k(m, top_k)
     config = ExplainConfig(
         preprocess=preprocessing(m, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
         methods=chosen.methods, layer=resolve_layer_arg(m, layer), target=target_index, top_k=top_k,
@@ -97,6 +105,27 @@ def explain(
         boxes=boxes, save_npy=save_npy, colorbar=colorbar, method_options=chosen.options,
     )
     _run(m, paths, out, config, quiet, folders=[Path(i) for i in images if Path(i).is_dir()])
+
+
+def _is_detector(m: Model, task: str) -> bool:
+    from onnxcam.detection import DetectionTask
+
+    return task == "detect" or (task == "auto" and isinstance(m.task, DetectionTask))
+
+
+def _explain_detections(m: Model, paths: list[Path], out: Path, chosen: opt.MethodChoice, layer: str,
+                        detections: int, conf: float, iou: float, preset: str, mean: str, std: str,
+                        center_crop: bool, alpha: float, colormap: str, task: str, quiet: bool) -> None:
+    from onnxcam.detection.job import DetectionConfig, detection_report, explain_detections
+
+    # A detector's default preprocessing is the yolo letterbox, not the imagenet default of classifiers.
+    pp = None if preset == "imagenet" and not (mean or std or center_crop) else \
+        preprocessing(m, preset, mean, std, center_crop)
+    found = explain_detections(m, paths, out, DetectionConfig(
+        chosen.methods, resolve_layer_arg(m, layer), detections, conf, iou, pp, alpha, colormap,
+        method_options=chosen.options), task)
+    if not quiet:
+        typer.echo(detection_report(found))
 
 
 def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: bool,

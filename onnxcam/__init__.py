@@ -19,6 +19,7 @@ from onnxcam import errors
 
 if TYPE_CHECKING:
     from onnxcam.boxes import box_iou, cam_to_boxes
+    from onnxcam.detection import DetectionScoreTarget, DetectionTask, DRiseTarget
     from onnxcam.engine import Gradients
     from onnxcam.explainers.base import BaseCAM, Explanation
     from onnxcam.explainers.gradient import (
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "onnxcam.detection": ("DetectionScoreTarget", "DetectionTask", "DRiseTarget"),
     "onnxcam.engine": ("Gradients",),
     "onnxcam.boxes": ("box_iou", "cam_to_boxes"),
     "onnxcam.explainers.base": ("BaseCAM", "Explanation"),
@@ -104,8 +106,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CAM", "COLORMAPS", "METHODS", "PRESETS", "SSCAM", "TASKS", "AblationCAM", "BaseCAM", "ClassTarget",
-    "ClassifierOutputTarget",
-    "ClassificationTask", "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
+    "ClassifierOutputTarget", "ClassificationTask", "DRiseTarget", "DetectionScoreTarget", "DetectionTask",
+    "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "MethodOption", "MethodSpec", "Model", "OutputTarget", "Preprocess", "ScoreCAM",
     "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task",

@@ -49,7 +49,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 ChannelOrder = Literal["RGB", "BGR"]
 Layout = Literal["NCHW", "NHWC"]
-ResizeMode = Literal["stretch", "center_crop"]
+ResizeMode = Literal["stretch", "center_crop", "letterbox"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -238,7 +238,9 @@ class Preprocess:
     ``resize_mode="stretch"`` the image is resized to ``size`` without keeping the aspect ratio
     (what most exported classifiers' eval pipelines expect at a fixed input size); with
     ``"center_crop"`` it is scaled (aspect kept) so its shorter side covers ``size / crop_fraction``
-    and the central ``size`` is cut out (torchvision's Resize(256) + CenterCrop(224) for 0.875).
+    and the central ``size`` is cut out (torchvision's Resize(256) + CenterCrop(224) for 0.875); with
+    ``"letterbox"`` it is scaled (aspect kept) to fit inside ``size`` and centred on gray (114)
+    padding, as ultralytics' YOLO exports expect.
     """
 
     mean: tuple[float, float, float]
@@ -262,7 +264,10 @@ PRESETS: dict[str, Preprocess] = {
     # Keras/Caffe "caffe" mode: BGR, ImageNet means in BGR order, no scaling.
     "caffe": Preprocess(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=1.0, channel_order="BGR"),
     "raw": Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0),
+    # ultralytics YOLO: letterbox to the model size on gray 114, RGB, / 255.
+    "yolo": Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1 / 255, resize_mode="letterbox"),
 }
+LETTERBOX_PAD = 114
 
 
 def get_preset(
@@ -272,22 +277,26 @@ def get_preset(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     *,
-    resize_mode: str = "stretch",
+    resize_mode: str | None = None,
     crop_fraction: float = 0.875,
 ) -> Preprocess:
-    """The preset ``name`` for an input of ``size`` ``(H, W)`` and ``layout``; mean/std override."""
+    """The preset ``name`` for an input of ``size`` ``(H, W)`` and ``layout``; mean/std override.
+
+    ``resize_mode``: None keeps the preset's own (``letterbox`` for ``yolo``, else ``stretch``).
+    """
     key = name.lower()
     if key not in PRESETS:
         raise ArgumentError(f"unknown preprocessing preset {name!r}; valid presets: {', '.join(PRESETS)}")
     if layout not in ("NCHW", "NHWC"):
         raise ArgumentError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    if resize_mode not in ("stretch", "center_crop"):
-        raise ArgumentError(f"resize_mode must be 'stretch' or 'center_crop', got {resize_mode!r}")
+    if resize_mode is not None and resize_mode not in ("stretch", "center_crop", "letterbox"):
+        raise ArgumentError(f"resize_mode must be 'stretch', 'center_crop' or 'letterbox', got {resize_mode!r}")
     if not 0.0 < crop_fraction <= 1.0:
         raise ArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
         raise ArgumentError(f"size must be two positive integers (H, W), got {tuple(size)}")
     base = PRESETS[key]
+    resize_mode = base.resize_mode if resize_mode is None else resize_mode
     return replace(
         base,
         size=(int(size[0]), int(size[1])),
@@ -318,6 +327,15 @@ def _crop_plan(hw: tuple[int, int], size: tuple[int, int], crop_fraction: float)
     return new_h, new_w, (new_h - out_h) // 2, (new_w - out_w) // 2
 
 
+def _letterbox_plan(hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)``: ultralytics' LetterBox (auto=False, centred) for ``hw`` into ``size``."""
+    h, w = hw
+    r = min(size[0] / h, size[1] / w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (size[1] - new_w) / 2, (size[0] - new_h) / 2
+    return new_h, new_w, int(round(dh - 0.1)), int(round(dw - 0.1))
+
+
 def crop_box(
     hw: tuple[int, int],
     size: tuple[int, int],
@@ -331,6 +349,10 @@ def crop_box(
     h, w = hw
     if resize_mode == "stretch":
         return (0.0, 0.0, float(w), float(h))
+    if resize_mode == "letterbox":
+        new_h, new_w, top, left = _letterbox_plan(hw, size)
+        sy, sx = h / new_h, w / new_w
+        return (-left * sx, -top * sy, (size[1] - left) * sx, (size[0] - top) * sy)
     new_h, new_w, y0, x0 = _crop_plan(hw, size, crop_fraction)
     sy, sx = h / new_h, w / new_w
     return (x0 * sx, y0 * sy, (x0 + size[1]) * sx, (y0 + size[0]) * sy)
@@ -348,8 +370,15 @@ def geometry(
         if image.shape[:2] == (out_h, out_w):
             return image
         return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    if resize_mode == "letterbox":
+        new_h, new_w, top, left = _letterbox_plan(image.shape[:2], size)
+        resized = image if image.shape[:2] == (new_h, new_w) else cv2.resize(
+            image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        out = np.full((out_h, out_w) + image.shape[2:], LETTERBOX_PAD, dtype=image.dtype)
+        out[top:top + new_h, left:left + new_w] = resized
+        return out
     if resize_mode != "center_crop":
-        raise ArgumentError(f"resize_mode must be 'stretch' or 'center_crop', got {resize_mode!r}")
+        raise ArgumentError(f"resize_mode must be 'stretch', 'center_crop' or 'letterbox', got {resize_mode!r}")
     new_h, new_w, y0, x0 = _crop_plan(image.shape[:2], size, crop_fraction)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     return resized[y0 : y0 + out_h, x0 : x0 + out_w]

@@ -21,6 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+# Imported for its effect: it registers the detection task with onnxcam.tasks.detect_task, so every
+# loaded model can be recognised as a detector.
+import onnxcam.detection  # noqa: F401
 from onnxcam.engine import GradientEngine, GradientMode, Gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.gradients.quant_ops import integer_op_count
@@ -107,6 +110,8 @@ class Model:
         self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
         self._facts: LayerFacts | None = None
         self._warned_layouts: set[str] = set()
+        # What the exporter wrote (ultralytics: task, imgsz, names, stride), for the task's reading.
+        self.metadata: dict[str, str] = {p.key: p.value for p in self.proto.metadata_props}
         self._splits: dict[tuple[str, ...], Split] = {}
         self._frontiers: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._costs: dict[tuple[str, ...], float] = {}
@@ -229,7 +234,8 @@ class Model:
         """
         facts = self.layer_facts()
         if view is None:
-            found = resolve_layer(name, facts.layers, self._infos, self.name, facts.blocks)
+            picked = self.task.default_layers(self) if name == "auto" else None
+            found = resolve_layer(picked[0] if picked else name, facts.layers, self._infos, self.name, facts.blocks)
             if found.guessed and found.name not in self._warned_layouts:
                 self._warned_layouts.add(found.name)
                 shape = format_shape(found.tensor_shape or found.shape)
@@ -245,7 +251,9 @@ class Model:
 
     def select_layers(self, layer: LayerSpec, view: ViewsSpec = None) -> tuple[Layer, ...]:
         """The layers named by ``layer`` (one spec or a list), each with its view, duplicates dropped."""
-        names = [layer] if isinstance(layer, str) else list(layer)
+        # A task may mean several layers by "auto" (a detector: the maps feeding its head, one per stride).
+        picked = self.task.default_layers(self) if layer == "auto" and view is None else None
+        names = list(picked) if picked else [layer] if isinstance(layer, str) else list(layer)
         if not names:
             raise ArgumentError("no layer given: pass a layer name, a list of names, or 'auto'")
         chosen: dict[str, Layer] = {}
@@ -272,7 +280,8 @@ class Model:
     def task(self) -> Task:
         """What the outputs mean, read from their shapes (see ``onnxcam.tasks.detect_task``)."""
         if self._task is None:
-            self._task = detect_task(self.output_shapes)
+            self._task = detect_task(self.output_shapes, metadata={
+                "imgsz": str(list(self.input.size)), **self.metadata})
         return self._task
 
     def tensor_info(self, name: str) -> TensorInfo:

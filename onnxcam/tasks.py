@@ -9,8 +9,8 @@ Tasks today: classification (``(N, K)`` scores, logits or probabilities), segmen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,14 @@ from onnxcam.errors import ArgumentError, TargetError
 from onnxcam.labels import LabelsSpec, resolve_labels
 from onnxcam.targets import ClassTarget, Target, TargetSpec, output_shapes
 
-TASKS: tuple[str, ...] = ("classification", "segmentation", "embedding")
+if TYPE_CHECKING:
+    from onnxcam.model import Model
+
+TASKS: tuple[str, ...] = ("classification", "segmentation", "embedding", "detect")
+# Tasks living in their own package (onnxcam.detection) register ``(shapes, kind, labels, metadata)
+# -> Task | None`` here; ``detect_task`` asks them first.
+RECOGNISERS: list[Callable[[Sequence[tuple[Any, ...]], str | None, LabelsSpec,
+                            Mapping[str, str] | None], Task | None]] = []
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -98,6 +105,10 @@ class Task:
     def default_reads(self) -> tuple[int, ...]:
         """Outputs the default targets seed (what gradient graphs are prepared for)."""
         return (self.output,)
+
+    def default_layers(self, model: Model) -> tuple[str, ...] | None:
+        """The tensors ``layer="auto"`` stands for with this task (None: the model's last feature map)."""
+        return None
 
     def top_targets(self, outputs: Sequence[np.ndarray], k: int) -> list[list[Target]]:
         """The ``k`` best targets per image (for ``--top-k``)."""
@@ -246,7 +257,7 @@ def class_indices(task: ClassificationTask, targets: Sequence[Target]) -> np.nda
 
 
 def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = None,
-                labels: LabelsSpec = None) -> Task:
+                labels: LabelsSpec = None, metadata: Mapping[str, str] | None = None) -> Task:
     """The task for a model whose outputs have per-image ``shapes`` (batch axis dropped).
 
     ``kind``: a ``Task`` (kept as is), a task name from ``TASKS``, or None/``"auto"``: a first
@@ -255,6 +266,10 @@ def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = Non
     """
     if isinstance(kind, Task):
         return kind
+    for recognise in RECOGNISERS:  # ``metadata``: the model's metadata_props, for them
+        found = recognise(shapes, kind, labels, metadata)
+        if found is not None:
+            return found
     if kind in (None, "auto"):
         first = tuple(shapes[0]) if shapes else ()
         spatial = list(first[1:])

@@ -182,7 +182,9 @@ def _shape_subgraph(
             continue
         node = graph.node[j]
         chosen[j] = None
-        if node.op_type in ("Shape", "Size"):
+        # The Shape of a tensor itself computed from shapes (an anchor grid's arange) is copied with
+        # that tensor's computation, down to the Shapes of real activations.
+        if node.op_type in ("Shape", "Size") and node.input[0] not in static:
             roots.append(j)
             continue
         stack.extend(n for n in node.input if n and n in static and n not in constants)

@@ -1,0 +1,247 @@
+"""Detector test models: a YOLOv8n-style detector defined here in torch (ultralytics' own modules
+need torchvision, which does not import beside this torch), random seeded weights.
+
+Architecture as ultralytics' ``yolov8n.yaml`` (width 0.25, depth 0.33): Conv-BN-SiLU, C2f, SPPF, an
+FPN/PAN neck with nearest Upsample + Concat, and the Detect head with DFL (reg_max 16, a softmax
+over the bins and a fixed arange 1x1 conv); anchors and strides are computed in ``forward`` from
+the feature maps' shapes, as the exported graph does. Output ``(N, 4 + K, A)``: boxes as centre x,
+y, width, height in input pixels, then the K class scores after a sigmoid. Exported as ultralytics
+exports by default (static batch 1, metadata ``task``, ``imgsz``, ``stride``, ``names``) at opsets
+12 and 17, and once with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from models.export import check_parity, finalize
+from models.zoo import ModelSpec
+
+NUM_CLASSES = 80
+REG_MAX = 16
+STRIDES = (8, 16, 32)
+# Names as ultralytics writes them (a Python dict literal); generic ones: the weights are random.
+NAMES = {i: f"class{i}" for i in range(NUM_CLASSES)}
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) -> BatchNorm -> SiLU, 'same' padding."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c: int, shortcut: bool) -> None:
+        super().__init__()
+        self.cv1 = Conv(c, c, 3)
+        self.cv2 = Conv(c, c, 3)
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """CSP bottleneck with two convolutions, every bottleneck's output concatenated."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False) -> None:
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = Conv(c1, 2 * self.c, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, c1: int, c2: int, k: int = 5) -> None:
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1)
+        self.cv2 = Conv(c_ * 4, c2, 1)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: softmax over ``c1`` bins, then a fixed arange 1x1 conv."""
+
+    def __init__(self, c1: int = REG_MAX) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1)
+        self.c1 = c1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+def make_anchors(feats: list[torch.Tensor], strides: tuple[int, ...], offset: float = 0.5) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    points, stride_tensor = [], []
+    for f, stride in zip(feats, strides):
+        _, _, h, w = f.shape
+        sx = torch.arange(w, dtype=f.dtype) + offset
+        sy = torch.arange(h, dtype=f.dtype) + offset
+        sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+        points.append(torch.stack((sx, sy), -1).view(-1, 2))
+        stride_tensor.append(torch.full((h * w, 1), stride, dtype=f.dtype))
+    return torch.cat(points), torch.cat(stride_tensor)
+
+
+class Detect(nn.Module):
+    def __init__(self, nc: int, ch: tuple[int, ...]) -> None:
+        super().__init__()
+        self.nc, self.no = nc, nc + REG_MAX * 4
+        c2, c3 = max(16, ch[0] // 4, REG_MAX * 4), max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * REG_MAX, 1))
+                                 for x in ch)
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        self.dfl = DFL(REG_MAX)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        xs = [torch.cat((self.cv2[i](x), self.cv3[i](x)), 1) for i, x in enumerate(xs)]
+        b = xs[0].shape[0]
+        cat = torch.cat([x.view(b, self.no, -1) for x in xs], 2)
+        anchors, strides = (t.transpose(0, 1) for t in make_anchors(xs, STRIDES))
+        box, cls = cat.split((REG_MAX * 4, self.nc), 1)
+        lt, rb = self.dfl(box).chunk(2, 1)
+        a = anchors.unsqueeze(0)
+        x1y1, x2y2 = a - lt, a + rb
+        dbox = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides
+        return torch.cat((dbox, cls.sigmoid()), 1)
+
+
+class YOLOv8(nn.Module):
+    """YOLOv8 at scale n: ``forward(x) -> (N, 4 + nc, A)``; ``features(x)`` gives the neck's P3, P4,
+    P5 maps (what the Detect head reads)."""
+
+    def __init__(self, nc: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.b0, self.b1, self.b2 = Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), C2f(32, 32, 1, True)
+        self.b3, self.b4 = Conv(32, 64, 3, 2), C2f(64, 64, 2, True)
+        self.b5, self.b6 = Conv(64, 128, 3, 2), C2f(128, 128, 2, True)
+        self.b7, self.b8, self.b9 = Conv(128, 256, 3, 2), C2f(256, 256, 1, True), SPPF(256, 256, 5)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.h12, self.h15 = C2f(384, 128, 1), C2f(192, 64, 1)
+        self.h16, self.h18 = Conv(64, 64, 3, 2), C2f(192, 128, 1)
+        self.h19, self.h21 = Conv(128, 128, 3, 2), C2f(384, 256, 1)
+        self.detect = Detect(nc, (64, 128, 256))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b9(self.b8(self.b7(p4)))
+        n12 = self.h12(torch.cat((self.up(p5), p4), 1))
+        o3 = self.h15(torch.cat((self.up(n12), p3), 1))
+        o4 = self.h18(torch.cat((self.h16(o3), n12), 1))
+        o5 = self.h21(torch.cat((self.h19(o4), p5), 1))
+        return [o3, o4, o5]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.detect(self.features(x))
+
+
+def yolov8n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLOv8:
+    """Seeded random weights; BatchNorm statistics from a random batch and class biases set so a
+    random image gives a few dozen anchors above 0.25 (a trained detector's few boxes)."""
+    torch.manual_seed(seed)
+    model = YOLOv8(nc)
+    gen = torch.Generator().manual_seed(seed + 1)
+    # Smooth random images (upsampled coarse noise) look more like photos to the network than pixel noise.
+    coarse = torch.rand((4, 3, 8, 8), generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None  # cumulative average: one pass gives the batch's statistics
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(x)
+        logits = torch.cat([model.detect.cv3[i](f).flatten(2) for i, f in enumerate(feats)], 2)
+        # Standardised logits (a random head's are far apart and saturate the sigmoid, where float32
+        # gradients vanish), shifted so the 40th highest lands at 0.5: a few objects above 0.25.
+        mean, std = float(logits.mean()), float(logits.std())
+        shift = (float(torch.sort(logits[0].flatten(), descending=True).values[40]) - mean) / std
+        for seq in model.detect.cv3:
+            seq[-1].weight /= std
+            seq[-1].bias.copy_((seq[-1].bias - mean) / std - shift)
+    return model
+
+
+def export_yolov8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """Export as ultralytics does (legacy exporter, static batch 1 unless ``spec.dynamic_batch``)."""
+    module = yolov8n(size=spec.input_shape[1]).eval()
+    opset = int(spec.extra.get("opset", 17))  # type: ignore[call-overload]
+    batch = 2 if spec.dynamic_batch else 1
+    x = torch.rand((batch, *spec.input_shape), generator=torch.Generator().manual_seed(3))
+    axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}} if spec.dynamic_batch else None
+    tmp = path.with_suffix(".export.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=[spec.input_name], output_names=[spec.output_name], dynamic_axes=axes)
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    h, w = spec.input_shape[1:]
+    meta = {"task": "detect", "imgsz": f"[{h}, {w}]", "stride": str(max(STRIDES)), "names": str(NAMES),
+            "batch": str(batch if not spec.dynamic_batch else -1)}
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
+    check_parity(spec, path, module, x.numpy())
+
+
+def _spec(name: str, size: int, opset: int, dynamic: bool, description: str) -> ModelSpec:
+    return ModelSpec(
+        name=name, input_shape=(3, size, size), layout="NCHW", dynamic_batch=dynamic, num_classes=NUM_CLASSES,
+        factory=lambda: yolov8n(size=size), layers={}, description=description, default=False,
+        input_name="images", output_name="output0", make_onnx=export_yolov8, extra={"opset": opset},
+    )
+
+
+SPECS: dict[str, ModelSpec] = {
+    "yolov8n_det": _spec("yolov8n_det", 320, 17, False, "YOLOv8n-style detector, 80 classes, opset 17, batch 1"),
+    "yolov8n_det_op12": _spec("yolov8n_det_op12", 320, 12, False, "YOLOv8n-style detector at opset 12, batch 1"),
+    "yolov8n_det_dyn": _spec("yolov8n_det_dyn", 320, 17, True, "YOLOv8n-style detector, dynamic batch"),
+    "yolov8n_det_640": _spec("yolov8n_det_640", 640, 17, False, "YOLOv8n-style detector at 640x640 (benchmark)"),
+}
+
+__all__ = ["SPECS", "YOLOv8", "yolov8n", "export_yolov8", "make_anchors"]
+
+
+def _self_check() -> None:  # pragma: no cover - a quick look while developing
+    m = yolov8n()
+    y = m(torch.rand(1, 3, 320, 320)).detach().numpy()
+    print(y.shape, (y[0, 4:] > 0.25).sum(), np.sort(y[0, 4:].max(0))[-5:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _self_check()

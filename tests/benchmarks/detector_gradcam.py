@@ -1,0 +1,59 @@
+"""Grad-CAM for detections of the YOLOv8n-style detector at 640x640 against one forward.
+
+    PYTHONPATH=. python tests/benchmarks/detector_gradcam.py [--repeats 5] [--detections 5]
+
+Prints: one forward (batch 1, as ultralytics exports); Grad-CAM of the top detection at the default
+layers (the three maps feeding the head, fused) and its ratio to the forward (target <= 1.3); K
+detections explained one after another and the cost of each extra one in forwards (target <= 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _common import THREADS, best, photos
+
+import onnxcam  # noqa: E402
+from models.build import build  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--detections", type=int, default=5)
+    args = p.parse_args()
+    path = build("yolov8n_det_640")
+    model = onnxcam.load(path, device="cpu", threads=THREADS)
+    pp = onnxcam.get_preset("yolo", model.input.size)
+    x = onnxcam.preprocess(photos(1), pp)
+    task = model.task
+    dets = task.detections(model.forward(x))[0]  # type: ignore[attr-defined]
+    if len(dets) < args.detections:
+        raise SystemExit(f"only {len(dets)} detections on the photo")
+    targets = [task.detection_target(d) for d in dets[: args.detections]]  # type: ignore[attr-defined]
+    cam = onnxcam.GradCAM(model)
+    t = time.perf_counter()
+    cam(x, targets=targets[:1])
+    first = time.perf_counter() - t
+    fwd = best(lambda: model.forward(x), args.repeats)
+    one = best(lambda: cam(x, targets=targets[:1]), args.repeats)
+    many = best(lambda: [cam(x, targets=[t]) for t in targets], args.repeats)
+    extra = (many - one) / (len(targets) - 1)
+    rows = [
+        ("forward (batch 1, 640x640)", fwd, 1.0, ""),
+        ("Grad-CAM, one detection", one, one / fwd, "target <= 1.3"),
+        (f"Grad-CAM, {len(targets)} detections", many, many / fwd, ""),
+        ("each extra detection", extra, extra / fwd, "target <= 0.1"),
+        ("first call (builds the gradient graph)", first, first / fwd, ""),
+    ]
+    print(f"layers: {', '.join(cam.layers)}")
+    print(f"{'what':42} {'seconds':>9} {'x forward':>10}")
+    for what, s, r, note in rows:
+        print(f"{what:42} {s:9.4f} {r:10.2f}  {note}")
+    return 0 if np.isfinite(one) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
