@@ -39,7 +39,7 @@ def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool)
     return get_preset(preset, m.input.size, m.input.layout,
                       mean=parse_floats(mean, 3, "--mean") if mean else None,
                       std=parse_floats(std, 3, "--std") if std else None,
-                      resize_mode="center_crop" if center_crop else "stretch")
+                      resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
 
 
 def layer_list(text: str) -> str | list[str]:

@@ -95,6 +95,11 @@ class _Job:
                 f"preprocessing gives {pp.layout} {pp.size[0]}x{pp.size[1]} but {model.name} takes "
                 f"{model.input.layout} {model.input.height}x{model.input.width}: drop --size/--layout or fix them"
             )
+        if pp.channels != model.input.channels:
+            raise ArgumentError(
+                f"preprocessing gives {pp.channels}-channel images but {model.name} takes {model.input.channels}: "
+                f"pass channels={model.input.channels} to get_preset"
+            )
         if not config.methods:
             raise ArgumentError("no method given: pass --method gradcam (see `onnxcam methods`)")
         if config.target is not None and config.target < 0:
@@ -176,6 +181,9 @@ def explain_images(
             "images": images_out,
             "failed": failed,
         }
+        notes = job.task.notes()
+        if notes:
+            summary["notes"] = notes
         tx.write_json("summary.json", summary)
         files = list(tx.written)
     return ExplainSummary(Path(out), images_out, failed, time.perf_counter() - start, model.device, files)
