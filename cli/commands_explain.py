@@ -13,7 +13,7 @@ from onnxcam.model import Model, load
 from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
 
 from .errors import friendly, report_skipped
-from .parsing import layer_list, parse_size, preprocessing
+from .parsing import extra_inputs, layer_list, parse_size, preprocessing
 from .progress import progress_bar
 
 EXPLAIN_HELP = """Explain IMAGES (files, folders or globs) with class activation maps of MODEL.
@@ -72,9 +72,11 @@ def explain(
     save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
     max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
+    inputs: list[str] = typer.Option(None, "--input", help="Fix another model input: NAME=VALUE, e.g. "
+                                     "scale_factor=1,1 (repeatable; one image's value)."),
 ) -> None:
     input_size = parse_size(size) if size else None
-    m = load(model, device=device, input_size=input_size, layout=layout or None)
+    m = load(model, device=device, input_size=input_size, layout=layout or None, extra_inputs=extra_inputs(inputs))
     paths = expand_image_paths(images)
     config = ExplainConfig(
         preprocess=preprocessing(m, preset, mean, std, center_crop), methods=_methods(method), layer=layer_list(layer),

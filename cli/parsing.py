@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from onnxcam.errors import ArgumentError
+from onnxcam.graph.inputs import parse_value
 from onnxcam.image import Preprocess, get_preset
 from onnxcam.model import Model
 
@@ -40,6 +43,17 @@ def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool)
                       mean=parse_floats(mean, 3, "--mean") if mean else None,
                       std=parse_floats(std, 3, "--std") if std else None,
                       resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
+
+
+def extra_inputs(items: list[str] | None) -> dict[str, np.ndarray]:
+    """``--input NAME=VALUE`` (repeatable; VALUE comma-separated numbers) -> fixed values by input name."""
+    values: dict[str, np.ndarray] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ArgumentError(f"--input {item!r} is not NAME=VALUE (e.g. --input scale_factor=1,1)")
+        values[name.strip()] = parse_value(text)
+    return values
 
 
 def layer_list(text: str) -> str | list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,12 @@ class Model:
         infos = tensor_infos(self.proto)
         images = [i for i in inputs if infos[i.name].rank == 4 and (infos[i.name].is_float or
                                                                     infos[i.name].elem_type in IMAGE_INT_TYPES)]
+        unknown = [n for n in self.extra_inputs if n not in {i.name for i in inputs}]
+        if unknown:
+            raise ArgumentError(
+                f"{self.name} has no input {unknown[0]!r} to fix: its inputs are "
+                f"{', '.join(i.name for i in inputs)}"
+            )
         extras = [i for i in inputs if i.name in self.extra_inputs]
         inputs = [i for i in inputs if i.name not in self.extra_inputs]
         images = [i for i in images if i.name not in self.extra_inputs]
@@ -225,7 +231,10 @@ class Model:
     def layers(self) -> list[Layer]:
         """Candidate feature tensors (every 4-D float tensor produced by a node), in graph order."""
         if self._layers is None:
-            self._layers = candidate_layers(self.proto, self._infos)
+            # The logits the explained graph adds are outputs, never a layer to explain.
+            logits = {o.name for o in self.explained.outputs if o.logits_of is not None}
+            found = [c for c in candidate_layers(self.proto, self._infos) if c.name not in logits]
+            self._layers = [replace(c, index=k) for k, c in enumerate(found)]
         return self._layers
 
     def layer(self, name: str = "auto", view: ViewSpec = None) -> Layer:

@@ -56,7 +56,9 @@ def fixed_inputs(model: onnx.ModelProto, values: Mapping[str, np.ndarray], image
         follows = len(shape) >= 1 and not isinstance(shape[0], int)
         if follows:
             rest = tuple(int(d) if isinstance(d, int) else -1 for d in shape[1:])
-            if value.ndim == len(shape) - 1:
+            if all(d > 0 for d in rest) and value.size == int(np.prod(rest, dtype=np.int64)):
+                value = value.reshape((1, *rest))
+            elif value.ndim == len(shape) - 1:
                 value = value[None]
             if value.ndim != len(shape) or value.shape[0] != 1:
                 raise ArgumentError(
