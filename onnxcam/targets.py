@@ -340,6 +340,8 @@ def output_seeds(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> di
             if not 0 <= k < len(outputs):
                 raise TargetError(f"{t.describe()} seeds model output #{k} but the model has {len(outputs)} outputs")
             if k not in seeds:
-                seeds[k] = np.zeros(outputs[k].shape, dtype=np.float32)
+                # In the output's own float type: a float16 output takes a float16 seed.
+                kind = outputs[k].dtype
+                seeds[k] = np.zeros(outputs[k].shape, dtype=kind if kind.kind == "f" else np.float32)
             seeds[k][i] = g
     return seeds

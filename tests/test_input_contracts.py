@@ -131,3 +131,19 @@ def test_cli_input_option(tmp_path: Path) -> None:
     assert summary["images"][0]["explanations"][0]["method"] == "gradcam"
     bad = subprocess.run(cmd + ["--input", "nope=1"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "nope" in bad.stderr + bad.stdout
+
+
+def test_float16_softmax_output(tmp_path: Path) -> None:
+    """Logits cast to float16, then Softmax: the seed goes in as float16, the gradient is the plain model's."""
+    m = residual_net()
+    m.graph.node.append(helper.make_node("Cast", ["y"], ["y16"], to=TensorProto.FLOAT16, name="to16"))
+    m.graph.node.append(helper.make_node("Softmax", ["y16"], ["p"], axis=1, name="softmax"))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT16, ["N", 4]))
+    half = onnxcam.load(save(m, tmp_path / "half.onnx"))
+    plain = onnxcam.load(save(residual_net(), tmp_path / "plain.onnx"))
+    x = np.random.default_rng(6).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    got = half.gradients(x, LAYER, targets=2)
+    ref = plain.gradients(x, LAYER, targets=2)
+    np.testing.assert_allclose(got.gradients[LAYER], ref.gradients[LAYER], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-3)
