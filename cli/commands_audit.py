@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from onnxcam.image import expand_image_paths
-from onnxcam.model import load
-from onnxcam.pipeline import read_labels
+from onnxcam.errors import ArgumentError
 
+from . import notes  # warnings as one-line notes
+from . import options as opt
 from .errors import friendly, report_skipped
-from .parsing import layer_list, parse_size, preprocessing
+from .parsing import parse_size, preprocessing, resolve_layer_arg
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ map similarity (Pearson, IoU of the top-20% regions) and the images ranked by ex
 Example:
 
     onnxcam compare model_fp32.onnx model_int8.onnx photos/ --method gradcam --out compare/
+
+    onnxcam compare model_fp32.onnx model_int8.onnx photos/ --method scorecam --max-channels 64
 """
 
 
@@ -54,11 +56,10 @@ def register(app: typer.Typer) -> None:
 
 def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
     report_skipped(summary.failed)
-    if not summary.report["images"]:
-        typer.echo("onnxcam: error: no image could be read", err=True)
-        raise typer.Exit(5)
+    notes.print_notes(summary.notes)
     if not quiet:
-        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s; open "
+        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s"
+                   f"{notes.skipped_suffix(summary.failed)}; open "
                    f"{summary.out_dir / 'report.html'} (numbers in metrics.json, metrics.csv)")
 
 
@@ -66,15 +67,16 @@ def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
 def audit(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
     images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns.", show_default=False),
-    boxes: Path = typer.Option(None, "--boxes", help="boxes.json with labelled boxes (original-image pixels)."),
-    methods: str = typer.Option("gradcam", "--methods", "--method", "-m", help="Methods, comma-separated."),
-    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name(s), comma-separated, or 'auto'."),
-    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="boxes.json with labelled boxes (original-image pixels)."),
+    methods: str = opt.methods_option(),
+    layer: str = typer.Option("auto", "--layer", "-l", help=opt.LAYER_HELP),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     preset: str = typer.Option("imagenet", "--preprocess", "-p", help="imagenet, tf, unit, caffe or raw."),
     mean: str = typer.Option("", "--mean", help="Per-channel mean (overrides the preset)."),
     std: str = typer.Option("", "--std", help="Per-channel std (overrides the preset)."),
     size: str = typer.Option("", "--size", help="Input size HxW (default: read from the model)."),
-    layout: str = typer.Option("", "--layout", help="Force NCHW or NHWC (default: read from the model)."),
+    layout: str | None = opt.layout_option(),
+    channel_order: str | None = opt.channel_order_option(),
     center_crop: bool = typer.Option(False, "--center-crop", help="Resize the shorter side, then center-crop."),
     out: Path = typer.Option(Path("onnxcam-audit"), "--out", "-o", help="Output folder (created)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or perturbed copies) per run."),
@@ -82,16 +84,25 @@ def audit(
     sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="Run the cascading randomisation check."),
     sanity_images: int = typer.Option(4, "--sanity-images", help="Images used by the sanity check."),
     road: bool = typer.Option(False, "--road", help="Also compute ROAD (slow)."),
+    option: list[str] | None = opt.method_option_option(),
+    max_channels: int | None = opt.max_channels_option(),
+    samples: int | None = opt.samples_option(),
+    noise_std: float | None = opt.noise_std_option(),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
-    from onnxcam.audit.job import AuditConfig, audit_units, run_audit  # heavy: only for this command
+    notes.install()
+    from onnxcam.audit.job import AuditConfig, audit_units, run_audit
+    from onnxcam.image import expand_image_paths
+    from onnxcam.model import load
+    from onnxcam.pipeline import read_labels
 
-    m = load(model, device=device, input_size=parse_size(size) if size else None, layout=layout or None)
+    chosen = opt.choose_methods(methods, option, max_channels, samples, noise_std)
+    m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout))
     paths = expand_image_paths(images)
     config = AuditConfig(
-        preprocess=preprocessing(m, preset, mean, std, center_crop),
-        methods=[s.strip() for s in methods.split(",") if s.strip()], layer=layer_list(layer),
+        preprocess=preprocessing(m, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
+        methods=chosen.methods, layer=resolve_layer_arg(m, layer), method_options=chosen.options,
         labels=read_labels(labels) if labels else None, boxes=boxes, batch_size=batch_size, steps=steps,
         road=road, sanity=sanity, sanity_images=sanity_images,
     )
@@ -105,30 +116,44 @@ def compare(
     model_a: Path = typer.Argument(..., help="Model A (the reference, e.g. fp32).", show_default=False),
     model_b: Path = typer.Argument(..., help="Model B (e.g. int8 QDQ or optimised).", show_default=False),
     images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns.", show_default=False),
-    method: str = typer.Option("gradcam", "--method", "-m", help="The CAM method."),
-    layer_a: str = typer.Option("auto", "--layer-a", help="Layer of model A ('auto' by default)."),
-    layer_b: str = typer.Option("auto", "--layer-b", help="Layer of model B ('auto' by default)."),
-    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    method: str = opt.methods_option(help="The CAM method (one)."),
+    layer_a: str = typer.Option("auto", "--layer-a", help="Layer of model A: a name, '#N' or 'auto'."),
+    layer_b: str = typer.Option("auto", "--layer-b", help="Layer of model B: a name, '#N' or 'auto'."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     preset: str = typer.Option("imagenet", "--preprocess", "-p", help="imagenet, tf, unit, caffe or raw."),
     mean: str = typer.Option("", "--mean", help="Per-channel mean (overrides the preset)."),
     std: str = typer.Option("", "--std", help="Per-channel std (overrides the preset)."),
     size: str = typer.Option("", "--size", help="Input size HxW (default: read from the models)."),
+    channel_order: str | None = opt.channel_order_option(),
     center_crop: bool = typer.Option(False, "--center-crop", help="Resize the shorter side, then center-crop."),
     out: Path = typer.Option(Path("onnxcam-compare"), "--out", "-o", help="Output folder (created)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images per run."),
+    option: list[str] | None = opt.method_option_option(),
+    max_channels: int | None = opt.max_channels_option(),
+    samples: int | None = opt.samples_option(),
+    noise_std: float | None = opt.noise_std_option(),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
 ) -> None:
-    from onnxcam.audit.job import CompareConfig, run_compare  # heavy: only for this command
+    notes.install()
+    from onnxcam.audit.job import CompareConfig, run_compare
+    from onnxcam.image import expand_image_paths
+    from onnxcam.model import load
+    from onnxcam.pipeline import read_labels
 
+    chosen = opt.choose_methods(method, option, max_channels, samples, noise_std)
+    if len(chosen.methods) != 1:
+        raise ArgumentError(f"compare explains with one method, got {', '.join(chosen.methods)}: give one --method "
+                            "(run compare once per method)")
     input_size = parse_size(size) if size else None
     a = load(model_a, device=device, input_size=input_size)
     b = load(model_b, device=device, input_size=input_size)
     paths = expand_image_paths(images)
     config = CompareConfig(
-        preprocess=preprocessing(a, preset, mean, std, center_crop), method=method,
-        layer_a=layer_list(layer_a), layer_b=layer_list(layer_b), labels=read_labels(labels) if labels else None,
-        batch_size=batch_size,
+        preprocess=preprocessing(a, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
+        method=chosen.methods[0], layer_a=resolve_layer_arg(a, layer_a, "--layer-a"),
+        layer_b=resolve_layer_arg(b, layer_b, "--layer-b"), method_options=chosen.options,
+        labels=read_labels(labels) if labels else None, batch_size=batch_size,
     )
     with progress_bar(len(paths), "comparing", enabled=not quiet) as advance:
         summary = run_compare(a, b, paths, out, config, progress=advance)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import typer
 
-from onnxcam.bench import DEFAULT_METHODS, bench, format_table
+from onnxcam.errors import ArgumentError
 
+from . import options as opt
 from .errors import friendly
+from .parsing import needs_model, resolve_layer_arg
 
 BENCH_HELP = """Benchmark CAM methods on MODEL: seconds per image, ratio to one plain forward, peak memory.
 
@@ -22,6 +24,8 @@ Examples:
     onnxcam bench model.onnx --methods gradcam,layercam --batch-size 16
 
     onnxcam bench model.onnx --methods scorecam,scorecam:max_channels=64 --batch-size 64
+
+    onnxcam bench model.onnx --methods sscam --option sscam.num_samples=8 --max-channels 32
 """
 
 
@@ -29,23 +33,74 @@ def register(app: typer.Typer) -> None:
     app.command("bench", help=BENCH_HELP)(bench_command)
 
 
+def _row(item: str) -> tuple[str, str]:
+    """``scorecam:max_channels=64`` -> ("scorecam", "max_channels=64"), with the same type and range
+    checks as --option, so a typo fails before minutes of timing."""
+    from onnxcam.registry import check_options, spec_of
+
+    name, _, inline = item.partition(":")
+    canonical = spec_of(name).name
+    parts = [part for part in inline.split(":") if part]
+    if any("=" not in part for part in parts):
+        raise ArgumentError(f"--methods {item}: write METHOD:OPTION=VALUE, e.g. scorecam:max_channels=64")
+    check_options(canonical, dict(part.split("=", 1) for part in parts))
+    return canonical, inline
+
+
+def _rows(text: str) -> tuple[list[str], list[str]]:
+    """``--methods`` -> (the rows to time, exact repeats dropped; their method names). A row may carry
+    its own options (``scorecam:max_channels=64``), so one method can be timed several ways."""
+    seen: dict[tuple[str, str], str] = {}
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        key = _row(item)
+        if key in seen:
+            typer.echo(f"onnxcam: note: {item} is given twice in --methods; it is timed once", err=True)
+            continue
+        seen[key] = item
+    return list(seen.values()), list(dict.fromkeys(name for name, _ in seen))
+
+
+def _layer(model: Path, layer: str) -> str:
+    """A '#12' row of `onnxcam layers` as its tensor name (each timed method loads the model itself)."""
+    if not needs_model(layer):
+        return layer
+    from onnxcam.model import load
+
+    resolved = resolve_layer_arg(load(model, device="cpu"), layer)
+    return resolved if isinstance(resolved, str) else ",".join(resolved)
+
+
 @friendly
 def bench_command(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
-    methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods", "-m",
-                                help="Methods, comma-separated; options as scorecam:max_channels=64."),
+    methods: str | None = opt.methods_option(None, help="Methods, comma-separated; options per row as "
+                                                        "scorecam:max_channels=64 (default: gradcam, gradcam++, "
+                                                        "layercam, ablationcam, scorecam)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
-    images: int = typer.Option(0, "--images", "-n", help="Images timed per method (default: the batch size)."),
+    images: int | None = typer.Option(None, "--images", "-n", show_default=False,
+                                      help="Images timed per method (default: the batch size)."),
     heavy_images: int = typer.Option(1, "--heavy-images", help="Images for Score-CAM, SS-CAM, Ablation-CAM."),
-    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name, or 'auto'."),
+    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name, '#N' (a row of `onnxcam layers`) "
+                                                             "or 'auto'."),
     repeats: int = typer.Option(3, "--repeats", "-r", help="Timed runs per method; the best is kept."),
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per available core)."),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(None, "--threads", show_default=False,
+                                       help="onnxruntime intra-op threads (default: one per physical core)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    option: list[str] | None = opt.method_option_option(),
+    max_channels: int | None = opt.max_channels_option(),
+    samples: int | None = opt.samples_option(),
+    noise_std: float | None = opt.noise_std_option(),
     no_memory: bool = typer.Option(False, "--no-memory", help="Run all in this process; no memory column."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    result = bench(model, names, batch_size=batch_size, images=images or None, heavy_images=heavy_images,
-                   layer=layer, repeats=repeats, threads=threads or None, device=device, memory=not no_memory,
+    from onnxcam.bench import DEFAULT_METHODS, bench, format_table
+    from onnxcam.registry import parse_method_options
+
+    rows, names = _rows(methods if methods is not None else ",".join(DEFAULT_METHODS))
+    method_options = parse_method_options(option or [], names, opt.option_shortcuts(max_channels, samples, noise_std))
+    result = bench(model, rows, batch_size=batch_size, images=opt.positive(images, "--images"),
+                   heavy_images=heavy_images, layer=_layer(model, layer), repeats=repeats,
+                   threads=opt.positive(threads, "--threads"), device=device, memory=not no_memory,
+                   method_options=method_options,
                    progress=None if as_json else (lambda m: typer.echo(f"timing {m} ...", err=True)))
     typer.echo(json.dumps(result.table(), indent=2) if as_json else format_table(result))

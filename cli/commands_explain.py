@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from onnxcam.data import demo_files
-from onnxcam.image import expand_image_paths, get_preset
-from onnxcam.model import Model, load
-from onnxcam.pipeline import ExplainConfig, ExplainSummary, explain_images, read_labels
-
+from . import notes  # warnings as one-line notes
+from . import options as opt
 from .errors import friendly, report_skipped
-from .parsing import extra_inputs, layer_list, parse_size, preprocessing
+from .parsing import check_top_k, extra_inputs, parse_size, preprocessing, resolve_layer_arg
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from onnxcam.model import Model
+    from onnxcam.pipeline import ExplainConfig, ExplainSummary
 
 EXPLAIN_HELP = """Explain IMAGES (files, folders or globs) with class activation maps of MODEL.
 
@@ -26,6 +28,8 @@ Examples:
     onnxcam explain model.onnx photos/ --method gradcam --out cams/
 
     onnxcam explain model.onnx cat.jpg --method gradcam,scorecam,ablationcam --labels labels.txt --top-k 2
+
+    onnxcam explain model.onnx cat.jpg --method scorecam,sscam --option scorecam.max_channels=64 --samples 8
 """
 
 
@@ -35,28 +39,26 @@ def register(app: typer.Typer) -> None:
                              "./onnxcam-demo/.\n\nExample:\n\n    onnxcam demo --method gradcam,scorecam")(demo)
 
 
-def _methods(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
-
-
 def _report(summary: ExplainSummary, quiet: bool) -> None:
     report_skipped(summary.failed)
+    notes.print_notes(summary.notes)
     if quiet:
         return
     n = len(summary.images)
-    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}; "
-               f"results in {summary.out_dir}/ (summary.json)")
+    typer.echo(f"explained {n} image(s) in {summary.seconds:.2f} s on {summary.device}"
+               f"{notes.skipped_suffix(summary.failed)}; results in {summary.out_dir}/ (summary.json)")
 
 
 @friendly
 def explain(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
     images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns.", show_default=False),
-    method: str = typer.Option("gradcam", "--method", "-m", help="Method(s), comma-separated (see `onnxcam methods`)."),
-    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor name(s), comma-separated, or 'auto'."),
-    target: int = typer.Option(-1, "--target", "-t", help="Class index to explain for every image (-1: top classes)."),
+    method: str = opt.methods_option(),
+    layer: str = typer.Option("auto", "--layer", "-l", help=opt.LAYER_HELP),
+    target: list[int] | None = typer.Option(None, "--target", "-t", show_default=False,
+                                            help="Class index to explain for every image (default: top classes)."),
     top_k: int = typer.Option(1, "--top-k", "-k", help="Explain each image's top K classes."),
-    labels: Path = typer.Option(None, "--labels", help="Text file with one class name per line."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
     out: Path = typer.Option(Path("onnxcam-out"), "--out", "-o", help="Output folder (created)."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Images (or masked copies) per onnxruntime run."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -64,33 +66,48 @@ def explain(
     size: str = typer.Option("", "--size", help="Input size HxW (default: read from the model)."),
     mean: str = typer.Option("", "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (overrides the preset)."),
     std: str = typer.Option("", "--std", help="Per-channel std, e.g. 0.229,0.224,0.225 (overrides the preset)."),
-    layout: str = typer.Option("", "--layout", help="Force NCHW or NHWC (default: read from the model)."),
+    layout: str | None = opt.layout_option(),
+    channel_order: str | None = opt.channel_order_option(),
     center_crop: bool = typer.Option(False, "--center-crop", help="Resize the shorter side, then center-crop."),
     alpha: float = typer.Option(0.5, "--alpha", help="Heatmap opacity in the overlay, 0..1."),
     colormap: str = typer.Option("jet", "--colormap", help="jet, turbo, viridis, inferno, magma, ..."),
     boxes: bool = typer.Option(True, "--boxes/--no-boxes", help="Draw the CAM box (20% of the map's max)."),
     save_npy: bool = typer.Option(False, "--save-npy", help="Also save each map as float32 .npy (H, W)."),
-    max_channels: int = typer.Option(0, "--max-channels", help="Score-CAM: only the K most varied channels."),
+    colorbar: bool = typer.Option(False, "--colorbar", help="Draw a colour scale beside each overlay."),
+    option: list[str] | None = opt.method_option_option(),
+    max_channels: int | None = opt.max_channels_option(),
+    samples: int | None = opt.samples_option(),
+    noise_std: float | None = opt.noise_std_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary line."),
-    inputs: list[str] = typer.Option(None, "--input", help="Fix another model input: NAME=VALUE, e.g. "
+    inputs: list[str] | None = typer.Option(None, "--input", help="Fix another model input: NAME=VALUE, e.g. "
                                      "scale_factor=1,1 (repeatable; one image's value)."),
 ) -> None:
-    input_size = parse_size(size) if size else None
-    m = load(model, device=device, input_size=input_size, layout=layout or None, extra_inputs=extra_inputs(inputs))
+    notes.install()
+    from onnxcam.image import expand_image_paths
+    from onnxcam.model import load
+    from onnxcam.pipeline import ExplainConfig, read_labels
+
+    chosen = opt.choose_methods(method, option, max_channels, samples, noise_std)
+    target_index = opt.one_target(target)
+    m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout),
+             extra_inputs=extra_inputs(inputs))
+    check_top_k(m, top_k)
     paths = expand_image_paths(images)
     config = ExplainConfig(
-        preprocess=preprocessing(m, preset, mean, std, center_crop), methods=_methods(method), layer=layer_list(layer),
-        target=None if target < 0 else target, top_k=top_k,
+        preprocess=preprocessing(m, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
+        methods=chosen.methods, layer=resolve_layer_arg(m, layer), target=target_index, top_k=top_k,
         labels=read_labels(labels) if labels else None, batch_size=batch_size, alpha=alpha, colormap=colormap,
-        boxes=boxes, save_npy=save_npy,
-        method_options={"scorecam": {"max_channels": max_channels}} if max_channels > 0 else {},
+        boxes=boxes, save_npy=save_npy, colorbar=colorbar, method_options=chosen.options,
     )
     _run(m, paths, out, config, quiet, folders=[Path(i) for i in images if Path(i).is_dir()])
 
 
 def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: bool,
          folders: list[Path] | None = None) -> None:
-    heavy = any(name.lower().replace("-", "") in ("scorecam", "sscam", "ablationcam") for name in config.methods)
+    from onnxcam.pipeline import explain_images
+    from onnxcam.registry import is_slow
+
+    heavy = is_slow(config.methods)
     with progress_bar(len(paths), "explaining", enabled=not quiet and (len(paths) > 3 or heavy)) as advance:
         summary = explain_images(m, paths, out, config, progress=advance, input_folders=folders or ())
     _report(summary, quiet)
@@ -100,15 +117,22 @@ def _run(m: Model, paths: list[Path], out: Path, config: ExplainConfig, quiet: b
 
 @friendly
 def demo(
-    method: str = typer.Option("gradcam", "--method", "-m", help="Method(s), comma-separated."),
+    method: str = opt.methods_option(),
     out: Path = typer.Option(Path("onnxcam-demo"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
+    notes.install()
+    from onnxcam.data import demo_files
+    from onnxcam.image import get_preset
+    from onnxcam.model import load
+    from onnxcam.pipeline import ExplainConfig
+
     files = demo_files()
+    methods = opt.choose_methods(method).methods
     m = load(files.model, device=device)
     pp = get_preset(files.preset, m.input.size, m.input.layout, mean=files.mean, std=files.std)
-    config = ExplainConfig(preprocess=pp, methods=_methods(method), labels=files.labels, save_npy=True)
+    config = ExplainConfig(preprocess=pp, methods=methods, labels=files.labels, save_npy=True)
     _run(m, files.images, out, config, quiet)
     if not quiet:
         summary = json.loads((out / "summary.json").read_text())

@@ -2,40 +2,76 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from onnxcam.model import load
-
+from . import options as opt
 from .errors import friendly
+from .parsing import parse_size
+
+if TYPE_CHECKING:
+    from onnxcam.model import Model
 
 
 def register(app: typer.Typer) -> None:
     app.command(
         "layers",
-        help="List the feature tensors of MODEL that a CAM can be computed at.\n\n"
-        "Example:\n\n    onnxcam layers models/efficientnet_lite0.onnx --last 10",
+        help="List the feature tensors of MODEL that a CAM can be computed at. The # column is what "
+        "--layer '#N' picks.\n\n"
+        "Example:\n\n    onnxcam layers models/efficientnet_lite0.onnx --last 10\n\n"
+        "    onnxcam layers models/efficientnet_lite0.onnx --json",
     )(layers)
 
 
 @friendly
 def layers(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
-    last: int = typer.Option(0, "--last", help="Show only the last N candidates (0 = all)."),
+    last: int | None = typer.Option(None, "--last", show_default=False,
+                                    help="Show only the last N candidates (default: all)."),
     size: str = typer.Option("", "--size", help="Input size HxW for models with a dynamic spatial size."),
+    as_json: bool = typer.Option(False, "--json", help="Print the layers as JSON (index, name, op, shape, auto)."),
 ) -> None:
+    from onnxcam.model import load
+
     start = time.perf_counter()
+    opt.positive(last, "--last")
+    m = load(model, device="cpu", input_size=parse_size(size) if size else None)
+    if as_json:
+        typer.echo(json.dumps(_as_json(m, last), indent=2))
+    else:
+        _print_table(m, last, start)
+
+
+def _auto(m: Model) -> str | None:
+    return m.layer("auto").name if m.layers() else None
+
+
+def _as_json(m: Model, last: int | None) -> dict[str, Any]:
+    all_layers = m.layers()
+    auto = _auto(m)
+    shown = all_layers[-last:] if last else all_layers
+    return {
+        "model": m.name,
+        "input": {"name": m.input.name, "layout": m.input.layout,
+                  "shape": [m.input.channels, m.input.height, m.input.width]},
+        "auto": auto,
+        "count": len(all_layers),
+        "layers": [{"index": layer.index, "name": layer.name, "op": layer.op_type, "node": layer.node_name,
+                    "shape": list(layer.shape), "auto": layer.name == auto} for layer in shown],
+    }
+
+
+def _print_table(m: Model, last: int | None, start: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .parsing import parse_size
-
-    m = load(model, device="cpu", input_size=parse_size(size) if size else None)
     layers_ = m.layers()
-    auto = m.layer("auto").name if layers_ else None
-    shown = layers_[-last:] if last > 0 else layers_
+    auto = _auto(m)
+    shown = layers_[-last:] if last else layers_
     table = Table(title=f"{m.name}: {len(layers_)} candidate layers (input {m.input.name} {m.input.layout} "
                         f"{m.input.channels}x{m.input.height}x{m.input.width})")
     table.add_column("#", justify="right")

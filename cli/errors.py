@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -57,6 +56,3 @@ def report_skipped(failed: list[dict[str, str]]) -> None:
     for item in failed:
         typer.echo(f"onnxcam: skipped {item['file']}: {item['error']}", err=True)
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

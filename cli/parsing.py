@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
-
-import numpy as np
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from onnxcam.errors import ArgumentError
-from onnxcam.graph.inputs import parse_value
-from onnxcam.image import Preprocess, get_preset
-from onnxcam.model import Model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from onnxcam.image import Preprocess
+    from onnxcam.model import Model
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -37,16 +40,22 @@ def parse_floats(text: str, n: int, what: str) -> tuple[float, ...]:
     return values
 
 
-def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool) -> Preprocess:
-    """The --preprocess/--mean/--std/--center-crop options -> the ``Preprocess`` for model ``m``."""
-    return get_preset(preset, m.input.size, m.input.layout,
-                      mean=parse_floats(mean, 3, "--mean") if mean else None,
-                      std=parse_floats(std, 3, "--std") if std else None,
-                      resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
+def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool,
+                  channel_order: str | None = None) -> Preprocess:
+    """The --preprocess/--mean/--std/--center-crop/--channel-order options -> the ``Preprocess`` for ``m``."""
+    from onnxcam.image import get_preset
+
+    pp = get_preset(preset, m.input.size, m.input.layout,
+                    mean=parse_floats(mean, 3, "--mean") if mean else None,
+                    std=parse_floats(std, 3, "--std") if std else None,
+                    resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
+    return replace(pp, channel_order=channel_order) if channel_order else pp  # type: ignore[arg-type]
 
 
 def extra_inputs(items: list[str] | None) -> dict[str, np.ndarray]:
     """``--input NAME=VALUE`` (repeatable; VALUE comma-separated numbers) -> fixed values by input name."""
+    from onnxcam.graph.inputs import parse_value
+
     values: dict[str, np.ndarray] = {}
     for item in items or []:
         name, sep, text = item.partition("=")
@@ -59,3 +68,60 @@ def extra_inputs(items: list[str] | None) -> dict[str, np.ndarray]:
 def layer_list(text: str) -> str | list[str]:
     """``--layer a,b`` -> ["a", "b"]; a single name (or 'auto') stays a string."""
     return [s.strip() for s in text.split(",") if s.strip()] if "," in text else text.strip()
+
+
+_ROW = re.compile(r"#(\d+)")
+
+
+def resolve_layer_arg(m: Model, text: str, flag: str = "--layer") -> str | list[str]:
+    """``--layer`` with rows of ``onnxcam layers`` ('#12') replaced by tensor names.
+
+    Only '#12' is a row: a bare 12 stays a name, because exported graphs name tensors with numbers
+    and the library matches name suffixes; when no tensor matches it, the error says to write '#12'.
+    """
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    resolved = [_one_layer(m, part, flag) for part in parts]
+    return resolved if "," in text else (resolved[0] if resolved else text.strip())
+
+
+def _one_layer(m: Model, part: str, flag: str) -> str:
+    from onnxcam.errors import LayerNotFoundError
+
+    row = _ROW.fullmatch(part)
+    if row is not None:
+        layers = m.layers()
+        index = int(row.group(1))
+        if index >= len(layers):
+            raise ArgumentError(f"{flag} {part}: {m.name} has {len(layers)} candidate layers (#0..#{len(layers) - 1});"
+                                f" see `onnxcam layers {m.name}`")
+        return layers[index].name
+    if part.isdigit():
+        try:
+            m.layer(part)
+        except LayerNotFoundError as exc:
+            raise LayerNotFoundError(f"{exc}; to pick row {part} of `onnxcam layers`, write {flag} '#{part}'") from None
+    return part
+
+
+def needs_model(text: str) -> bool:
+    """Whether ``--layer`` names a row ('#12') that only the model can turn into a tensor name."""
+    return any(_ROW.fullmatch(s.strip()) for s in text.split(","))
+
+
+def class_count(m: Model) -> int | None:
+    """Classes in the model's first output (its non-batch size), or None when not static."""
+    shape = m.tensor_info(m.outputs[0]).shape or ()
+    dims = [d for d in shape[1:] if isinstance(d, int)]
+    if len(shape) < 2 or len(dims) != len(shape) - 1:
+        return None
+    count = 1
+    for d in dims:
+        count *= d
+    return count
+
+
+def check_top_k(m: Model, top_k: int) -> None:
+    """A --top-k above the class count would explain classes that do not exist."""
+    k = class_count(m)
+    if k is not None and top_k > k:
+        raise ArgumentError(f"--top-k {top_k} is more than the {k} classes {m.name} outputs: use --top-k {k} or less")

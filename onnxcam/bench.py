@@ -35,10 +35,9 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError, OnnxCamError
 from onnxcam.model import Model, load
-from onnxcam.registry import get_method
+from onnxcam.registry import get_method, is_slow
 
 FORWARD = "forward"
-HEAVY = ("scorecam", "sscam", "ablationcam")
 DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "ablationcam", "scorecam")
 
 
@@ -232,7 +231,7 @@ def bench(
               "layer": layer, "repeats": repeats, "threads": threads, "device": device, "options": options}
         return run(kw)
 
-    counts = [min(n, heavy_images) if m in HEAVY else n for m, _ in specs]
+    counts = [min(n, heavy_images) if is_slow([m]) else n for m, _ in specs]
     fwd = {c: one(FORWARD, c, {}) for c in sorted(set(counts) | {n})}
 
     def row(method: str, count: int, options: dict[str, Any], res: dict[str, Any]) -> BenchRow:

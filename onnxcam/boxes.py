@@ -11,7 +11,7 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError, InputError
 
-__all__ = ["Box", "box_iou", "cam_to_boxes", "scale_box"]
+__all__ = ["Box", "box_in_region", "box_iou", "cam_to_boxes", "scale_box"]
 
 Box = tuple[int, int, int, int]
 
@@ -74,4 +74,21 @@ def scale_box(box: Box, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> Box
         int(np.floor(y0 * sy)),
         min(int(np.ceil(x1 * sx)), to_hw[1]),
         min(int(np.ceil(y1 * sy)), to_hw[0]),
+    )
+
+
+def box_in_region(box: Box, from_hw: tuple[int, int], region: tuple[float, float, float, float],
+                  image_hw: tuple[int, int]) -> Box:
+    """``box`` on a ``from_hw`` map -> pixels of an ``image_hw`` image whose ``region``
+    ``(x0, y0, x1, y1)`` the map covers (``onnxcam.image.crop_box``: all of the image for a stretch,
+    the central part for a center crop). Rounded outwards and clipped to the image."""
+    rx0, ry0, rx1, ry1 = region
+    sx, sy = (rx1 - rx0) / from_hw[1], (ry1 - ry0) / from_hw[0]
+    x0, y0, x1, y1 = box
+    # The epsilon keeps exact pixel boundaries from growing by one through float error.
+    return (
+        max(0, int(np.floor(rx0 + x0 * sx + 1e-6))),
+        max(0, int(np.floor(ry0 + y0 * sy + 1e-6))),
+        min(int(np.ceil(rx0 + x1 * sx - 1e-6)), image_hw[1]),
+        min(int(np.ceil(ry0 + y1 * sy - 1e-6)), image_hw[0]),
     )

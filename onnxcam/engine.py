@@ -11,6 +11,7 @@ head sessions; the engine only calls it, never the other way round.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -79,7 +80,9 @@ class GradientEngine:
     """Gradients for one ``Model``; ``model.gradient_engine`` is the instance every method shares."""
 
     def __init__(self, model: Model) -> None:
-        self.model = model
+        # A proxy, not a reference: the model owns its engine, and a reference cycle would keep every
+        # dropped model's onnxruntime sessions (hundreds of MB each) alive until a full GC pass.
+        self.model: Model = weakref.proxy(model)
         self._graphs: dict[GraphKey, GradientGraph] = {}
         self._straight: dict[tuple[str, ...], ort.InferenceSession] = {}
 

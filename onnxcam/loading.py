@@ -7,12 +7,21 @@ folder), and shape inference runs on an in-memory copy. Nothing is written back 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
-from onnxcam.errors import ExternalDataError, ModelLoadError, ModelNotFoundError, UnsupportedModelError, first_line
+from onnxcam.errors import (
+    ExternalDataError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OnnxCamWarning,
+    UnsupportedModelError,
+    first_line,
+)
 
 # onnxruntime refuses models older than this default-domain opset.
 MIN_OPSET = 7
@@ -40,19 +49,56 @@ def read_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
             "of another format: re-export it with your framework's ONNX exporter"
         ) from exc
     _check_is_model(model, p)
+    external = bool(_external_tensors(model))
     _load_external_data(model, p)
     _check_opset(model, p)
+    _check_or_runtime_accepts(model, data, p, external)
+    return model
+
+
+def _check_or_runtime_accepts(model: onnx.ModelProto, data: bytes, p: Path, external: bool) -> None:
+    """Run onnx's checker; when it complains but onnxruntime loads the model, warn and go on.
+
+    The checker is stricter than the runtime that does the work (a graph output declared without a
+    shape, a repeated initializer): refusing such a model would refuse something onnxcam can
+    explain. What neither accepts stays a ``ModelLoadError`` naming the checker's complaint.
+    """
     try:
         # The file's own bytes: checking the parsed proto would serialise it all over again.
         onnx.checker.check_model(data)
+        return
     except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(
-            f"{p} fails the ONNX checker: {first_line(exc, 300)}; re-export the model or fix the named node"
-        ) from exc
+        complaint = first_line(exc, 300)
     except ValueError as exc:  # models > 2 GB must be checked by path
-        if "2GB" not in str(exc):
-            raise ModelLoadError(f"{p} fails the ONNX checker: {first_line(exc, 300)}") from exc
-    return model
+        if "2GB" in str(exc):
+            return
+        complaint = first_line(exc, 300)
+    # With external data the file's bytes only reference the weights ``model`` now holds.
+    runtime_error = _runtime_load_error(model.SerializeToString() if external else data)
+    if runtime_error is not None:
+        raise ModelLoadError(
+            f"{p} fails the ONNX checker: {complaint}; onnxruntime cannot load it either ({runtime_error}): "
+            "re-export the model or fix the named node"
+        )
+    warnings.warn(
+        f"{p} fails the ONNX checker ({complaint}) but onnxruntime loads it: explaining it anyway; "
+        "re-export the model to silence this",
+        OnnxCamWarning,
+        stacklevel=3,
+    )
+
+
+def _runtime_load_error(data: bytes) -> str | None:
+    """Why a CPU onnxruntime session cannot be built for the model, or None when it can."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the caller reports the outcome; ORT's own log lines would repeat it
+    # Loading is the question, not speed: skip the graph optimisations.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        return first_line(exc, 300)
+    return None
 
 
 def _read_bytes(p: Path) -> bytes:

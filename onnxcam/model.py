@@ -1,8 +1,10 @@
 """``Model``: one loaded ONNX model, its input contract, candidate layers, splits and sessions.
 
 The data flow reads in one direction: load -> pick layer -> split -> run body -> run head or the
-gradient graph. Everything built along the way (shape probes, splits, sessions, gradient graphs) is
-cached on the ``Model``, so a method called repeatedly builds nothing twice.
+gradient graph. Shape probes, splits and the forward, body and head sessions are cached on the
+``Model``; gradient graphs and their sessions on its ``gradient_engine`` (``onnxcam.engine``), which
+calls the model and is never called by it except through ``gradients``. A method called repeatedly
+builds nothing twice.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Three layers:
 - ``OutputDir.transaction()``: a context manager whose writers only write inside the folder,
   never over an input, and which on any exception (KeyboardInterrupt included) removes what it
   wrote, puts back files it overwrote, and removes folders it created if they are left empty.
+  When it succeeds, the files the folder's previous run wrote and this run did not are removed
+  (a re-run replaces the previous results; see ``MANIFEST``), so the folder never holds stale
+  outputs that the new summary does not list.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from onnxcam.errors import ArgumentError, OutputError
 
 __all__ = [
+    "MANIFEST",
     "OutputDir",
     "OutputTransaction",
     "encode_png",
@@ -38,6 +42,11 @@ __all__ = [
 ]
 
 _HINT = "choose another output folder (--out)"
+
+#: The list of files the last successful run wrote into a folder (with size and mtime), so the next
+#: run removes exactly those it does not write again, and never a file onnxcam did not write
+#: (or one changed since: a different size or mtime means someone else wrote it).
+MANIFEST = ".onnxcam-manifest.json"
 
 
 # --------------------------------------------------------------------------- atomic writers
@@ -225,9 +234,13 @@ class OutputDir:
             raise OutputError(f"output {str(dest)!r} would overwrite input {str(inp)!r}; {_HINT}")
         return dest
 
-    def transaction(self) -> OutputTransaction:
-        """All-or-nothing writing into this folder; see ``OutputTransaction``."""
-        return OutputTransaction(self)
+    def transaction(self, replace_previous: bool = False) -> OutputTransaction:
+        """All-or-nothing writing into this folder; see ``OutputTransaction``.
+
+        ``replace_previous``: on success, remove the files the previous such run recorded in the
+        folder's ``MANIFEST`` and did not write again, and record this run's files there.
+        """
+        return OutputTransaction(self, replace_previous)
 
 
 class OutputTransaction:
@@ -240,8 +253,9 @@ class OutputTransaction:
     same output name and one result would silently replace the other.
     """
 
-    def __init__(self, out: OutputDir) -> None:
+    def __init__(self, out: OutputDir, replace_previous: bool = False) -> None:
         self.out = out
+        self.replace_previous = replace_previous
         self.written: list[Path] = []
         self._written_resolved: set[Path] = set()
         self._created_dirs: list[Path] = []
@@ -264,8 +278,44 @@ class OutputTransaction:
         if exc_type is None:
             if self._backup_dir is not None:
                 shutil.rmtree(self._backup_dir, ignore_errors=True)
+            if self.replace_previous:
+                self._replace_previous()
         else:
             self.rollback()
+
+    def _replace_previous(self) -> None:
+        """Remove the previous run's files that this run did not write; record this run's files."""
+        root = self.out.path
+        manifest = root / MANIFEST
+        previous: dict[str, Any] = {}
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and isinstance(data.get("files"), dict):
+                previous = data["files"]
+        except (OSError, ValueError):
+            previous = {}
+        current: dict[str, list[int]] = {}
+        for path in self.written:
+            st = _stat(path)
+            if st is not None:
+                current[path.relative_to(root).as_posix()] = [st.st_size, st.st_mtime_ns]
+        for name, facts in previous.items():
+            if name in current or not isinstance(name, str) or ".." in PurePath(name).parts:
+                continue
+            path = root / name
+            st = _stat(path)
+            unchanged = isinstance(facts, list) and st is not None and [st.st_size, st.st_mtime_ns] == facts
+            if unchanged and path.is_file() and not path.is_symlink() and _resolve(path).is_relative_to(
+                    self.out._root) and _resolve(path) not in self.out._input_paths:
+                with suppress(OSError):
+                    path.unlink()
+                    with suppress(OSError):
+                        parent = path.parent
+                        while parent != root and _resolve(parent).is_relative_to(self.out._root):
+                            parent.rmdir()  # only when emptied by this removal
+                            parent = parent.parent
+        with suppress(OutputError):
+            write_json(manifest, {"tool": "onnxcam", "files": current})
 
     def rollback(self) -> None:
         """Undo everything this transaction did (called automatically on an exception)."""

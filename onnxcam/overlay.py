@@ -12,7 +12,11 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError, InputError
 
-__all__ = ["COLORMAPS", "colormap_code", "draw_boxes", "make_grid", "show_cam_on_image"]
+__all__ = ["COLORMAPS", "DIM_OUTSIDE", "add_caption", "add_colorbar", "box_covers", "colormap_code", "draw_boxes",
+           "make_grid", "overlay_on_original", "show_cam_on_image"]
+
+#: Brightness kept outside the region the model saw (center crop), so the cut-off parts stay visible but dimmed.
+DIM_OUTSIDE = 0.35
 
 _COLORMAP_NAMES = (
     "autumn", "bone", "jet", "winter", "rainbow", "ocean", "summer", "spring", "cool", "hsv",
@@ -198,3 +202,94 @@ def _fit_text(text: str, width: int, font: int, scale: float, thick: int) -> str
     while text and cv2.getTextSize(text + "...", font, scale, thick)[0][0] > width:
         text = text[:-1]
     return text + "..." if text else ""
+
+
+# --------------------------------------------------------------------------- at the original resolution
+
+
+def overlay_on_original(
+    image: np.ndarray,
+    cam: np.ndarray,
+    region: tuple[float, float, float, float] | None = None,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> np.ndarray:
+    """``cam`` (at model-input resolution) blended over the full ``image``; ``(H, W, 3)`` uint8 RGB.
+
+    ``region`` ``(x0, y0, x1, y1)``: the part of ``image`` the model saw (``onnxcam.image.crop_box``;
+    None: all of it). The map is resized onto that region only, so it keeps the image's aspect ratio
+    whatever the preprocessing stretched; outside the region (a center crop's cut-off borders) the
+    image is shown dimmed to ``DIM_OUTSIDE`` and without heat, so nobody reads a map where the model
+    saw nothing. Inside, the blend is ``show_cam_on_image``'s (``alpha * heat + (1 - alpha) * image``,
+    scaled so its brightest value is 255), computed with OpenCV in one pass over the pixels (overlays
+    of photos are megapixels: numpy's float temporaries cost ten times more).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ArgumentError(f"alpha must be in [0, 1], got {alpha}")
+    base = _as_uint8_rgb(image, "image")
+    h, w = base.shape[:2]
+    x0, y0, x1, y1 = region if region is not None else (0.0, 0.0, float(w), float(h))
+    px0, py0 = max(0, int(round(x0))), max(0, int(round(y0)))
+    px1, py1 = min(w, max(px0 + 1, int(round(x1)))), min(h, max(py0 + 1, int(round(y1))))
+    # The map is quantised at its own resolution and resized as uint8: the float map of a photo-sized
+    # region would cost more than the rest of the overlay.
+    low = (255 * _as_cam(cam, np.asarray(cam).shape[-2:])).astype(np.uint8)
+    level = cv2.resize(low, (px1 - px0, py1 - py0), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.cvtColor(cv2.applyColorMap(level, colormap_code(colormap)), cv2.COLOR_BGR2RGB)
+    inside = np.ascontiguousarray(base[py0:py1, px0:px1])
+    blended = cv2.addWeighted(heat, float(alpha), inside, 1.0 - float(alpha), 0.0)
+    peak = float(blended.max())
+    if region is None or (px0, py0, px1, py1) == (0, 0, w, h):
+        out = np.empty_like(base)
+    else:
+        out = cv2.convertScaleAbs(base, alpha=DIM_OUTSIDE)
+    out[py0:py1, px0:px1] = cv2.convertScaleAbs(blended, alpha=255.0 / peak if peak > 0 else 1.0)
+    return out
+
+
+def box_covers(box: tuple[int, int, int, int], hw: tuple[int, int], fraction: float = 0.95) -> bool:
+    """Whether ``box`` covers at least ``fraction`` of an ``hw`` map: such a box says nothing about
+    where the map is, and drawn on the image it would only look like a frame."""
+    area = max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+    return area >= fraction * hw[0] * hw[1]
+
+
+def _font_scale(width: int) -> tuple[float, int]:
+    scale = float(np.clip(width / 640, 0.4, 1.6))
+    return scale, max(1, int(round(scale * 1.5)))
+
+
+def add_caption(img: np.ndarray, text: str, background: int = 255) -> np.ndarray:
+    """``img`` with a band underneath holding ``text`` (cut with ``...`` when too long); RGB uint8."""
+    arr = _as_uint8_rgb(img, "image")
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale, thick = _font_scale(arr.shape[1])
+    (_, th), base = cv2.getTextSize("Ag", font, scale, thick)
+    pad = max(4, th // 2)
+    band = np.full((th + base + 2 * pad, arr.shape[1], 3), background, dtype=np.uint8)
+    ink = (0, 0, 0) if background > 127 else (255, 255, 255)
+    fitted = _fit_text(_ascii(text), arr.shape[1] - 2 * pad, font, scale, thick)
+    cv2.putText(band, fitted, (pad, pad + th), font, scale, ink, thick, cv2.LINE_AA)
+    return np.concatenate([arr, band], axis=0)
+
+
+def add_colorbar(img: np.ndarray, colormap: str = "jet", background: int = 255) -> np.ndarray:
+    """``img`` with a vertical colour scale on its right: the map's 0 (bottom) to 1 (top, its maximum)."""
+    arr = _as_uint8_rgb(img, "image")
+    h = arr.shape[0]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale, thick = _font_scale(arr.shape[1])
+    scale *= 0.8
+    (tw, th), base = cv2.getTextSize("1.0", font, scale, thick)
+    bar_w = max(8, arr.shape[1] // 40)
+    pad = max(4, th // 2)
+    top, bottom = pad + th // 2, h - pad - th // 2
+    panel = np.full((h, 3 * pad + bar_w + tw, 3), background, dtype=np.uint8)
+    if bottom - top >= 2:
+        ramp = np.linspace(255, 0, bottom - top).astype(np.uint8)[:, None]
+        colours = cv2.cvtColor(cv2.applyColorMap(ramp, colormap_code(colormap)), cv2.COLOR_BGR2RGB)
+        panel[top:bottom, pad:pad + bar_w] = colours
+    ink = (0, 0, 0) if background > 127 else (255, 255, 255)
+    for value, y in (("1.0", top + th // 2), ("0.5", (top + bottom) // 2 + th // 2), ("0.0", bottom + th // 2)):
+        cv2.putText(panel, value, (2 * pad + bar_w, min(h - base, y)), font, scale, ink, thick, cv2.LINE_AA)
+    return np.concatenate([arr, panel], axis=1)

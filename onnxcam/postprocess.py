@@ -9,56 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from onnxcam.errors import ArgumentError
-
-# pytorch-grad-cam's scale_cam_image epsilon; kept so normalised values match to float32 rounding.
-NORMALIZE_EPS = 1e-7
+from onnxcam.methods.eigen import principal_projection
+from onnxcam.methods.maps import NORMALIZE_EPS, as_maps, normalize_maps, resize_maps
 
 
 def relu(maps: np.ndarray) -> np.ndarray:
     """Element-wise max(x, 0) as float32."""
     return np.maximum(np.asarray(maps, dtype=np.float32), np.float32(0))
-
-
-def _as_maps(maps: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(maps, dtype=np.float32)
-    if arr.ndim != 3:
-        raise ArgumentError(f"{name} must have shape (N, H, W), got {tuple(arr.shape)}")
-    return arr
-
-
-def normalize_maps(maps: np.ndarray, finite: bool = False) -> np.ndarray:
-    """Min-max scale each map of ``(N, H, W)`` to [0, 1] (pytorch-grad-cam ``scale_cam_image``).
-
-    ``(x - min) / (max - min + 1e-7)``: a constant map gives exact zeros. NaN entries count as 0
-    and +/-inf are clipped to the largest finite float32, so the result is always finite.
-    ``finite=True``: the caller knows there is no NaN/Inf (skips the screening pass).
-    """
-    arr = _as_maps(maps, "maps")
-    if not finite and not np.isfinite(arr.sum(dtype=np.float64)):
-        finfo = np.finfo(np.float32)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
-    # float32 arithmetic like the reference, per image, vectorised over the batch.
-    shifted = arr - arr.min(axis=(1, 2), keepdims=True)
-    shifted /= np.float32(NORMALIZE_EPS) + shifted.max(axis=(1, 2), keepdims=True)
-    return shifted
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``(N, h, w)`` to ``(N, H, W)`` with ``cv2.resize(..., (W, H))`` (bilinear, as the reference)."""
-    arr = _as_maps(maps, "maps")
-    height, width = int(size[0]), int(size[1])
-    if height < 1 or width < 1:
-        raise ArgumentError(f"resize size must be positive (H, W), got {size!r}")
-    if arr.shape[1:] == (height, width):
-        return arr.copy()
-    out = np.empty((arr.shape[0], height, width), dtype=np.float32)
-    for i, img in enumerate(arr):
-        cv2.resize(img, (width, height), dst=out[i])
-    return out
 
 
 def finish_single(layer_map: np.ndarray) -> np.ndarray:
@@ -80,7 +40,7 @@ def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
     """
     if len(layer_maps) == 0:
         raise ArgumentError("fuse_layers needs at least one layer map")
-    stacked = [_as_maps(m, f"layer map {i}") for i, m in enumerate(layer_maps)]
+    stacked = [as_maps(m, f"layer map {i}") for i, m in enumerate(layer_maps)]
     if len(stacked) == 1:  # the mean of one map is the map: skip the stack
         only = stacked[0]
         return normalize_maps(only if only.min() >= 0 else np.maximum(only, np.float32(0)))
@@ -101,9 +61,6 @@ def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> 
     element-wise products of LayerCAM / HiResCAM). Sign rule: see
     :func:`onnxcam.methods.eigen.principal_projection`.
     """
-    # Imported here because onnxcam.methods.fullgrad imports this module.
-    from onnxcam.methods.eigen import principal_projection
-
     return principal_projection(weighted_activations, sign)  # type: ignore[arg-type]
 
 
@@ -119,7 +76,7 @@ def zero_map_reasons(
     A map is blank when ReLU leaves nothing with a positive range. The reasons are checked from the
     most upstream cause down, so the caller's warning names the root cause.
     """
-    arr = _as_maps(maps, "maps")
+    arr = as_maps(maps, "maps")
     positive = np.maximum(np.nan_to_num(arr), 0)
     live = (positive.max(axis=(1, 2)) - positive.min(axis=(1, 2))) > 0
     reasons: list[str | None] = []
@@ -147,3 +104,9 @@ def zero_map_reasons(
         else:
             reasons.append("the map is constant")
     return reasons
+
+
+__all__ = [
+    "NORMALIZE_EPS", "eigen_smooth", "finish_single", "fuse_layers", "layer_to_image", "normalize_maps", "relu",
+    "resize_maps", "zero_map_reasons",
+]

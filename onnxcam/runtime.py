@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
@@ -16,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcam.errors import ArgumentError, OnnxRuntimeError, first_line
+from onnxcam.errors import ArgumentError, OnnxCamWarning, OnnxRuntimeError, first_line
 
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -90,9 +92,48 @@ def check_device(device: str) -> Device:
     return device  # type: ignore[return-value]
 
 
+#: How to get onnxruntime's CUDA build back after a CPU build was installed over it.
+REPAIR_CUDA = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
+def gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU (its driver or ``nvidia-smi``), whatever onnxruntime can do."""
+    return os.path.isdir("/proc/driver/nvidia") or shutil.which("nvidia-smi") is not None
+
+
+def cuda_install_problem(device: str) -> str | None:
+    """Why CUDA cannot be used when it was asked for (``device="cuda"``) or a GPU is present, if the
+    reason is the installed onnxruntime itself (no CUDA provider), with how to repair it; else None.
+
+    The usual cause: ``pip install onnxcam`` next to a package that depends on ``onnxruntime``
+    replaces the files of ``onnxruntime-gpu`` with the CPU build, and ``pip check`` says nothing.
+    """
+    if device == "cpu":
+        return None
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" in providers:
+        return None
+    if device != "cuda" and not gpu_present():
+        return None
+    what = "--device cuda was asked for" if device == "cuda" else "this machine has an NVIDIA GPU"
+    return (f"{what}, but the installed onnxruntime {ort.__version__} has no CUDA provider (providers: "
+            f"{', '.join(providers)}): usually another package installed the CPU 'onnxruntime' over "
+            f"'onnxruntime-gpu'. Repair the install with: {REPAIR_CUDA}"
+            + ("" if device == "cuda" else "; running on the CPU meanwhile (--device cpu silences this)"))
+
+
+_WARNED: set[str] = set()
+
+
 def providers_for(device: Device) -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
+    problem = cuda_install_problem(device)
+    if problem is not None and device == "cuda":
+        raise OnnxRuntimeError(problem)
+    if problem is not None and problem not in _WARNED:
+        _WARNED.add(problem)  # once per process, not once per session
+        warnings.warn(problem, OnnxCamWarning, stacklevel=3)
     if not cuda_usable():
         if device == "cuda":
             raise OnnxRuntimeError(

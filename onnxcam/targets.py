@@ -299,6 +299,8 @@ class SequenceTarget(OutputTarget):
         n = len(self.path) if self.positions is None and self.path is not None else len(self.positions or ())
         return f"best path over {n} position(s)"
 
+#: pytorch-grad-cam's name for a class target (``ClassifierOutputTarget(281)``): the same as ``ClassTarget``.
+ClassifierOutputTarget = ClassTarget
 
 TargetSpec = None | int | Target | Sequence[int | Target]
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from onnxcam.errors import ArgumentError, TargetError
+from onnxcam.labels import LabelsSpec, resolve_labels
 from onnxcam.targets import (
     ClassTarget,
     SegmentationTarget,
@@ -65,14 +66,15 @@ def to_probabilities(outputs: np.ndarray) -> np.ndarray:
 class Task:
     """Base: turns a user's target spec into one ``Target`` per image, and outputs into summary rows.
 
-    ``labels``: one name per class (``None``: class indices are their own names).
+    ``labels``: one name per class, ``"imagenet"`` (the built-in ImageNet-1k names) or a labels file
+    path (``None``: class indices are their own names; see ``onnxcam.labels``).
     """
 
     name = "task"
 
-    def __init__(self, labels: Sequence[str] | None = None, output: int = 0, logits_output: int | None = None,
+    def __init__(self, labels: LabelsSpec = None, output: int = 0, logits_output: int | None = None,
                  activation: str | None = None) -> None:
-        self.labels = list(labels) if labels is not None else None
+        self.labels = resolve_labels(labels) if labels is not None else None
         self.output = output
         # The explained output holding the logits before ``output``'s final ``activation`` (if any).
         self.logits_output = logits_output
@@ -295,7 +297,7 @@ class SequenceTask(Task):
 
     name = "sequence"
 
-    def __init__(self, labels: Sequence[str] | None = None, output: int = 0, logits_output: int | None = None,
+    def __init__(self, labels: LabelsSpec = None, output: int = 0, logits_output: int | None = None,
                  activation: str | None = None, blank: int | None = 0) -> None:
         super().__init__(labels, output, logits_output, activation)
         self.blank = blank
@@ -396,7 +398,7 @@ def class_indices(task: ClassificationTask, targets: Sequence[Target]) -> np.nda
 
 
 def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = None,
-                labels: Sequence[str] | None = None) -> Task:
+                labels: LabelsSpec = None) -> Task:
     """The task for a model whose outputs have per-image ``shapes`` (batch axis dropped).
 
     ``kind``: a ``Task`` (kept as is), a task name from ``TASKS``, or None/``"auto"``: a first

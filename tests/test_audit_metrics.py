@@ -36,8 +36,10 @@ def test_near_tie_and_top_predictions():
 def test_review_flags_fire_on_constructed_values():
     good = {"insertion_auc": 0.6, "border_energy": 0.3, "pointing_game": 1.0}
     assert review_flags(good, 0.5) == []
-    assert review_flags({**good, "insertion_auc": 0.45}, 0.5) == ["low_insertion"]  # below the random baseline
-    assert review_flags({**good, "insertion_auc": 0.15}, None) == ["low_insertion"]  # below the 0.2 floor
+    assert review_flags({**good, "insertion_auc": 0.45}, 0.5) == []  # below the baseline, within the margin
+    assert review_flags({**good, "insertion_auc": 0.44}, 0.5) == ["low_insertion"]  # beyond the 0.05 margin
+    assert review_flags({**good, "insertion_auc": 0.4}, 0.5, margin=0.2) == []  # a calibrated, wider margin
+    assert review_flags({**good, "insertion_auc": 0.15}, None) == []  # no absolute floor (issue #17)
     assert review_flags({**good, "border_energy": 0.51}, 0.5) == ["border"]
     assert review_flags({**good, "border_energy": float("nan")}, 0.5) == ["blank_map"]
     assert review_flags({**good, "pointing_game": 0.0}, 0.5) == ["peak_outside_box"]

@@ -22,7 +22,7 @@ from models.build import DEFAULT, MODELS, build
 from models.weights import calibration_batch
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.gradients import build_gradient_model, missing_rules
-from onnxcam.gradients.finite_diff import ELEMENTWISE_EPS, channel_gradients, directional_check
+from onnxcam.gradients.finite_diff import ELEMENTWISE_EPS, directional_check
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.protos import make_model
 from onnxcam.runtime import make_session
@@ -104,6 +104,58 @@ def _int8_layer(role: str) -> str:
     return MODELS["efficientnet_lite0_int8"].layers[role][1]
 
 
+# Exactness is checked on a function that neither calibration nor int8 kernels can move: the clip
+# surrogate (``straight_through``) with each clip frozen at the pattern it has at the activations,
+# i.e. the affine map the surrogate is around that point. Its Jacobian there is what the gradient
+# graph must compute; finite differences of an affine map have no truncation and no kink error, so
+# large steps are exact up to float32 rounding. (Finite differences of the unfrozen surrogate cross
+# its clips: their error depends on how many activations sit near a calibrated range, 2-7e-2 at
+# "mid" and different on every CPU that calibrates.)
+FROZEN_EPS = 1.0  # relative step: the map is affine, so the largest step has the least rounding
+FROZEN_TOL = 1e-4  # measured 9e-7 (mid) and below at "last"; 1% noise on the gradient gives 1.1e-2
+
+
+def _frozen_clips(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[tuple[str, float, float]]]:
+    """``model`` with every ``Clip(x, lo, hi)`` replaced by ``x * mask + offset`` (mask and offset fed
+    as inputs ``frozen_mask_k``/``frozen_offset_k``), and each clip's (input, lo, hi)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    clips: list[tuple[str, float, float]] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.op_type != "Clip":
+            nodes.append(node)
+            continue
+        assert node.input[1] in inits and node.input[2] in inits, f"clip {node.name} has non-constant bounds"
+        k = len(clips)
+        clips.append((node.input[0], float(inits[node.input[1]]), float(inits[node.input[2]])))
+        nodes += [
+            helper.make_node("Mul", [node.input[0], f"frozen_mask_{k}"], [f"frozen_linear_{k}"]),
+            helper.make_node("Add", [f"frozen_linear_{k}", f"frozen_offset_{k}"], [node.output[0]]),
+        ]
+        graph.input.extend(helper.make_tensor_value_info(f"frozen_{kind}_{k}", TensorProto.FLOAT, None)
+                           for kind in ("mask", "offset"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return copy, clips
+
+
+def _clip_patterns(model: onnx.ModelProto, clips: list[tuple[str, float, float]], feeds: dict[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
+    """Mask (1 inside the range) and offset (the bound where clipped) of every clip at ``feeds``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(x) for x, _, _ in clips)
+    values = make_session(probe).run([x for x, _, _ in clips], feeds)
+    patterns: dict[str, np.ndarray] = {}
+    for k, ((_, lo, hi), v) in enumerate(zip(clips, values)):
+        patterns[f"frozen_mask_{k}"] = ((v > lo) & (v < hi)).astype(np.float32)
+        patterns[f"frozen_offset_{k}"] = np.where(v <= lo, lo, np.where(v >= hi, hi, 0.0)).astype(np.float32)
+    return patterns
+
+
 @pytest.mark.parametrize("role", ["last", "mid"])
 def test_int8_gets_straight_through_gradients(role: str) -> None:
     model = _model("efficientnet_lite0_int8")
@@ -111,60 +163,80 @@ def test_int8_gets_straight_through_gradients(role: str) -> None:
     x = _inputs("efficientnet_lite0_int8", 2)
     g = model.gradients(x, tensor, None, mode="graph")  # graph mode: no silent fallback
     assert g.source == "gradient graph"
-    head = model.split((tensor,)).head
-    note = straight_through_note(head)
+    split = model.split((tensor,))
+    note = straight_through_note(split.head)
     assert note is not None and "straight through" in note
-    # straight-through gradients are exact for the head with its activation Q/DQ pairs removed
-    plain, pairs = straight_through(head)
+    # straight-through gradients are exact for the head with its activation Q/DQ pairs replaced by clips
+    plain, pairs = straight_through(split.head)
     assert pairs >= (3 if role == "last" else 20)
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == tensor for n in plain.graph.node)
-    split = model.split((tensor,))
-    sess = make_session(plain)
-    feeds, _ = model.run_body(x, (tensor,))
+    a, grads = g.activations[tensor], g.gradients[tensor]
+    frozen, clips = _frozen_clips(plain)
+    patterns = _clip_patterns(plain, clips, {tensor: a})
+    saturated = 1.0 - float(np.mean([m.mean() for k, m in patterns.items() if "mask" in k]))
+    sess = make_session(frozen)
+    output = split.model_outputs[0]
+    # the frozen map is the surrogate at the activations themselves
+    np.testing.assert_array_equal(sess.run([output], {tensor: a, **patterns})[0],
+                                  make_session(plain).run([output], {tensor: a})[0])
 
     def score_fn(rows: np.ndarray, samples: np.ndarray) -> np.ndarray:
-        outs = np.concatenate([
-            sess.run([split.model_outputs[0]], {tensor: rows[i : i + 2].astype(np.float32)})[0]
-            for i in range(0, len(rows), 2)
-        ])  # fmt: skip
+        feeds = {tensor: rows.astype(np.float32), **{k: v[samples] for k, v in patterns.items()}}
+        outs = sess.run([output], feeds)[0]
         return np.array([g.targets[int(s)].score([outs[j]]) for j, s in enumerate(samples)])
 
-    a, grads = g.activations[tensor], g.gradients[tensor]
-    if role == "last":
-        err = directional_check(score_fn, a, grads, 8, eps=1e-3)
-        print(f"int8 {role}: {pairs} Q/DQ pairs, straight-through vs FD {err:.2e}")
-        assert err <= FD_TOL
-        return
-    # The mid head has the ReLU6 the quantiser folded into each of its 27 ranges back as clips:
-    # element-wise random directions cross their kinks, and the error shrinks with the step (the
-    # signature of kinks, not of a wrong rule). The bound is held on what the methods consume.
-    coarse = directional_check(score_fn, a, grads, 8, eps=1e-2)
-    fine = directional_check(score_fn, a, grads, 8, eps=1e-3)
-    sums_fd = channel_gradients(score_fn, a, eps=1e-3)
-    sums = grads.sum(axis=(2, 3), dtype=np.float64)
-    err = float(np.linalg.norm(sums_fd - sums) / np.linalg.norm(sums))
-    print(f"int8 {role}: {pairs} Q/DQ pairs; element-wise directions vs FD {coarse:.2e} (eps 1e-2), "
-          f"{fine:.2e} (eps 1e-3); channel sums vs FD {err:.2e}")
-    assert fine < coarse <= 5e-2
-    assert err <= FD_TOL
+    err = directional_check(score_fn, a, grads, 8, eps=FROZEN_EPS)
+    noisy = grads * (1 + 0.01 * np.random.default_rng(0).standard_normal(grads.shape)).astype(np.float32)
+    err_noisy = directional_check(score_fn, a, noisy, 8, eps=FROZEN_EPS)
+    print(f"int8 {role}: {pairs} Q/DQ pairs, {len(clips)} clips ({saturated:.0%} of their inputs saturated); "
+          f"straight-through vs FD of the frozen surrogate {err:.1e}, with 1% gradient noise {err_noisy:.1e}")
+    # at "mid" the masks are really exercised (42% saturated here; none at "last", past the last clip's range)
+    assert saturated > 0.1 if role == "mid" else len(clips) > 0
+    assert err <= FROZEN_TOL
+    assert err_noisy > 10 * FROZEN_TOL  # the check sees a 1% error in the gradient
 
 
-@pytest.mark.parametrize(("role", "bound"), [("last", 0.99), ("mid", 0.85)])
-def test_int8_channel_weights_correlate_with_fp32(role: str, bound: float) -> None:
-    # The quantiser folded every ReLU6 into a QuantizeLinear range; the clipped straight-through
-    # rule brings it back (a plain one gave Pearson ~0.2 at "mid"). The mid head is 16 quantised
-    # convolutions deep, so its weights drift further from fp32 than the last layer's.
-    x = _photo("chelsea")
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``: (N, ...) -> (N,)."""
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    return np.sum(a * b, axis=1) / np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
+
+
+def _gradcam(acts: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM channel weights (N, C) and raw maps ReLU(sum_c w_c A_c) (N, h, w)."""
+    weights = grads.mean(axis=(2, 3))
+    return weights, np.maximum(np.einsum("nc,nchw->nhw", weights, acts), 0)
+
+
+# Medians over the seven sample photos of the Pearson correlation between int8 and fp32. At "last"
+# the weights are the classifier row of the class over h*w whatever the activations (measured 1.000
+# on every photo); at "mid" the head is 16 quantised convolutions deep and calibration moves every
+# range: measured weights 0.70-0.95 (median 0.87), maps 0.68-0.96 (median 0.89). A straight-through
+# rule without the clips' masks gives weights r -0.13..0.18 (median 0.09) at "mid".
+INT8_VS_FP32 = {"last": (0.99, 0.9), "mid": (0.75, 0.75)}  # (weights, maps)
+
+
+@pytest.mark.parametrize("role", ["last", "mid"])
+def test_int8_gradcam_correlates_with_fp32(role: str) -> None:
+    # One class per photo for both models, chosen by fp32: the int8 model's own top-1 is a
+    # calibration outcome (two photos of seven change class here), and the maps of different
+    # classes need not agree.
+    x = np.concatenate([_photo(p) for p in effnet.PHOTOS])
     fp32, int8 = _model("efficientnet_lite0"), _model("efficientnet_lite0_int8")
-    top = int(fp32.forward(x)[0].argmax())
-    assert top in effnet.CAT_CLASSES
-    weights = []
+    classes = [int(c) for c in fp32.forward(x)[0].argmax(axis=1)]
+    found = []
     for model, tensor in ((fp32, MODELS["efficientnet_lite0"].layers[role][1]), (int8, _int8_layer(role))):
-        g = model.gradients(x, tensor, top)
-        weights.append(g.gradients[tensor].mean(axis=(2, 3)).ravel())  # Grad-CAM channel weights
-    r = float(np.corrcoef(weights[0], weights[1])[0, 1])
-    print(f"int8 vs fp32 Grad-CAM weights at {role}, Pearson {r:.4f}")
-    assert r >= bound
+        g = model.gradients(x, tensor, classes)
+        found.append(_gradcam(g.activations[tensor], g.gradients[tensor]))
+    r_weights = _pearson_rows(found[0][0], found[1][0])
+    r_maps = _pearson_rows(found[0][1], found[1][1])
+    print(f"int8 vs fp32 Grad-CAM at {role} over {len(x)} photos: weights r {np.round(r_weights, 3)}, "
+          f"maps r {np.round(r_maps, 3)}")
+    bound_weights, bound_maps = INT8_VS_FP32[role]
+    assert float(np.median(r_weights)) >= bound_weights
+    assert float(np.median(r_maps)) >= bound_maps
 
 
 def test_builder_infers_shapes_behind_constant_pads() -> None:
@@ -208,9 +280,9 @@ def test_check_gradients_cli_passes_on_int8(role: str) -> None:
 
 
 def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """input (N, 3, 6, 6) -> Conv -> Relu ("feat") -> Sin -> GlobalAveragePool -> Flatten -> Gemm (N, 4).
+    """input (N, 3, 6, 6) -> Conv -> Relu ("feat") -> Sinh -> GlobalAveragePool -> Flatten -> Gemm (N, 4).
 
-    ``Sin`` runs in onnxruntime but has no gradient rule. Returns the weights (conv, fc, fc bias).
+    ``Sinh`` runs in onnxruntime but has no gradient rule. Returns the weights (conv, fc, fc bias).
     """
     rng = np.random.default_rng(5)
     wc = rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
@@ -219,7 +291,7 @@ def _sin_head_model(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nodes = [
         helper.make_node("Conv", ["input", "wc"], ["conv"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["conv"], ["feat"]),
-        helper.make_node("Sin", ["feat"], ["sin"]),
+        helper.make_node("Sinh", ["feat"], ["sin"]),
         helper.make_node("GlobalAveragePool", ["sin"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["flat"]),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1),
@@ -238,20 +310,20 @@ def test_fallback_for_an_op_without_rule(tmp_path: Path) -> None:
     path = tmp_path / "sin_head.onnx"
     _, wf, _ = _sin_head_model(path)
     model = onnxcam.load(path, device="cpu")
-    assert missing_rules(model.static_head(("feat",), 2), ["feat"]) == ["Sin"]
+    assert missing_rules(model.static_head(("feat",), 2), ["feat"]) == ["Sinh"]
     x = np.random.default_rng(1).normal(size=(2, 3, 6, 6)).astype(np.float32)
-    with pytest.warns(OnnxCamWarning, match=r"Sin.*finite differences"):
+    with pytest.warns(OnnxCamWarning, match=r"Sinh.*finite differences"):
         g = model.gradients(x, "feat", [0, 3])
     assert g.source == "finite differences" and "central differences" in g.notes[0]
-    # the truth, by hand: d logit_c / d feat = wf[c, k] * cos(feat) / (h * w)
+    # the truth, by hand: d logit_c / d feat = wf[c, k] * cosh(feat) / (h * w)
     feat = g.activations["feat"]
-    truth = wf[[0, 3]][:, :, None, None] * np.cos(feat) / 36.0
+    truth = wf[[0, 3]][:, :, None, None] * np.cosh(feat) / 36.0
     err = _rel(g.gradients["feat"], truth)
-    print(f"Sin head, FD fallback vs analytic: {err:.2e}")
+    print(f"Sinh head, FD fallback vs analytic: {err:.2e}")
     assert err <= 1e-3
     with warnings.catch_warnings():
         warnings.simplefilter("error", OnnxCamWarning)
-        with pytest.raises(Exception, match="Sin"):
+        with pytest.raises(Exception, match="Sinh"):
             model.gradients(x, "feat", [0, 3], mode="graph")
 
 
@@ -262,5 +334,5 @@ def test_check_gradients_cli_reports_the_fallback(tmp_path: Path) -> None:
     print(out)
     assert code == 0 and "PASS" in out, out
     assert "finite differences" in out.split("PASS")[1]  # the verdict line names the source
-    assert re.search(r"note: .*no reverse-mode gradient rule for op\(s\) Sin", out), out
+    assert re.search(r"note: .*no reverse-mode gradient rule for op\(s\) Sinh", out), out
     assert err <= 1e-2

@@ -1,8 +1,8 @@
 """onnxcam's gradients equal torch autograd's on every zoo model (same seeded weights).
 
 For each model, layer role ("last", "mid") and batch size, onnxcam's per-image gradients of the
-target scores w.r.t. the layer's ONNX tensor are compared with ``d(sum_i score_i)/d(module output)``
-from autograd (a forward hook that retains the module output's grad). Per-image classes differ, and
+target scores w.r.t. the layer's ONNX tensor are compared with ``d score_i / d(module output)``
+from autograd, one image at a time (a forward hook that retains the module output's grad). Per-image classes differ, and
 batches mix raw-logit and softmax-probability targets, so each image's seed must reach its own
 slice. Bound: ``max |onnxcam - autograd| <= 1e-4 * max |autograd|`` per image. Where onnxruntime's
 forward lands on the other side of a ReLU kink or a MaxPool tie than torch's (values ~1e-6 apart),
@@ -64,7 +64,20 @@ def _onnxcam_targets(classes: list[int], softmax: list[bool]) -> list[Target]:
 
 def autograd(name: str, module_path: str, x: np.ndarray, classes: list[int], softmax: list[bool]
              ) -> tuple[np.ndarray, np.ndarray]:
-    """(activation, d(sum_i score_i)/d activation) of ``module_path``'s output, by torch autograd."""
+    """(activation, d score_i / d activation_i) of ``module_path``'s output, by torch autograd, image by image.
+
+    One backward per image, not one of the batch's summed scores: torch's batched convolution
+    kernels err relative to the largest gradient in the batch, so a softmax target (gradient ~p,
+    1e3 times smaller than a logit's) next to logit targets came back 9e-4 off on one CPU and exact
+    on another. Images are independent in eval mode, so this is the same function.
+    """
+    pairs = [_autograd_one(name, module_path, x[i : i + 1], c, s)
+             for i, (c, s) in enumerate(zip(classes, softmax, strict=True))]
+    return np.concatenate([a for a, _ in pairs]), np.concatenate([g for _, g in pairs])
+
+
+def _autograd_one(name: str, module_path: str, x: np.ndarray, cls: int, softmax: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
     model = _torch(name)
     seen: list[torch.Tensor] = []
 
@@ -78,13 +91,9 @@ def autograd(name: str, module_path: str, x: np.ndarray, classes: list[int], sof
     finally:
         handle.remove()
     assert len(seen) == 1, f"{module_path} ran {len(seen)} times"
-    probs = torch.softmax(y, dim=1)  # the class axis, also for (N, K, H, W) segmentation outputs
+    scores = torch.softmax(y, dim=1) if softmax else y  # the class axis, also for (N, K, H, W) segmentation
     # a segmentation target sums its class map over the pixels, as onnxcam's targets do
-    total = sum(
-        (probs if s else y)[i, c].sum() for i, (c, s) in enumerate(zip(classes, softmax, strict=True))
-    )
-    assert isinstance(total, torch.Tensor)
-    total.backward()
+    scores[0, cls].sum().backward()
     assert seen[0].grad is not None
     return seen[0].detach().numpy(), seen[0].grad.numpy()
 

@@ -183,17 +183,34 @@ def test_efficientnet_matches_torch_and_layers(built: dict[str, Path], photos: d
     assert values[spec.layers["last"][1]].shape == (2, 1280, 7, 7)
 
 
-def test_efficientnet_int8(built: dict[str, Path], photos: dict[str, np.ndarray]) -> None:
+# Static calibration runs fp32 kernels, so int8 scales (and int8 kernels) differ between CPUs: close
+# classes swap (tiger cat 282 vs Egyptian cat 285 on one machine). Compared with fp32 is only what
+# survives that, with bounds measured over the seven sample photos: logits Pearson 0.973-0.998 (0.38 at
+# most between different photos, so the bound tells a matching model from a broken one), fp32's top-1
+# always in int8's top 2, activations at the role layers Pearson 0.939-0.997.
+INT8_LOGITS_R = 0.9
+INT8_TOP_K = 5
+INT8_ACTIVATIONS_R = 0.9
+
+
+def test_efficientnet_int8(built: dict[str, Path]) -> None:
     path = built["efficientnet_lite0_int8"]
     ops = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
     assert ops["QuantizeLinear"] > 50 and ops["DequantizeLinear"] > 50 and "Clip" not in ops
     spec = MODELS["efficientnet_lite0_int8"]
-    fp32 = _session(built["efficientnet_lite0"])
     model = _torch("efficientnet_lite0")  # the int8 spec's factory is the same fp32 network
-    x = np.concatenate(list(photos.values()))
+    x = np.concatenate([effnet.preprocess(effnet.photo(name)) for name in effnet.PHOTOS])
+    n = len(x)
     values = onnx_tensors(path, [t for _, t in spec.layers.values()], x)
-    np.testing.assert_array_equal(values["logits"].argmax(1), fp32.run(None, {"input": x})[0].argmax(1))
-    # Quantised activations track the fp32 ones closely but not to 1e-4.
+    fp32 = _session(built["efficientnet_lite0"]).run(None, {"input": x})[0]
+    r = np.corrcoef(values["logits"], fp32)[:n, n:]
+    across = float((r - 9 * np.eye(n)).max())  # the best match between different photos
+    print(f"int8 vs fp32 logits Pearson {np.round(np.diag(r), 4)}, across photos at most {across:.2f}")
+    assert np.diag(r).min() >= INT8_LOGITS_R
+    assert across < INT8_LOGITS_R  # the bound does tell matching logits from a model's on another photo
+    top_k = np.argsort(values["logits"], axis=1)[:, -INT8_TOP_K:]
+    assert all(int(fp32[i].argmax()) in top_k[i] for i in range(n))
     for module_path, tensor in spec.layers.values():
         ref = torch_activation(model, module_path, x)
-        assert np.corrcoef(values[tensor].ravel(), ref.ravel())[0, 1] > 0.95
+        per_photo = [np.corrcoef(values[tensor][i].ravel(), ref[i].ravel())[0, 1] for i in range(n)]
+        assert min(per_photo) >= INT8_ACTIVATIONS_R, (tensor, per_photo)

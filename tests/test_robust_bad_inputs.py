@@ -512,16 +512,12 @@ def test_out_inside_named_input_folder_library(ws: Workspace) -> None:
     assert len(summary.images) == 2 and (ws.out / "summary.json").is_file()
 
 
-def test_unreadable_images_are_listed_in_summary(ws: Workspace) -> None:
-    """When every image fails, exit 5; summary.json (the only file) says which and why."""
-    import json
-
+def test_unreadable_images_fail_the_run_and_write_nothing(ws: Workspace) -> None:
+    """When every image fails, exit 5 with the file and why on stderr, and no output folder (issue #17)."""
     bad = _corrupt_png(ws)
     code, _, err = _cli(_explain(ws, images=str(bad)))
-    assert code == 5 and "corrupt.png" in err
-    assert [p.name for p in _files_under(ws.out)] == ["summary.json"]
-    summary = json.loads((ws.out / "summary.json").read_text())
-    assert summary["images"] == [] and [Path(f["file"]).name for f in summary["failed"]] == ["corrupt.png"]
+    assert code == 5 and "corrupt.png" in err and "no image could be read (1 of 1 failed)" in err
+    assert not ws.out.exists()
 
 
 def test_out_not_writable(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from onnxcam.errors import OnnxRuntimeError
 from onnxcam.explainers.gradient import GradCAM
+from onnxcam.output import MANIFEST
 
 runner = CliRunner()
 N_IMAGES = 20
@@ -64,7 +65,7 @@ def test_corrupt_image_is_skipped_and_reported(folder: tuple[Path, Path], tmp_pa
     assert [Path(f["file"]).name for f in summary["failed"]] == [CORRUPT]
     assert CORRUPT in summary["failed"][0]["error"]
     # One overlay and one map per good image, nothing for the corrupt one, nothing else.
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     expected = sorted([f"img{i:02d}_gradcam.{ext}" for i in range(N_IMAGES) if i != 7 for ext in ("png", "npy")]
                       + ["summary.json"])
     assert names == expected
@@ -125,7 +126,8 @@ def test_failed_rerun_restores_previous_results(folder: tuple[Path, Path], tmp_p
     code, _, _ = _explain(model, images, out, "--quiet", "--colormap", "jet")  # would change every overlay
     assert code == code_expected
     assert _snapshot(out) == before
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temp/backup files
+    # No temp/backup files (the manifest of the first run's files stays, as before).
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [MANIFEST]
 
 
 def test_all_images_corrupt_exits_5(folder: tuple[Path, Path], tmp_path: Path) -> None:

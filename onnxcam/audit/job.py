@@ -13,6 +13,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,14 @@ from onnxcam.audit.compare import check_comparable, compare_batch, rank_by_chang
 from onnxcam.audit.metrics_run import (
     BASE_METRICS,
     BOX_METRICS,
+    FALSE_ALARM_TARGET,
     ROAD_METRIC,
+    calibrate_insertion,
     method_metrics,
     model_predict,
     near_tie,
     random_maps,
+    review_flags,
     top_predictions,
 )
 from onnxcam.audit.randomize import sanity_run, spread_steps, weight_nodes
@@ -37,17 +41,24 @@ from onnxcam.audit.report_html import Tile, data_uri, render_audit, render_compa
 from onnxcam.errors import ArgumentError, ImageError
 from onnxcam.explainers.base import BaseCAM
 from onnxcam.image import Preprocess, crop_box, load_image, preprocess, to_display
+from onnxcam.labels import LabelsSpec, resolve_labels
 from onnxcam.metrics import deletion_insertion
 from onnxcam.model import LayerSpec, Model
 from onnxcam.output import OutputDir
 from onnxcam.overlay import colormap_code, draw_boxes, show_cam_on_image
+from onnxcam.pipeline import warning_notes
 from onnxcam.registry import get_method
 from onnxcam.tasks import ClassificationTask, class_indices, classifier_task, detect_task
 
-Progress = Callable[[int], None]
+#: ``progress(n, stage=None)``: ``n`` more units done (fractions while a batch runs); ``stage`` when it changes.
+Progress = Callable[..., None]
 
 #: Mean Spearman correlation at the deepest randomisation above which a method is flagged.
 SANITY_SUSPICIOUS = 0.5
+#: ... and at or below which (with no rise on the way) the curve "falls as expected".
+SANITY_FALLS_TO = 0.2
+#: A step up by more than this between depths is a rise, whatever the end value.
+SANITY_RISE = 0.1
 
 
 @dataclass
@@ -57,7 +68,7 @@ class AuditConfig:
     preprocess: Preprocess
     methods: Sequence[str] = ("gradcam",)
     layer: LayerSpec = "auto"
-    labels: Sequence[str] | None = None
+    labels: LabelsSpec = None  # names, a file, "imagenet"; None: the model's metadata if it has names
     boxes: str | Path | Mapping[str, Any] | None = None
     batch_size: int = 16
     steps: int = 32  # deletion / insertion steps
@@ -77,7 +88,7 @@ class CompareConfig:
     method: str = "gradcam"
     layer_a: LayerSpec = "auto"
     layer_b: LayerSpec = "auto"
-    labels: Sequence[str] | None = None
+    labels: LabelsSpec = None
     batch_size: int = 16
     alpha: float = 0.5
     colormap: str = "jet"
@@ -91,6 +102,7 @@ class JobSummary:
     files: list[Path]
     seconds: float
     failed: list[dict[str, str]]
+    notes: list[str] = field(default_factory=list)  # warnings, one line each, naming the image file
 
 
 # ------------------------------------------------------------------------------------ shared bits
@@ -115,9 +127,32 @@ def _make_cam(model: Model, method: str, layer: LayerSpec, batch_size: int, opti
     return cls(model, layer, batch_size=batch_size, task=task, **options.get(cls.name, {}))
 
 
-def _audit_task(model: Model, labels: Sequence[str] | None, what: str) -> ClassificationTask:
-    """The model's task with the user's labels; audits rank class probabilities, so a classifier's."""
-    return classifier_task(detect_task(model.output_shapes, model.task.name, labels), what)
+def _audit_task(model: Model, labels: LabelsSpec, what: str) -> ClassificationTask:
+    """The model's task with the user's labels (or those in its metadata); audits rank class
+    probabilities, so a classifier's."""
+    names = resolve_labels(labels, model.proto)
+    shape = model.output_shapes[0] if model.output_shapes else ()  # per image: (K,) for class scores
+    if labels is None and names is not None and shape and shape[0] != len(names):
+        names = None  # metadata names that do not fit the outputs are someone else's
+    return classifier_task(detect_task(model.output_shapes, model.task.name, names), what)
+
+
+def _scaled(progress: Progress, units: float) -> Callable[[float], None]:
+    """``progress`` fed ``units`` times each fraction an explain call reports."""
+    return lambda f: progress(units * f)
+
+
+def _no_images(failed: Sequence[dict[str, str]], n: int) -> ImageError:
+    first = f"; {failed[0]['file']}: {failed[0]['error']}" if failed else ""
+    return ImageError(f"no image could be read ({len(failed)} of {n} failed){first}; nothing was written")
+
+
+def _curve_stats(curves: Sequence[np.ndarray]) -> dict[str, list[float | None]]:
+    """Mean and std over images of ``(N, steps + 1)`` curve batches."""
+    arr = np.concatenate([np.asarray(c, dtype=np.float64) for c in curves]) if curves else np.zeros((0, 0))
+    if arr.size == 0:
+        return {"mean": [], "std": []}
+    return {"mean": [_finite(v) for v in arr.mean(axis=0)], "std": [_finite(v) for v in arr.std(axis=0)]}
 
 
 def _batches(paths: Sequence[Path], batch_size: int, failed: list[dict[str, str]],
@@ -250,7 +285,11 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
     images: list[dict[str, Any]] = []
     tiles: list[list[Tile]] = []
     failed: list[dict[str, str]] = []
+    notes: list[str] = []
     sanity_x: list[np.ndarray] = []
+    curves: dict[str, dict[str, list[np.ndarray]]] = {m: {"deletion": [], "insertion": []} for m in [*names, "random"]}
+    report_progress: Progress = progress if progress is not None else (lambda n, stage=None: None)
+    report_progress(0, stage="explaining")
     for loaded in _batches(paths, config.batch_size, failed, progress, len(cams)):
         if not loaded:
             continue
@@ -264,17 +303,33 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
         if boxes is not None:
             in_boxes = [boxes_to_input(boxes[p.name], img.shape[:2], pp) if p.name in boxes else None
                         for p, img in loaded]
-        rand = deletion_insertion(predict, x, random_maps(len(loaded), pp.size, config.seed), classes,
-                                  steps=config.steps, batch_size=config.batch_size, layout=pp.layout).insertion_auc
+        # Two independent random maps per image: the first is the baseline a map must beat, the second
+        # measures how often a map with no information would be flagged (the false-alarm rate).
+        rand_di = deletion_insertion(predict, x, random_maps(len(loaded), pp.size, config.seed), classes,
+                                     steps=config.steps, batch_size=config.batch_size, layout=pp.layout)
+        rand2 = deletion_insertion(predict, x, random_maps(len(loaded), pp.size, config.seed + 1), classes,
+                                   steps=config.steps, batch_size=config.batch_size, layout=pp.layout).insertion_auc
+        rand = (rand_di.insertion_auc + rand2) / 2  # the baseline: two random maps' mean
+        curves["random"]["deletion"].append(rand_di.deletion_curves)
+        curves["random"]["insertion"].append(rand_di.insertion_curves)
         views = [to_display(img, pp) for _, img in loaded]
-        batch_items = [_image_record(p, img, probs[i], task, in_boxes, boxes, i, float(rand[i]))
+        batch_items = [_image_record(p, img, probs[i], task, in_boxes, boxes, i,
+                                     (float(rand_di.insertion_auc[i]), float(rand2[i])))
                        for i, (p, img) in enumerate(loaded)]
         batch_tiles = [[("input", data_uri(_with_boxes((v * 255).astype(np.uint8), in_boxes, i)))] for i, v in
                        enumerate(views)]
+        files = [str(p) for p, _ in loaded]
         for cam in cams:
-            e = cam.explain(x, targets)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # Half of a batch's progress is the explanation, half its metrics.
+                with cam.reporting(_scaled(report_progress, 0.5 * len(loaded))):
+                    e = cam.explain(x, targets)
+            notes += [n for n in warning_notes(caught, files) if n not in notes]
             res = method_metrics(predict, x, e.maps, classes, pp.layout, in_boxes, rand, config.steps,
                                  config.batch_size, config.road, cam.name)
+            curves[cam.name]["deletion"].append(res.curves["deletion"])
+            curves[cam.name]["insertion"].append(res.curves["insertion"])
             for i, item in enumerate(batch_items):
                 item["methods"][cam.name] = {
                     "class": int(classes[i]), "label": task.label(int(classes[i])),
@@ -282,23 +337,30 @@ def run_audit(model: Model, paths: Sequence[Path], out: str | Path, config: Audi
                 }
                 overlay = show_cam_on_image(views[i], e.maps[i], config.alpha, config.colormap)
                 batch_tiles[i].append((cam.name, data_uri(_with_boxes(overlay, in_boxes, i))))
-            if progress is not None:
-                progress(len(loaded))
+            report_progress(0.5 * len(loaded))
         images += batch_items
         tiles += batch_tiles
         room = config.sanity_images - sum(len(s) for s in sanity_x)
         if config.sanity and room > 0:
             sanity_x.append(x[:room])
+    if not images:
+        raise _no_images(failed, len(paths))
+    calibration = _calibrate_flags(images)
     sanity = None
     if config.sanity and sanity_x:
+        report_progress(0, stage="sanity check")
         sanity = _run_sanity(model, cams, np.concatenate(sanity_x), config, progress)
     report = _audit_report(model, config, names, cams, images, failed, sanity, boxes is not None)
-    with out_dir.transaction() as tx:
+    report["false_alarm"] = calibration
+    report["insertion_margin"] = calibration["margin"]
+    report["curves"] = {m: {k: _curve_stats(v) for k, v in c.items()} for m, c in curves.items()}
+    report["notes"] = notes
+    with out_dir.transaction(replace_previous=True) as tx:
         tx.write_json("metrics.json", report)
         tx.write_text("metrics.csv", _audit_csv(report))
         tx.write_text("report.html", render_audit(report, tiles))
-        files = list(tx.written)
-    return JobSummary(Path(out), report, files, time.perf_counter() - start, failed)
+        written = list(tx.written)
+    return JobSummary(Path(out), report, written, time.perf_counter() - start, failed, notes)
 
 
 def _with_boxes(rgb: np.ndarray, in_boxes: Sequence[NDArray[np.int64] | None] | None, i: int) -> np.ndarray:
@@ -313,13 +375,14 @@ def _with_boxes(rgb: np.ndarray, in_boxes: Sequence[NDArray[np.int64] | None] | 
 
 def _image_record(p: Path, img: np.ndarray, probs: NDArray[np.float64], task: ClassificationTask,
                   in_boxes: Sequence[NDArray[np.int64] | None] | None, boxes: Mapping[str, Any] | None, i: int,
-                  random_insertion: float) -> dict[str, Any]:
+                  random_insertion: tuple[float, float]) -> dict[str, Any]:
     top = top_predictions(probs[None], 3)[0]
     record: dict[str, Any] = {
         "file": str(p), "name": p.name, "size": [int(img.shape[1]), int(img.shape[0])],
         "predictions": [{"class": c, "label": task.label(c), "probability": pr} for c, pr in top],
         "near_tie": bool(near_tie(probs[None])[0]),
-        "random_insertion_auc": _finite(random_insertion),
+        "random_insertion_auc": _finite(sum(random_insertion) / 2),
+        "random_insertion_aucs": [_finite(v) for v in random_insertion],
         "methods": {},
     }
     if boxes is not None:
@@ -338,14 +401,50 @@ def _run_sanity(model: Model, cams: Sequence[BaseCAM], x: np.ndarray, config: Au
         res = sanity_run(model, cam.name, x, config.sanity_steps, list(cam.layers), config.batch_size, config.seed,
                          config.method_options.get(cam.name, {}), progress)
         last = float(res.mean[-1]) if res.mean.size else float("nan")
+        dropped = [int(np.sum(~np.isfinite(row))) for row in res.per_image]
+        verdict, text = sanity_verdict([float(v) for v in res.mean], dropped, int(x.shape[0]))
         methods[cam.name] = {
             "depths": res.depths, "randomized_nodes": res.randomized,
             "mean": [_finite(v) for v in res.mean],
             "per_image": [[_finite(v) for v in row] for row in res.per_image],
+            "dropped": dropped,
             "suspicious": bool(math.isfinite(last) and last > SANITY_SUSPICIOUS),
+            "verdict": verdict, "verdict_text": text,
             "notes": res.notes,
         }
-    return {"images": int(x.shape[0]), "threshold": SANITY_SUSPICIOUS, "methods": methods}
+    return {"images": int(x.shape[0]), "threshold": SANITY_SUSPICIOUS, "falls_to": SANITY_FALLS_TO,
+            "methods": methods}
+
+
+def sanity_verdict(mean: Sequence[float], dropped: Sequence[int], n_images: int) -> tuple[str, str]:
+    """The sanity check's verdict on one method's curve of mean Spearman correlations.
+
+    ``mean[s]``: mean correlation at randomisation depth ``s`` (NaN: undefined); ``dropped[s]``:
+    images whose correlation was undefined there (a constant map). Verdicts: "falls" (ends at or
+    below ``SANITY_FALLS_TO`` and never steps up by more than ``SANITY_RISE``), "rises" (a step up
+    by more than ``SANITY_RISE``), "survives" (ends above ``SANITY_SUSPICIOUS``), "partial" (ends in
+    between), "undefined" (no defined value, or the last depth lost more than half its images).
+    """
+    values = [float(v) if v is not None else float("nan") for v in mean]
+    defined = [v for v in values if math.isfinite(v)]
+    lost = [f"{d} of {n_images} at depth {i + 1}" for i, d in enumerate(dropped) if d]
+    lost_text = f"; images dropped (constant map, correlation undefined): {', '.join(lost)}" if lost else ""
+    if not defined or (dropped and dropped[-1] * 2 > n_images) or not math.isfinite(values[-1]):
+        return "undefined", f"no verdict: too few images have a defined correlation{lost_text}"
+    last = values[-1]
+    rises = [(i, b) for i, (a, b) in enumerate(zip(values, values[1:]), 2)
+             if math.isfinite(a) and math.isfinite(b) and b - a > SANITY_RISE]
+    if rises:
+        i, b = max(rises, key=lambda r: r[1])
+        return "rises", (f"rises to {b:.2f} at depth {i} and ends at {last:.2f}: the maps do not follow the "
+                         f"randomisation steadily{lost_text}")
+    if last > SANITY_SUSPICIOUS:
+        return "survives", (f"still correlated ({last:.2f} > {SANITY_SUSPICIOUS}) with every layer randomised: the "
+                            f"maps may reflect the image more than the model{lost_text}")
+    if last > SANITY_FALLS_TO:
+        return "partial", (f"ends at {last:.2f}: falls, but not to {SANITY_FALLS_TO} or below; some structure "
+                           f"survives the randomisation{lost_text}")
+    return "falls", f"ends at {last:.2f}: falls as expected{lost_text}"
 
 
 def _audit_report(model: Model, config: AuditConfig, names: list[str], cams: Sequence[BaseCAM],
@@ -366,8 +465,31 @@ def _audit_report(model: Model, config: AuditConfig, names: list[str], cams: Seq
         "images": images, "failed": failed, "summary": summary,
         "flag_counts": {m: sum(1 for item in images if item["methods"][m]["flags"]) for m in names},
         "near_ties": sum(1 for item in images if item["near_tie"]),
+
         "sanity": sanity,
     }
+
+
+def _calibrate_flags(images: list[dict[str, Any]]) -> dict[str, Any]:
+    """Set the low-insertion margin from the run's random maps and (re)compute every image's flags.
+
+    Returns the calibration: the margin, the false-alarm rate it is set for and the one expected
+    (normal approximation), and the rate measured on the random maps themselves (each random map
+    against the other, with the same margin).
+    """
+    pairs = [tuple(item["random_insertion_aucs"]) for item in images
+             if None not in item.get("random_insertion_aucs", [None])]
+    first = np.array([a for a, _ in pairs], dtype=np.float64)
+    second = np.array([b for _, b in pairs], dtype=np.float64)
+    margin, expected = calibrate_insertion(first, second)
+    for item in images:
+        base = item.get("random_insertion_auc")
+        for res in item["methods"].values():
+            values = {k: float("nan") if v is None else float(v) for k, v in res["values"].items()}
+            res["flags"] = review_flags(values, base, margin)
+    hits = int(np.sum(first < second - margin) + np.sum(second < first - margin))
+    return {"margin": margin, "target": FALSE_ALARM_TARGET, "expected": _finite(expected),
+            "flagged": hits, "of": 2 * len(pairs), "rate": _finite(hits / (2 * len(pairs))) if pairs else None}
 
 
 def _audit_csv(report: dict[str, Any]) -> str:
@@ -423,14 +545,21 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
             })
             view = to_display(img, pp)
             diff = np.abs(res.maps_a[i].astype(np.float64) - res.maps_b[i])
+            # Scaled to its own maximum so small differences are visible; the scale is stated beside it.
+            scale = float(diff.max())
+            images[-1]["diff_max"] = _finite(scale)
             tiles.append([
                 ("input", data_uri((view * 255).astype(np.uint8))),
                 (f"A: {model_a.name}", data_uri(show_cam_on_image(view, res.maps_a[i], config.alpha, config.colormap))),
                 (f"B: {model_b.name}", data_uri(show_cam_on_image(view, res.maps_b[i], config.alpha, config.colormap))),
-                ("|A - B|", data_uri(show_cam_on_image(view, diff, config.alpha, config.colormap, normalize=False))),
+                (f"|A - B|, colour scale 0 to {scale:.3f}",
+                 data_uri(show_cam_on_image(view, diff / scale if scale > 0 else diff, config.alpha, config.colormap,
+                                            normalize=False))),
             ])
         if progress is not None:
             progress(len(loaded))
+    if not images:
+        raise _no_images(failed, len(paths))
     change = np.array([item["change"] for item in images], dtype=np.float64)
     iou = np.array([np.nan if item["top_iou"] is None else item["top_iou"] for item in images], dtype=np.float64)
     ranking = [int(i) for i in rank_by_change(change, iou)] if images else []
@@ -449,9 +578,10 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
             "max_prob_diff": _finite(max((abs(item["prob_a"] - item["prob_b"]) for item in images), default=None)),
         },
     }
+    report["verdict"] = compare_verdict(images)
     columns = ["change_rank", "file", "class", "label", "top1_a", "top1_b", "top1_agree", "prob_a", "prob_b",
                "pearson", "top_iou", "change"]
-    with out_dir.transaction() as tx:
+    with out_dir.transaction(replace_previous=True) as tx:
         tx.write_json("metrics.json", report)
         tx.write_text("metrics.csv", _csv([images[i] for i in ranking], columns))
         tx.write_text("report.html", render_compare(report, tiles))
@@ -459,5 +589,27 @@ def run_compare(model_a: Model, model_b: Model, paths: Sequence[Path], out: str 
     return JobSummary(Path(out), report, files, time.perf_counter() - start, failed)
 
 
-__all__ = ["AuditConfig", "CompareConfig", "JobSummary", "audit_units", "boxes_to_input", "read_boxes",
-           "run_audit", "run_compare"]
+#: An image whose maps correlate below this (or whose top-1 class differs) counts as changed.
+CHANGED_PEARSON = 0.8
+#: Median Pearson at or above which (with at most ``AGREE_CHANGED`` of images changed) the maps agree.
+AGREE_PEARSON = 0.9
+AGREE_CHANGED = 0.1
+
+
+def compare_verdict(images: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One sentence on whether the two models explain alike, with the numbers behind it."""
+    pearson = [float(item["pearson"]) for item in images if item.get("pearson") is not None]
+    changed = [item for item in images if not item["top1_agree"] or item.get("pearson") is None
+               or float(item["pearson"]) < CHANGED_PEARSON]
+    n = len(images)
+    median = float(np.median(pearson)) if pearson else float("nan")
+    agree = bool(pearson) and median >= AGREE_PEARSON and len(changed) <= AGREE_CHANGED * n
+    what = "maps agree" if agree else "maps differ"
+    text = (f"{what}: median Pearson {median:.2f}, {len(changed)} of {n} images changed (Pearson below "
+            f"{CHANGED_PEARSON} or top-1 class differs)") if pearson else \
+        f"maps differ: no image has a defined correlation ({n} images)"
+    return {"agree": agree, "median_pearson": _finite(median), "changed": len(changed), "images": n, "text": text}
+
+
+__all__ = ["AuditConfig", "CompareConfig", "JobSummary", "audit_units", "boxes_to_input", "compare_verdict",
+           "read_boxes", "run_audit", "run_compare", "sanity_verdict"]

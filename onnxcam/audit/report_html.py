@@ -1,9 +1,9 @@
 """Self-contained HTML reports for ``onnxcam audit`` and ``onnxcam compare``.
 
 One file, opened offline: CSS and the small script are inline, every image is a ``data:`` URI
-(PNG or JPEG, whichever is smaller, tiles downscaled to ``TILE_SIZE``), and nothing references a
-network address. The pages are rendered from the same dictionaries written to ``metrics.json``,
-so the report and the JSON cannot disagree.
+(PNG or JPEG, whichever is smaller, tiles downscaled to ``TILE_SIZE``), charts are inline SVG drawn
+here (no JS library), and nothing references a network address. The pages are rendered from the
+same dictionaries written to ``metrics.json``, so the report and the JSON cannot disagree.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "increase": ("Increase", "higher", "1 if the masked image scores higher than the original"),
     "deletion_auc": ("Deletion AUC", "lower", "class probability while the top pixels are removed"),
     "insertion_auc": ("Insertion AUC", "higher", "class probability while the top pixels are restored on a blur"),
-    "random_insertion_auc": ("Random ins. AUC", "-", "insertion AUC of a seeded random map (baseline)"),
+    "random_insertion_auc": ("Random ins. AUC", "-", "mean insertion AUC of two seeded random maps (baseline)"),
     "border_energy": ("Border energy", "lower", f"share of map mass in the outer {BORDER_BAND:.0%} band"),
     "pointing_game": ("Pointing", "higher", "1 if the map's maximum is inside the labelled box"),
     "energy_pointing_game": ("Energy PG", "higher", "share of map mass inside the labelled box"),
@@ -55,7 +55,13 @@ figcaption{font-size:12px;color:#57606a;max-width:224px;word-break:break-all}
 margin:2px 4px 2px 0}
 .ok{color:#1a7f37}.card{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;margin:14px 0}
 ul.flags{margin:4px 0;padding-left:20px;font-size:13px}
+.charts{display:flex;flex-wrap:wrap;gap:16px}svg.chart{border:1px solid #d0d7de;background:#fff}
+svg.chart text{font-size:11px;fill:#1d2329}.verdict{font-size:15px;font-weight:600}
 """
+
+#: Series colours (colour-blind safe, Okabe-Ito), in method order; grey is the random baseline.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+GREY = "#8c959f"
 
 # Counts the images that actually decoded; headless checks and curious reviewers read it.
 _SCRIPT = """
@@ -124,14 +130,159 @@ def _predictions(preds: Sequence[dict[str, Any]]) -> str:
     return "<p class=\"meta\">Top-3: " + " &middot; ".join(parts) + "</p>"
 
 
-def _legend(keys: Sequence[str]) -> str:
+def _legend(keys: Sequence[str], with_boxes: bool = False) -> str:
     rows = "".join(f"<tr><td class=\"l\">{esc(METRIC_INFO[k][0])}</td><td class=\"l\">{esc(METRIC_INFO[k][1])}</td>"
                    f"<td class=\"l\">{esc(METRIC_INFO[k][2])}</td></tr>" for k in keys if k in METRIC_INFO)
     flags = "".join(f"<li>{esc(flag_text(c))}</li>" for c in
                     ("low_insertion", "border", "peak_outside_box", "near_tie", "blank_map"))
-    return ("<details><summary>How to read the numbers</summary><table><tr><th class=\"l\">Metric</th>"
-            f"<th class=\"l\">Better</th><th class=\"l\">Meaning</th></tr>{rows}</table>"
+    boxes = ("<p>Boxes: the <b>white box</b> on the input and on every overlay is the labelled (ground-truth) box "
+             "from the boxes file, mapped to the model's input; onnxcam draws no box of its own here.</p>"
+             if with_boxes else "")
+    return ("<details open><summary>How to read the numbers</summary><table><tr><th class=\"l\">Metric</th>"
+            f"<th class=\"l\">Better</th><th class=\"l\">Meaning</th></tr>{rows}</table>{boxes}"
             f"<p>Flags raised for review:</p><ul class=\"flags\">{flags}</ul></details>")
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def _svg_axes(w: int, h: int, m: int, x_label: str, y_label: str, y_range: tuple[float, float],
+              x_ticks: Sequence[tuple[float, str]]) -> list[str]:
+    lo, hi = y_range
+    out = [f"<line x1=\"{m}\" y1=\"{h - m}\" x2=\"{w - 8}\" y2=\"{h - m}\" stroke=\"#57606a\"/>",
+           f"<line x1=\"{m}\" y1=\"8\" x2=\"{m}\" y2=\"{h - m}\" stroke=\"#57606a\"/>"]
+    for v in (lo, (lo + hi) / 2, hi):
+        y = _sy(v, y_range, h, m)
+        out.append(f"<text x=\"{m - 4}\" y=\"{y + 4:.1f}\" text-anchor=\"end\">{v:g}</text>")
+        out.append(f"<line x1=\"{m}\" y1=\"{y:.1f}\" x2=\"{w - 8}\" y2=\"{y:.1f}\" stroke=\"#eaeef2\"/>")
+    for x, label in x_ticks:
+        px = m + x * (w - 8 - m)
+        out.append(f"<text x=\"{px:.1f}\" y=\"{h - m + 14}\" text-anchor=\"middle\">{esc(label)}</text>")
+    out.append(f"<text x=\"{(m + w) / 2:.1f}\" y=\"{h - 4}\" text-anchor=\"middle\">{esc(x_label)}</text>")
+    out.append(f"<text x=\"12\" y=\"{(h - m) / 2:.1f}\" text-anchor=\"middle\" "
+               f"transform=\"rotate(-90 12 {(h - m) / 2:.1f})\">{esc(y_label)}</text>")
+    return out
+
+
+def _sy(v: float, y_range: tuple[float, float], h: int, m: int) -> float:
+    lo, hi = y_range
+    return 8 + (hi - min(max(v, lo), hi)) / (hi - lo) * (h - m - 8)
+
+
+def svg_lines(title: str, series: Sequence[dict[str, Any]], x_label: str, y_label: str,
+              y_range: tuple[float, float] = (0.0, 1.0), x_ticks: Sequence[tuple[float, str]] | None = None,
+              width: int = 360, height: int = 230) -> str:
+    """An inline SVG line chart. ``series``: dicts with ``name``, ``y`` (values at x = 0..1 evenly),
+    optional ``spread`` (std per point, drawn as a band) and ``color``; None values are gaps."""
+    m = 40
+    full = height + 18 * len(series)
+    parts = [f"<svg class=\"chart\" role=\"img\" aria-label=\"{esc(title)}\" width=\"{width}\" height=\"{full}\" "
+             f"viewBox=\"0 0 {width} {full}\"><title>{esc(title)}</title>"]
+    parts += _svg_axes(width, height, m, x_label, y_label, y_range,
+                       x_ticks if x_ticks is not None else [(0, "0"), (0.5, "0.5"), (1, "1")])
+
+    def px(i: int, n: int) -> float:
+        return m + (i / max(1, n - 1)) * (width - 8 - m)
+
+    for k, s in enumerate(series):
+        ys = list(s["y"])
+        color = s.get("color", PALETTE[k % len(PALETTE)])
+        n = len(ys)
+        spread = s.get("spread")
+        if spread is not None and n:
+            pts = [(px(i, n), y, sd) for i, (y, sd) in enumerate(zip(ys, spread)) if y is not None and sd is not None]
+            if pts:
+                upper = " ".join(f"{x:.1f},{_sy(y + sd, y_range, height, m):.1f}" for x, y, sd in pts)
+                lower = " ".join(f"{x:.1f},{_sy(y - sd, y_range, height, m):.1f}" for x, y, sd in reversed(pts))
+                parts.append(f"<polygon class=\"spread\" points=\"{upper} {lower}\" fill=\"{color}\" "
+                             "fill-opacity=\"0.15\" stroke=\"none\"/>")
+        line = " ".join(f"{px(i, n):.1f},{_sy(y, y_range, height, m):.1f}" for i, y in enumerate(ys) if y is not None)
+        if line:
+            dash = " stroke-dasharray=\"4 3\"" if s.get("dashed") else ""
+            parts.append(f"<polyline class=\"series\" points=\"{line}\" fill=\"none\" stroke=\"{color}\" "
+                         f"stroke-width=\"2\"{dash}><title>{esc(s['name'])}</title></polyline>")
+            if n <= 12:
+                parts += [f"<circle cx=\"{px(i, n):.1f}\" cy=\"{_sy(y, y_range, height, m):.1f}\" r=\"3\" "
+                          f"fill=\"{color}\"/>" for i, y in enumerate(ys) if y is not None]
+        ly = height + 14 + 18 * k
+        parts.append(f"<line x1=\"{m}\" y1=\"{ly - 4}\" x2=\"{m + 20}\" y2=\"{ly - 4}\" stroke=\"{color}\" "
+                     f"stroke-width=\"3\"/><text x=\"{m + 26}\" y=\"{ly}\">{esc(s['name'])}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_strips(title: str, rows: Sequence[tuple[str, Sequence[float | None]]], x_range: tuple[float, float],
+               x_label: str, width: int = 360) -> str:
+    """An inline SVG strip plot: one row per name, a dot per value, a bar at the mean."""
+    m, row_h = 90, 26
+    height = 36 + row_h * len(rows)
+    full = height + 8
+    lo, hi = x_range
+    span = (hi - lo) or 1.0
+
+    def px(v: float) -> float:
+        return m + (min(max(v, lo), hi) - lo) / span * (width - 12 - m)
+
+    parts = [f"<svg class=\"chart\" role=\"img\" aria-label=\"{esc(title)}\" width=\"{width}\" height=\"{full}\" "
+             f"viewBox=\"0 0 {width} {full}\"><title>{esc(title)}</title>"]
+    for k, (name, values) in enumerate(rows):
+        y = 14 + row_h * k + row_h / 2
+        color = PALETTE[k % len(PALETTE)]
+        parts.append(f"<text x=\"{m - 6}\" y=\"{y + 4:.1f}\" text-anchor=\"end\">{esc(name[:14])}</text>")
+        parts.append(f"<line x1=\"{m}\" y1=\"{y:.1f}\" x2=\"{width - 12}\" y2=\"{y:.1f}\" stroke=\"#eaeef2\"/>")
+        finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        for j, v in enumerate(finite):
+            jitter = ((j * 7) % 9 - 4) * 1.2
+            parts.append(f"<circle class=\"dot\" cx=\"{px(v):.1f}\" cy=\"{y + jitter:.1f}\" r=\"3\" fill=\"{color}\" "
+                         f"fill-opacity=\"0.7\"><title>{v:.3f}</title></circle>")
+        if finite:
+            mean = sum(finite) / len(finite)
+            parts.append(f"<line x1=\"{px(mean):.1f}\" y1=\"{y - 9:.1f}\" x2=\"{px(mean):.1f}\" y2=\"{y + 9:.1f}\" "
+                         f"stroke=\"#1d2329\" stroke-width=\"2\"><title>mean {mean:.3f}</title></line>")
+    base = 14 + row_h * len(rows)
+    parts.append(f"<line x1=\"{m}\" y1=\"{base}\" x2=\"{width - 12}\" y2=\"{base}\" stroke=\"#57606a\"/>")
+    for v in (lo, (lo + hi) / 2, hi):
+        parts.append(f"<text x=\"{px(v):.1f}\" y=\"{base + 13}\" text-anchor=\"middle\">{v:g}</text>")
+    parts.append(f"<text x=\"{(m + width) / 2:.1f}\" y=\"{height + 2}\" text-anchor=\"middle\">{esc(x_label)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _curve_charts(report: dict[str, Any]) -> str:
+    curves = report.get("curves") or {}
+    methods: list[str] = report["methods"]
+    if not curves:
+        return ""
+    charts = []
+    for kind, better in (("deletion", "lower area is better"), ("insertion", "higher area is better")):
+        series = [{"name": m, "y": curves[m][kind]["mean"], "spread": curves[m][kind]["std"],
+                   "color": PALETTE[i % len(PALETTE)]} for i, m in enumerate(methods) if m in curves]
+        if "random" in curves:
+            series.append({"name": "random map (baseline)", "y": curves["random"][kind]["mean"], "spread": None,
+                           "color": GREY, "dashed": True})
+        charts.append(svg_lines(f"{kind.capitalize()} curve ({better})", series,
+                                f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}",
+                                "class probability"))
+    return ("<h2>Deletion and insertion curves</h2><p class=\"meta\">Mean class probability over the images "
+            "(band: &plusmn; one standard deviation) as the map's top pixels are removed (deletion) or restored on a "
+            f"blurred image (insertion).</p><div class=\"charts\">{''.join(charts)}</div>")
+
+
+def _distributions(report: dict[str, Any]) -> str:
+    methods: list[str] = report["methods"]
+    images: list[dict[str, Any]] = report["images"]
+    charts = []
+    for k in report["metric_keys"]:
+        rows = [(m, [item["methods"][m]["values"].get(k) for item in images]) for m in methods]
+        if k == "insertion_auc":
+            rows.append(("random map", [item.get("random_insertion_auc") for item in images]))
+        finite = [float(v) for _, vals in rows for v in vals if v is not None and math.isfinite(float(v))]
+        hi = 100.0 if k == "average_drop" else max(1.0, max(finite, default=1.0))
+        lo = min(0.0, min(finite, default=0.0))
+        title, better, _ = METRIC_INFO.get(k, (k, "", ""))
+        charts.append(svg_strips(title, rows, (lo, hi), f"{title} ({better} is better)"))
+    return ("<h2>Metric distributions</h2><p class=\"meta\">One dot per image, the bar at the mean.</p>"
+            f"<div class=\"charts\">{''.join(charts)}</div>")
 
 
 # ------------------------------------------------------------------------------------------ audit
@@ -152,7 +303,7 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     if report.get("failed"):
         body.append("<p class=\"flag\">Skipped (unreadable): "
                     + ", ".join(esc(f["file"]) for f in report["failed"]) + "</p>")
-    body.append(_legend(keys + ["random_insertion_auc"]))
+    body.append(_legend(keys + ["random_insertion_auc"], any(item.get("box") for item in images)))
     body.append("<h2>Summary (mean &plusmn; std over images)</h2>")
     head = "".join(f"<th>{esc(METRIC_INFO[k][0])}</th>" for k in keys)
     rows = []
@@ -169,12 +320,27 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     body.append(f"<p class=\"meta\">Random-map insertion AUC baseline: {fmt(base.get('mean'))} &plusmn; "
                 f"{fmt(base.get('std'))}. Near-ties (top-2 gap &lt; {NEAR_TIE_GAP}): {report['near_ties']} "
                 "image(s).</p>")
+    body.append(_false_alarm(report))
+    body.append(_curve_charts(report))
+    body.append(_distributions(report))
     body.append(_sanity(report.get("sanity")))
     body.append(_flag_index(images))
     body.append("<h2>Images</h2>")
     for i, (item, row) in enumerate(zip(images, tiles, strict=True)):
-        body.append(_audit_image(i, item, row, methods, keys))
+        body.append(_audit_image(i, item, row, methods, keys, report.get("insertion_margin")))
     return _page(f"onnxcam audit - {report['model_name']}", body)
+
+
+def _false_alarm(report: dict[str, Any]) -> str:
+    fa = report.get("false_alarm") or {}
+    if not fa.get("of"):
+        return ""
+    return (f"<p class=\"meta\">Low-insertion flags are calibrated against random maps: a map is flagged when its "
+            f"insertion AUC is more than {fmt(fa.get('margin'))} below the same image's random-map baseline (the mean "
+            "of two seeded random maps); the margin is set from the spread between the two random maps so that a map "
+            f"with no information would be flagged on about {fa.get('target', 0.05):.0%} of images (expected here: "
+            f"{fmt(fa.get('expected'))}). Measured false-alarm rate: one random map flagged against the other on "
+            f"{fa['flagged']} of {fa['of']} comparisons ({fmt(fa.get('rate'))}).</p>")
 
 
 def _sanity(sanity: dict[str, Any] | None) -> str:
@@ -183,18 +349,30 @@ def _sanity(sanity: dict[str, Any] | None) -> str:
     parts = ["<h2>Sanity check: cascading model randomisation</h2>",
              f"<p class=\"meta\">Weights re-drawn from the output end (Adebayo et al. 2018) on the first "
              f"{sanity['images']} image(s); Spearman rank correlation with the original maps. It should fall "
-             "towards 0; a method whose maps survive randomised weights is not explaining the model.</p>"]
-    for m, res in sanity["methods"].items():
+             f"towards 0 (here: to {sanity.get('falls_to', 0.2)} or below, without rising on the way); a method whose "
+             "maps survive randomised weights is not explaining the model.</p>"]
+    series = []
+    for i, (m, res) in enumerate(sanity["methods"].items()):
         head = "".join(f"<th>top {k}</th>" for k in res["depths"])
         cells = "".join(f"<td>{fmt(v)}</td>" for v in res["mean"])
-        last = res["mean"][-1] if res["mean"] else None
-        verdict = (f"<span class=\"badge\">still correlated ({fmt(last)} &gt; {sanity['threshold']}) with every "
-                   "layer randomised: the maps may reflect the image more than the model</span>"
-                   if res["suspicious"] else f"<span class=\"ok\">ends at {fmt(last)}: falls as expected</span>")
+        dropped = res.get("dropped") or [0] * len(res["depths"])
+        kept = "".join(f"<td>{sanity['images'] - d} of {sanity['images']}</td>" for d in dropped)
+        ok = res.get("verdict") == "falls"
+        verdict = (f"<span class=\"{'ok' if ok else 'badge'}\">{esc(m)}: "
+                   f"{esc(res.get('verdict_text', ''))}</span>")
         parts.append(f"<table><tr><th class=\"l\">{esc(m)} (layers randomised)</th>{head}</tr>"
-                     f"<tr><td class=\"l\">mean Spearman</td>{cells}</tr></table>{verdict}")
+                     f"<tr><td class=\"l\">mean Spearman</td>{cells}</tr>"
+                     f"<tr><td class=\"l\">images with a defined value</td>{kept}</tr></table>{verdict}")
         for note in res.get("notes", []):
             parts.append(f"<p class=\"meta\">{esc(note)}</p>")
+        series.append({"name": m, "y": [1.0, *res["mean"]],
+                       "color": PALETTE[i % len(PALETTE)]})
+    depths = next(iter(sanity["methods"].values()))["depths"] if sanity["methods"] else []
+    n = len(depths) + 1
+    ticks = [(j / max(1, n - 1), "none" if j == 0 else f"top {depths[j - 1]}") for j in range(n)]
+    parts.append("<div class=\"charts\">" + svg_lines("Sanity check: Spearman correlation with the original maps",
+                                                        series, "layers randomised (from the output end)",
+                                                        "mean Spearman", (-0.2, 1.0), ticks, width=420) + "</div>")
     return "".join(parts)
 
 
@@ -209,15 +387,23 @@ def _flag_index(images: Sequence[dict[str, Any]]) -> str:
     return f"<h2>Flags ({len(rows)} image(s) to review)</h2><ul class=\"flags\">{''.join(rows)}</ul>"
 
 
+def _grouped_flags(item: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The image's flags, each code once with the methods that raised it (in method order)."""
+    order: dict[str, list[str]] = {}
+    for m, res in item["methods"].items():
+        for c in res["flags"]:
+            order.setdefault(c, []).append(m)
+    return list(order.items())
+
+
 def _image_flags(item: dict[str, Any]) -> list[str]:
     out = [flag_text("near_tie")] if item["near_tie"] else []
-    for m, res in item["methods"].items():
-        out += [f"{m}: {flag_text(c)}" for c in res["flags"]]
+    out += [f"{flag_text(c)} ({', '.join(ms)})" for c, ms in _grouped_flags(item)]
     return out
 
 
 def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Sequence[str],
-                 keys: Sequence[str]) -> str:
+                 keys: Sequence[str], report_margin: float | None = None) -> str:
     parts = [f"<div class=\"card\" id=\"img-{i}\"><h3>{esc(item['name'])}</h3>", _predictions(item["predictions"])]
     if item["near_tie"]:
         parts.append(f"<span class=\"badge\">{esc(flag_text('near_tie'))}</span>")
@@ -234,10 +420,15 @@ def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Seq
         rows.append(f"<tr><td class=\"l\">{esc(m)} &rarr; {esc(res['label'])}</td>{cells}</tr>")
     parts.append(f"<table><tr><th class=\"l\">Method &rarr; class</th>{head}</tr>{''.join(rows)}</table>")
     parts.append(f"<p class=\"meta\">Random-map insertion AUC: {fmt(item.get('random_insertion_auc'))}</p>")
-    flags = [f"{m}: {flag_detail(c, item['methods'][m]['values'], item.get('random_insertion_auc'))}"
-             for m in methods for c in item["methods"][m]["flags"]]
+    flags = []
+    for code, ms in _grouped_flags(item):
+        margin = float(report_margin) if report_margin is not None else 0.05
+        base = item.get("random_insertion_auc")
+        details = "; ".join(f"{m}: {flag_detail(code, item['methods'][m]['values'], base, margin)}"
+                            for m in ms) if code in ("low_insertion", "border") else ", ".join(ms)
+        flags.append(f"<li class=\"flag\" data-flag=\"{esc(code)}\">{esc(flag_text(code))} &mdash; {esc(details)}</li>")
     if flags:
-        parts.append("<ul class=\"flags\">" + "".join(f"<li class=\"flag\">{esc(f)}</li>" for f in flags) + "</ul>")
+        parts.append("<ul class=\"flags\">" + "".join(flags) + "</ul>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -264,6 +455,9 @@ def render_compare(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> s
     if report.get("failed"):
         body.append("<p class=\"flag\">Skipped (unreadable): "
                     + ", ".join(esc(f["file"]) for f in report["failed"]) + "</p>")
+    verdict = report.get("verdict") or {}
+    if verdict:
+        body.append(f"<p class=\"verdict {'ok' if verdict['agree'] else 'flag'}\">Verdict: {esc(verdict['text'])}</p>")
     body.append("<h2>Summary</h2><table>"
                 f"<tr><th class=\"l\">Top-1 agreement</th><td>{fmt(s['top1_agreement'])}</td></tr>"
                 f"<tr><th class=\"l\">Pearson (mean &plusmn; std)</th><td>{fmt(s['pearson']['mean'])} &plusmn; "
@@ -294,4 +488,4 @@ def render_compare(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> s
     return _page(f"onnxcam compare - {a} vs {b}", body)
 
 
-__all__ = ["METRIC_INFO", "TILE_SIZE", "data_uri", "fmt", "render_audit", "render_compare"]
+__all__ = ["METRIC_INFO", "TILE_SIZE", "data_uri", "fmt", "render_audit", "render_compare", "svg_lines", "svg_strips"]

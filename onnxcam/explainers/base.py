@@ -7,15 +7,19 @@ fusion, warnings for blank maps) lives here, once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from onnxcam.engine import GradientMode, Gradients
-from onnxcam.errors import ArgumentError, OnnxCamWarning
+from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning
+from onnxcam.image import Preprocess, get_preset, preprocess
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, ViewsSpec, load
 from onnxcam.postprocess import finish_single, fuse_layers, layer_to_image, zero_map_reasons
@@ -67,6 +71,11 @@ class BaseCAM:
     ``eigen_sign``: how EigenCAM, EigenGradCAM and ``eigen_smooth`` orient the principal component
     ("activation": with the plain map, deterministic; "reference": LAPACK's sign, as
     pytorch-grad-cam; see ``onnxcam.methods.eigen``).
+
+    For pytorch-grad-cam users: ``target_layers=[names]`` is ``layer``; ``cam(input_tensor=x,
+    targets=[ClassifierOutputTarget(281)])`` works; torch tensors (anything with ``.detach()``) and,
+    with ``preprocess=`` (a ``Preprocess`` or a preset name such as ``"imagenet"``), PIL images are
+    accepted as inputs; ``with GradCAM(...) as cam:`` releases the onnxruntime sessions on exit.
     """
 
     name = "base"
@@ -89,8 +98,12 @@ class BaseCAM:
         aug_smooth: bool = False,
         gradient_mode: GradientMode = "auto",
         eigen_sign: SignRule = "activation",
+        target_layers: Sequence[str] | None = None,
+        preprocess: Preprocess | str | None = None,
     ) -> None:
         self.model = model if isinstance(model, Model) else load(model, device=device)
+        if target_layers is not None:
+            layer = _target_layers(layer, target_layers)
         chosen = self.model.select_layers(layer, view)
         self.layers: tuple[str, ...] = tuple(c.name for c in chosen)
         self.views: dict[str, FeatureView] = {c.name: c.view for c in chosen if not c.view.is_identity}
@@ -105,6 +118,11 @@ class BaseCAM:
                 "LAPACK's singular-vector sign as pytorch-grad-cam does"
             )
         self.eigen_sign: SignRule = eigen_sign
+        self.preprocess: Preprocess | None = (
+            get_preset(preprocess, self.model.input.size, self.model.input.layout) if isinstance(preprocess, str)
+            else preprocess)
+        self._progress: Callable[[float], None] | None = None
+        self._progress_done = 0.0
 
     # -- to implement -------------------------------------------------------------------------------
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
@@ -141,19 +159,98 @@ class BaseCAM:
         """How ``layer``'s tensor is seen as a feature map."""
         return self.views.get(layer, IDENTITY)
 
-    # -- public API ---------------------------------------------------------------------------------
-    def __call__(self, x: np.ndarray, targets: TargetSpec = None) -> np.ndarray:
-        """Maps ``(N, H, W)`` float32 in [0, 1] at the input resolution."""
-        return self.explain(x, targets).maps
+    def report_progress(self, fraction: float) -> None:
+        """Tell the caller of ``explain(progress=...)`` that ``fraction`` more of the call is done
+        (methods that loop over channels call it per chunk; the rest is reported at the end)."""
+        if self._progress is None:
+            return
+        step = min(float(fraction), 1.0 - self._progress_done)
+        if step > 0:
+            self._progress_done += step
+            self._progress(step)
 
-    def explain(self, x: np.ndarray, targets: TargetSpec = None) -> Explanation:
-        """Maps plus everything behind them (raw maps, targets, scores, outputs)."""
-        x = self.model.check_input(x)
+    # -- public API ---------------------------------------------------------------------------------
+    def __call__(self, x: Any = None, targets: TargetSpec = None, *, input_tensor: Any = None,
+                 aug_smooth: bool | None = None, eigen_smooth: bool | None = None) -> np.ndarray:
+        """Maps ``(N, H, W)`` float32 in [0, 1] at the input resolution.
+
+        ``input_tensor`` is pytorch-grad-cam's name for ``x``; ``aug_smooth`` / ``eigen_smooth``
+        override the constructor's settings for this call.
+        """
+        if input_tensor is not None:
+            if x is not None:
+                raise ArgumentError("pass the input once: either x or input_tensor=, not both")
+            x = input_tensor
+        if x is None:
+            raise ArgumentError("no input given: call cam(x) or cam(input_tensor=x) with a preprocessed batch")
+        saved = self.aug_smooth, self.eigen_smooth
+        self.aug_smooth = saved[0] if aug_smooth is None else aug_smooth
+        self.eigen_smooth = saved[1] if eigen_smooth is None else eigen_smooth
+        try:
+            return self.explain(x, targets).maps
+        finally:
+            self.aug_smooth, self.eigen_smooth = saved
+
+    def explain(self, x: Any, targets: TargetSpec = None,
+                progress: Callable[[float], None] | None = None) -> Explanation:
+        """Maps plus everything behind them (raw maps, targets, scores, outputs).
+
+        ``progress(fraction)``: called as the work advances, the fractions of this call summing to 1
+        (``with cam.reporting(progress):`` does the same around a call).
+        """
+        if progress is not None:
+            with self.reporting(progress):
+                return self.explain(x, targets)
+        x = self.model.check_input(self._as_input(x))
         if self.aug_smooth:
             return self._aug_smooth(x, targets)
         raw = self.raw_maps(x, targets)
         self._warn_blank(raw)
         return self._finish(raw)
+
+    @contextlib.contextmanager
+    def reporting(self, progress: Callable[[float], None] | None) -> Iterator[None]:
+        """Within the block, ``explain`` reports its progress to ``progress(fraction)`` (fractions of
+        one call summing to 1; what the method did not report itself is reported when it returns)."""
+        saved = self._progress, self._progress_done
+        self._progress, self._progress_done = progress, 0.0
+        try:
+            yield
+        finally:
+            self.report_progress(1.0)
+            self._progress, self._progress_done = saved
+
+    def _as_input(self, x: Any) -> Any:
+        """numpy from torch tensors (duck-typed: onnxcam never imports torch) and PIL images."""
+        if hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "numpy"):
+            return x.detach().cpu().numpy()
+        pil = [x] if _is_pil(x) else list(x) if isinstance(x, (list, tuple)) and x and all(map(_is_pil, x)) else []
+        if not pil:
+            return x
+        if self.preprocess is None:
+            raise InputError(
+                f"{type(self).__name__} got a PIL image but does not know the model's preprocessing: pass "
+                "preprocess='imagenet' (or another preset, or an onnxcam.Preprocess) when creating it, or give "
+                "a preprocessed array: onnxcam.preprocess([np.asarray(img.convert('RGB'))], pp)"
+            )
+        return preprocess([np.asarray(img.convert("RGB")) for img in pil], self.preprocess)
+
+    def release(self) -> None:
+        """Drop the onnxruntime sessions and gradient graphs built so far (they are rebuilt if needed)."""
+        model = self.model
+        engine = getattr(model, "gradient_engine", None)
+        for owner, attr in ((model, "_sessions"), (engine, "_graphs"), (engine, "_straight")):
+            cache = getattr(owner, attr, None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # Exceptions propagate (pytorch-grad-cam's __exit__ swallows them).
+        self.release()
 
     def _finish(self, raw: RawMaps) -> Explanation:
         """Per layer ReLU -> normalise -> resize, then fuse layers (pytorch-grad-cam's order)."""
@@ -210,4 +307,23 @@ class BaseCAM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model.name!r}, layer={list(self.layers)})"
+
+
+def _is_pil(x: Any) -> bool:
+    return hasattr(x, "convert") and hasattr(x, "mode") and hasattr(x, "size") and not isinstance(x, np.ndarray)
+
+
+def _target_layers(layer: LayerSpec, target_layers: Sequence[str]) -> list[str]:
+    """``target_layers`` (pytorch-grad-cam's keyword) as a ``layer`` list of tensor names."""
+    if layer != "auto":
+        raise ArgumentError("pass the layers once: either layer= or target_layers=, not both")
+    names = [target_layers] if isinstance(target_layers, str) else list(target_layers)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad or not names:
+        got = type(bad[0]).__name__ if bad else "an empty list"
+        raise ArgumentError(
+            f"target_layers takes ONNX tensor names (strings), got {got}: list them with `onnxcam layers MODEL` "
+            "or onnxcam.load(path).layers(); 'auto' picks the last spatial feature map"
+        )
+    return names
 

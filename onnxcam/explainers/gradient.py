@@ -6,6 +6,7 @@ import numpy as np
 
 from onnxcam import methods
 from onnxcam.explainers.base import BaseCAM, RawMaps
+from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
 from onnxcam.postprocess import eigen_smooth
 from onnxcam.targets import TargetSpec
 
@@ -32,6 +33,9 @@ class _ChannelWeightCAM(BaseCAM):
                        notes=[f"gradients: {g.source}", *g.notes])
 
 
+@method_spec(MethodSpec(
+    "gradcam", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+))
 class GradCAM(_ChannelWeightCAM):
     """Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of the gradients."""
 
@@ -41,6 +45,10 @@ class GradCAM(_ChannelWeightCAM):
         return methods.gradcam_weights(grads)
 
 
+@method_spec(MethodSpec(
+    "gradcam++", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+    aliases=("gradcampp", "gradcamplusplus"),
+))
 class GradCAMPlusPlus(_ChannelWeightCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018): higher-order alpha weighting of positive gradients."""
 
@@ -50,6 +58,9 @@ class GradCAMPlusPlus(_ChannelWeightCAM):
         return methods.gradcam_plusplus_weights(acts, grads)
 
 
+@method_spec(MethodSpec(
+    "xgradcam", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+))
 class XGradCAM(_ChannelWeightCAM):
     """XGrad-CAM (Fu et al. 2020): gradients weighted by normalised activations."""
 
@@ -77,6 +88,9 @@ class _ElementWiseCAM(BaseCAM):
                        notes=[f"gradients: {g.source}", *g.notes])
 
 
+@method_spec(MethodSpec(
+    "layercam", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+))
 class LayerCAM(_ElementWiseCAM):
     """LayerCAM (Jiang et al. 2021): sum_c relu(dA) * A."""
 
@@ -84,6 +98,9 @@ class LayerCAM(_ElementWiseCAM):
     kind = "layercam"
 
 
+@method_spec(MethodSpec(
+    "hirescam", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+))
 class HiResCAM(_ElementWiseCAM):
     """HiResCAM (Draelos & Carin 2020): sum_c dA * A, faithful to the model's computation."""
 
@@ -91,6 +108,9 @@ class HiResCAM(_ElementWiseCAM):
     kind = "hirescam"
 
 
+@method_spec(MethodSpec(
+    "gradcam-elementwise", cost="1 forward + 1 head backward", cost_class="backward", uses_gradients=True,
+))
 class GradCAMElementWise(_ElementWiseCAM):
     """Grad-CAM element-wise (pytorch-grad-cam): sum_c relu(dA * A)."""
 
@@ -98,6 +118,9 @@ class GradCAMElementWise(_ElementWiseCAM):
     kind = "gradcam_elementwise"
 
 
+@method_spec(MethodSpec(
+    "eigengradcam", cost="1 forward + 1 head backward + SVD", cost_class="backward", uses_gradients=True,
+))
 class EigenGradCAM(BaseCAM):
     """Eigen-Grad-CAM: first principal component of dA * A."""
 
@@ -112,6 +135,17 @@ class EigenGradCAM(BaseCAM):
                        notes=[f"gradients: {g.source}", *g.notes])
 
 
+@method_spec(MethodSpec(
+    "smoothgradcam++", cost="(1 + samples) x (forward + head backward)", cost_class="sampled backward",
+    uses_gradients=True,
+    aliases=("smoothgradcampp", "smoothgradcamplusplus"),
+    options=(
+        MethodOption("num_samples", int, 4, "noisy copies of the input", minimum=1),
+        MethodOption("std", float, 0.3, "std of the Gaussian noise added to the input", minimum=0.0),
+        MethodOption("seed", int, 0, "seed of each image's noise generator", minimum=0),
+        MethodOption("torchcam_compat", bool, False, "reproduce torchcam (last noisy run only)"),
+    ),
+))
 class SmoothGradCAMPlusPlus(BaseCAM):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradient powers averaged over noisy
     copies of the input (torchcam's formulas). ``num_samples`` noisy runs, noise std ``std``.

@@ -9,6 +9,7 @@ import numpy as np
 
 from onnxcam import methods
 from onnxcam.explainers.base import BaseCAM, RawMaps
+from onnxcam.method_specs import MethodOption, MethodSpec, method_spec
 from onnxcam.scoring import ForwardScorer
 from onnxcam.targets import Target, TargetSpec, target_scores
 
@@ -22,14 +23,26 @@ class _MaskingCAM(BaseCAM):
         super().prepare(n)
         self.model.session("forward")  # the masked copies run through the whole model
 
-    def _score_fn(self, targets: list[Target]) -> Callable[[np.ndarray, int], np.ndarray]:
-        """``fn(masked images (M, ...), i) -> (M,)``: image ``i``'s target on whole-model runs."""
+    def _score_fn(self, targets: list[Target], total: int) -> Callable[[np.ndarray, int], np.ndarray]:
+        """``fn(masked images (M, ...), i) -> (M,)``: image ``i``'s target on whole-model runs; each call
+        reports ``M / total`` of the explain call's progress."""
         def forward(images: np.ndarray) -> list[np.ndarray]:
             return self.model.forward(images.astype(np.float32, copy=False), self.batch_size)
 
-        return ForwardScorer(forward, targets).per_image()
+        return _counted(self, ForwardScorer(forward, targets).per_image(), total)
+
+    def _channels(self, acts: dict[str, np.ndarray], max_channels: int | None) -> int:
+        """Channels scored per image over all layers (the unit of progress)."""
+        return sum(min(a.shape[1], max_channels or a.shape[1]) for a in acts.values())
 
 
+@method_spec(MethodSpec(
+    "scorecam", cost="1 + C forwards (C = channels; constant channels once)", cost_class="per-channel forwards",
+    uses_gradients=False,
+    options=(
+        MethodOption("max_channels", int, None, "score only the K most varied channels (Faster-Score-CAM)", minimum=1),
+    ),
+))
 class ScoreCAM(_MaskingCAM):
     """Score-CAM (Wang et al. 2020): channel weights = softmax of the target scores of the input masked
     by each upsampled, normalised channel. Constant channels are scored once (exact).
@@ -43,7 +56,7 @@ class ScoreCAM(_MaskingCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
-        score_fn = self._score_fn(resolved)
+        score_fn = self._score_fn(resolved, len(x) * self._channels(acts, self.max_channels))
         maps, weights = {}, {}
         for layer in self.layers:
             w = methods.scorecam_weights(acts[layer], self.model.input.size, x, score_fn, self.batch_size,
@@ -53,6 +66,15 @@ class ScoreCAM(_MaskingCAM):
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
 
 
+@method_spec(MethodSpec(
+    "sscam", cost="1 + samples x C forwards", cost_class="per-channel forwards", uses_gradients=False,
+    options=(
+        MethodOption("num_samples", int, 35, "noisy copies of each mask", minimum=1),
+        MethodOption("std", float, 2.0, "std of the Gaussian noise added to the masks", minimum=0.0),
+        MethodOption("seed", int, 0, "seed of each image's noise generator", minimum=0),
+        MethodOption("max_channels", int, None, "score only the K most varied channels (Faster-Score-CAM)", minimum=1),
+    ),
+))
 class SSCAM(_MaskingCAM):
     """SS-CAM (Wang et al. 2020): Score-CAM with Gaussian noise on the masks, averaged (torchcam's
     formulas). ``num_samples`` rounds, noise std ``std``. Every image draws its noise from its own
@@ -71,7 +93,7 @@ class SSCAM(_MaskingCAM):
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
-        score_fn = self._score_fn(resolved)
+        score_fn = self._score_fn(resolved, len(x) * self._channels(acts, self.max_channels) * self.num_samples)
         maps, weights = {}, {}
         for layer in self.layers:
             w = methods.sscam_weights(acts[layer], x, score_fn, self.batch_size, self.num_samples, self.std,
@@ -82,6 +104,9 @@ class SSCAM(_MaskingCAM):
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
 
 
+@method_spec(MethodSpec(
+    "ablationcam", cost="1 forward + C head runs", cost_class="per-channel head runs", uses_gradients=False,
+))
 class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target score when
     the channel is ablated. Only the head re-runs, batched over channels."""
@@ -104,8 +129,21 @@ class AblationCAM(BaseCAM):
             a = view.to_map(feeds[layer])
             acts_all[layer] = a
             scorer = self.model.gradient_engine.head_scorer(layer, resolved, feeds, outputs, self.batch_size)
-            w = methods.ablation_weights(a, scorer.per_image(view), scores, self.batch_size)
+            total = len(x) * a.shape[1] * len(self.layers)
+            w = methods.ablation_weights(a, _counted(self, scorer.per_image(view), total), scores, self.batch_size)
             weights[layer] = w
             maps[layer] = methods.weighted_sum(a, w)
         return RawMaps(maps, resolved, scores, outputs, acts_all, weights=weights,
                        notes=["only the head re-ran; the body ran once"])
+
+
+def _counted(cam: BaseCAM, fn: Callable[[np.ndarray, int], np.ndarray],
+             total: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``fn`` reporting ``len(rows) / total`` of ``cam``'s explain call as done after each call, so a
+    progress bar moves within a batch (the methods' loops never see it)."""
+    def scored(rows: np.ndarray, i: int) -> np.ndarray:
+        out = fn(rows, i)
+        cam.report_progress(rows.shape[0] / max(1, total))
+        return out
+
+    return scored

@@ -11,9 +11,13 @@ from onnxcam import methods
 from onnxcam.errors import HeadStructureError, OnnxCamWarning, TargetError
 from onnxcam.explainers.base import BaseCAM, RawMaps
 from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
+from onnxcam.method_specs import MethodSpec, method_spec
 from onnxcam.targets import ClassTarget, TargetSpec
 
 
+@method_spec(MethodSpec(
+    "cam", cost="1 forward", cost_class="forward", uses_gradients=False,
+))
 class CAM(BaseCAM):
     """Class Activation Mapping (Zhou et al. 2016): weights = the classifier row of the target class,
     for models whose layer feeds global average pooling -> linear -> output."""
@@ -44,6 +48,9 @@ class CAM(BaseCAM):
         return RawMaps(maps, resolved, scores, outputs, acts, weights=weights)
 
 
+@method_spec(MethodSpec(
+    "eigencam", cost="1 forward + SVD", cost_class="forward", uses_gradients=False,
+))
 class EigenCAM(BaseCAM):
     """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations; class-agnostic."""
 
@@ -58,6 +65,9 @@ class EigenCAM(BaseCAM):
         return RawMaps(maps, resolved, scores, outputs, acts)
 
 
+@method_spec(MethodSpec(
+    "fullgrad", cost="1 forward + 1 full backward", cost_class="full backward", uses_gradients=True,
+))
 class FullGrad(BaseCAM):
     """FullGrad (Srinivas & Fleuret 2019): |input x input-gradient| plus |bias x gradient| at every
     bias-carrying convolution. It takes no layer: it reads the input and every such layer (a layer

@@ -33,6 +33,8 @@ input"), and appends a trailing seed axis that wraps every op in extra Transpose
 the rules here are our own.
 """
 
+from onnxcam.gradients._emit import Emitter
+from onnxcam.gradients._registry import RULES, Rule, rule
 from onnxcam.gradients.builder import GradientModel, build_gradient_model, missing_rules
 
-__all__ = ["GradientModel", "build_gradient_model", "missing_rules"]
+__all__ = ["RULES", "Emitter", "GradientModel", "Rule", "build_gradient_model", "missing_rules", "rule"]

@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from onnxcam.gradients._emit import Shape
 from onnxcam.graph.const_fold import constant_value, shape_skeleton
+from onnxcam.runtime import make_session
 
 # Ops whose value is not a function of their inputs: never folded.
 _NONDETERMINISTIC = frozenset(
@@ -69,8 +70,6 @@ def _infer(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, i
 
 
 def _session(model: onnx.ModelProto) -> object | None:
-    from onnxcam.runtime import make_session  # local: runtime pulls in graph helpers
-
     try:
         return make_session(model, "cpu", what="gradient builder probe")
     except Exception:  # a probe that does not load leaves the gap for the rule to report

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcam.graph.shapes import TensorInfo
+from onnxcam.graph.tensor_info import TensorInfo
 
 # Initializers above this many elements are weights: declared as inputs, never copied or evaluated.
 WEIGHT_ELEMENTS = 1024

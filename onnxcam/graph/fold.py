@@ -12,11 +12,12 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcam.graph.shapes import tensor_infos
+from onnxcam.runtime import make_session
 
 _SHAPE_OPS = {"Shape", "Size"}
 
 
-def _static_tensors(graph: onnx.GraphProto) -> tuple[set[str], set[int]]:
+def static_tensors(graph: onnx.GraphProto) -> tuple[set[str], set[int]]:
     """Tensors computed from input *shapes* only (not values), and the nodes producing only those."""
     inits = {i.name for i in graph.initializer}
     data = {i.name for i in graph.input} - inits
@@ -43,10 +44,8 @@ def fold_shape_computations(model: onnx.ModelProto) -> onnx.ModelProto:
     Values are read off one onnxruntime run on zero inputs: shape arithmetic does not depend on
     the input values. Returns the model unchanged (a copy) if there is nothing to fold.
     """
-    from onnxcam.runtime import make_session  # local: runtime imports graph helpers
-
     graph = model.graph
-    static, nodes = _static_tensors(graph)
+    static, nodes = static_tensors(graph)
     consumers_outside = {n for k, node in enumerate(graph.node) if k not in nodes for n in node.input}
     wanted = sorted(n for n in static if n in consumers_outside or n in {o.name for o in graph.output})
     copy = onnx.ModelProto()

@@ -11,28 +11,32 @@ from collections.abc import Iterable
 
 import onnx
 
+from onnxcam.errors import ArgumentError
+from onnxcam.graph.toposort import ancestors, topological_order
+
 
 def prune_to_outputs(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose graph outputs are ``outputs`` (kept in graph order) and whose nodes
-    and initializers are those they depend on. Graph inputs all stay: callers feed them by name."""
+    and initializers are those they depend on, in topological order. Graph inputs all stay: callers
+    feed them by name.
+
+    Dependencies are followed by name, not by position, so a graph whose nodes are out of order
+    loses none of the producers its outputs need (and comes back sorted).
+    """
     keep_out = set(outputs)
     graph = model.graph
     missing = keep_out - {o.name for o in graph.output}
     if missing:
-        raise ValueError(f"prune_to_outputs: {sorted(missing)} are not outputs of the graph")
+        raise ArgumentError(
+            f"cannot prune graph {graph.name!r} to {sorted(missing)}: they are not among its outputs "
+            f"({', '.join(o.name for o in graph.output)}); add them as graph outputs first"
+        )
+    kept, needed = ancestors(graph.node, keep_out)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return copy  # subgraphs read outer tensors without listing them as inputs: leave such graphs whole
-    needed = set(keep_out)
-    kept: list[int] = []
-    for k in range(len(graph.node) - 1, -1, -1):
-        if any(o in needed for o in graph.node[k].output):
-            kept.append(k)
-            needed.update(n for n in graph.node[k].input if n)
     g = copy.graph
     del g.node[:]
-    g.node.extend(graph.node[k] for k in reversed(kept))
+    g.node.extend(topological_order([graph.node[k] for k in sorted(kept)]))
     del g.initializer[:]
     g.initializer.extend(i for i in graph.initializer if i.name in needed)
     del g.output[:]

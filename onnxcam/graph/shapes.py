@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import onnx
 
-Dim = int | str | None
-
-FLOAT_TYPES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Element type and shape of one tensor; a dim is an int, a symbol (str) or unknown (None)."""
-
-    name: str
-    elem_type: int
-    shape: tuple[Dim, ...] | None
-
-    @property
-    def is_float(self) -> bool:
-        return self.elem_type in FLOAT_TYPES
-
-    @property
-    def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
+from onnxcam.graph.const_fold import shape_skeleton, value_infos
+from onnxcam.graph.tensor_info import FLOAT_TYPES, Dim, TensorInfo
 
 
 def _info(value: onnx.ValueInfoProto) -> TensorInfo:
@@ -80,8 +59,6 @@ def with_static_inputs(model: onnx.ModelProto, dims: Mapping[str, Sequence[Dim]]
     otherwise survive and keep the gradient builder from seeing static shapes. Inference runs on a
     weightless skeleton (see ``const_fold``) and its value_info is copied back.
     """
-    from onnxcam.graph.const_fold import shape_skeleton, value_infos  # local: const_fold builds on this module
-
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     del copy.graph.value_info[:]
@@ -106,3 +83,8 @@ def with_static_inputs(model: onnx.ModelProto, dims: Mapping[str, Sequence[Dim]]
         if value.name in outputs:
             value.CopyFrom(outputs[value.name])
     return copy
+
+
+__all__ = [
+    "FLOAT_TYPES", "Dim", "TensorInfo", "format_shape", "make_value_info", "tensor_infos", "with_static_inputs",
+]

@@ -18,8 +18,10 @@ import numpy as np
 import onnx
 
 from onnxcam.errors import LayerError, LayerNotFoundError
+from onnxcam.graph.fold import static_tensors
 from onnxcam.graph.protos import make_model
 from onnxcam.graph.shapes import Dim, TensorInfo, make_value_info
+from onnxcam.graph.toposort import topological_order
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,12 @@ def split_model(
     initializers = [init for init in graph.initializer if init.name in constant_needed or init.name in
                     {n for j in const_nodes for n in graph.node[j].input}]
 
+    # The pieces come from different places (the rebuilt batch dim reads Constants emitted after it):
+    # ONNX needs producers before consumers, and prune_to_outputs and onnxruntime rely on it.
+    head_nodes_sorted = topological_order([graph.node[j] for j in sorted(const_nodes)] + shape_nodes
+                                          + [graph.node[i] for i in kept])
     head_graph = onnx.helper.make_graph(
-        nodes=[graph.node[j] for j in sorted(const_nodes)] + shape_nodes + [graph.node[i] for i in kept],
+        nodes=head_nodes_sorted,
         name=f"{graph.name or 'model'}_head",
         inputs=[_batch_free(infos, name, batch_dim) for name in head_inputs],
         outputs=[o for o in graph.output if o.name in head_outputs],
@@ -161,9 +167,7 @@ def _shape_subgraph(
     (non-batch dims are static); the arithmetic after it is copied. Returns ([], empty) when a
     shape tensor cannot be rebuilt that way, and the tensor is then fed like any other.
     """
-    from onnxcam.graph.fold import _static_tensors
-
-    static, _ = _static_tensors(graph)
+    static, _ = static_tensors(graph)
     wanted = [n for i in kept for n in graph.node[i].input if n and n in static and n not in produced_in_head
               and n not in constants]
     if not wanted:
@@ -186,13 +190,13 @@ def _shape_subgraph(
     out: list[onnx.NodeProto] = []
     h = onnx.helper
     batch_name = f"onnxcam_split/batch_of_{batch_src}"
-    out.append(h.make_node("Shape", [batch_src], [batch_name + "_shape"], name=batch_name + "_shape_node"))
-    out.append(h.make_node("Slice", [batch_name + "_shape", batch_name + "_0", batch_name + "_1"], [batch_name],
-                           name=batch_name + "_slice"))
     out.append(h.make_node("Constant", [], [batch_name + "_0"], value=onnx.numpy_helper.from_array(
         _np_i64([0]), batch_name + "_0"), name=batch_name + "_c0"))
     out.append(h.make_node("Constant", [], [batch_name + "_1"], value=onnx.numpy_helper.from_array(
         _np_i64([1]), batch_name + "_1"), name=batch_name + "_c1"))
+    out.append(h.make_node("Shape", [batch_src], [batch_name + "_shape"], name=batch_name + "_shape_node"))
+    out.append(h.make_node("Slice", [batch_name + "_shape", batch_name + "_0", batch_name + "_1"], [batch_name],
+                           name=batch_name + "_slice"))
     rebuilt: dict[int, list[onnx.NodeProto]] = {}
     for j in roots:
         node = graph.node[j]

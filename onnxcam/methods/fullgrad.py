@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError
 from onnxcam.methods._checks import as_feature_map, check_layout
-from onnxcam.postprocess import NORMALIZE_EPS, resize_maps
+from onnxcam.methods.maps import NORMALIZE_EPS, resize_maps
 
 
 def _channel_scaled_sum(terms: np.ndarray) -> np.ndarray:
