@@ -11,7 +11,7 @@ import typer
 from . import notes  # warnings as one-line notes
 from . import options as opt
 from .errors import friendly, report_skipped
-from .parsing import check_top_k, parse_size, preprocessing, resolve_layer_arg
+from .parsing import check_top_k, extra_inputs, parse_size, preprocessing, resolve_layer_arg
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ def explain(
     conf: float = typer.Option(0.25, "--conf", help="Detectors: minimum detection score, 0..1."),
     iou: float = typer.Option(0.45, "--iou", help="Detectors: NMS IoU threshold, 0..1."),
     detections: int = typer.Option(5, "--detections", help="Detectors: explain each image's top K detections."),
+    inputs: list[str] | None = typer.Option(None, "--input", help="Fix another model input: NAME=VALUE, e.g. "
+                                     "scale_factor=1,1 (repeatable; one image's value)."),
 ) -> None:
     notes.install()
     from onnxcam.image import expand_image_paths
@@ -91,7 +93,8 @@ def explain(
 
     chosen = opt.choose_methods(method, option, max_channels, samples, noise_std)
     target_index = opt.one_target(target)
-    m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout))
+    m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout),
+             extra_inputs=extra_inputs(inputs))
     paths = expand_image_paths(images)
     if _is_detector(m, task):
         _explain_detections(m, paths, out, chosen, layer, detections, conf, iou, preset, mean, std, center_crop,

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from onnxcam.errors import ArgumentError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from onnxcam.image import Preprocess
     from onnxcam.model import Model
 
@@ -46,8 +48,21 @@ def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool,
     pp = get_preset(preset, m.input.size, m.input.layout,
                     mean=parse_floats(mean, 3, "--mean") if mean else None,
                     std=parse_floats(std, 3, "--std") if std else None,
-                    resize_mode="center_crop" if center_crop else "stretch")
+                    resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
     return replace(pp, channel_order=channel_order) if channel_order else pp  # type: ignore[arg-type]
+
+
+def extra_inputs(items: list[str] | None) -> dict[str, np.ndarray]:
+    """``--input NAME=VALUE`` (repeatable; VALUE comma-separated numbers) -> fixed values by input name."""
+    from onnxcam.graph.inputs import parse_value
+
+    values: dict[str, np.ndarray] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ArgumentError(f"--input {item!r} is not NAME=VALUE (e.g. --input scale_factor=1,1)")
+        values[name.strip()] = parse_value(text)
+    return values
 
 
 def layer_list(text: str) -> str | list[str]:

@@ -12,13 +12,17 @@ import time
 from pathlib import Path
 
 from models.detectors import SPECS as DETECTOR_SPECS
+from models.corpus_paddle import SPECS as CORPUS_PADDLE_SPECS
+from models.corpus_tf import SPECS as CORPUS_TF_SPECS
+from models.corpus_torch import SPECS as CORPUS_TORCH_SPECS
 from models.efficientnet import SPECS as EFFICIENTNET_SPECS
 from models.export import export_spec
 from models.transformers import SPECS as TRANSFORMER_SPECS
 from models.zoo import ZOO, ModelSpec
 
 MODELS_DIR = Path(__file__).resolve().parent
-MODELS: dict[str, ModelSpec] = {**ZOO, **EFFICIENTNET_SPECS, **TRANSFORMER_SPECS, **DETECTOR_SPECS}
+MODELS: dict[str, ModelSpec] = {**ZOO, **EFFICIENTNET_SPECS, **TRANSFORMER_SPECS, **DETECTOR_SPECS,
+                               **CORPUS_TORCH_SPECS, **CORPUS_PADDLE_SPECS, **CORPUS_TF_SPECS}
 DEFAULT = tuple(name for name, spec in MODELS.items() if spec.default)
 
 

@@ -241,6 +241,10 @@ class Preprocess:
     and the central ``size`` is cut out (torchvision's Resize(256) + CenterCrop(224) for 0.875); with
     ``"letterbox"`` it is scaled (aspect kept) to fit inside ``size`` and centred on gray (114)
     padding, as ultralytics' YOLO exports expect.
+
+    ``channels``: what the model takes. 1: the image's luma (BT.601: 0.299 R + 0.587 G + 0.114 B),
+    normalised with ``mean[0]``/``std[0]``; 4: RGB plus an opaque alpha (255, scaled by ``scale``
+    only: ``load_image`` has already composited any transparency); 3: RGB (or BGR).
     """
 
     mean: tuple[float, float, float]
@@ -251,6 +255,7 @@ class Preprocess:
     size: tuple[int, int] = (224, 224)  # (H, W)
     resize_mode: ResizeMode = "stretch"
     crop_fraction: float = 0.875
+    channels: int = 3
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -279,8 +284,10 @@ def get_preset(
     *,
     resize_mode: str | None = None,
     crop_fraction: float = 0.875,
+    channels: int = 3,
 ) -> Preprocess:
-    """The preset ``name`` for an input of ``size`` ``(H, W)`` and ``layout``; mean/std override.
+    """The preset ``name`` for an input of ``size`` ``(H, W)``, ``layout`` and ``channels`` (1, 3 or 4);
+    mean/std override.
 
     ``resize_mode``: None keeps the preset's own (``letterbox`` for ``yolo``, else ``stretch``).
     """
@@ -295,6 +302,8 @@ def get_preset(
         raise ArgumentError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
         raise ArgumentError(f"size must be two positive integers (H, W), got {tuple(size)}")
+    if channels not in (1, 3, 4):
+        raise ArgumentError(f"onnxcam makes 1-, 3- or 4-channel inputs from images, the model takes {channels}")
     base = PRESETS[key]
     resize_mode = base.resize_mode if resize_mode is None else resize_mode
     return replace(
@@ -305,6 +314,7 @@ def get_preset(
         std=_triple("std", std, nonzero=True) if std is not None else base.std,
         resize_mode=resize_mode,  # type: ignore[arg-type]  # checked above
         crop_fraction=crop_fraction,
+        channels=channels,
     )
 
 
@@ -391,7 +401,7 @@ def _check_rgb_uint8(image: np.ndarray, what: str) -> None:
 
 
 def preprocess(images: Sequence[np.ndarray], pp: Preprocess) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` images -> float32 ``(N, 3, h, w)`` (NCHW) or ``(N, h, w, 3)``."""
+    """RGB uint8 ``(H, W, 3)`` images -> float32 ``(N, C, h, w)`` (NCHW) or ``(N, h, w, C)``, ``C = pp.channels``."""
     if len(images) == 0:
         raise InputError("preprocess got no images; pass at least one (H, W, 3) uint8 array")
     out_h, out_w = pp.size
@@ -403,7 +413,16 @@ def preprocess(images: Sequence[np.ndarray], pp: Preprocess) -> np.ndarray:
         batch = batch[..., ::-1]
     mean = np.asarray(pp.mean, dtype=np.float32)
     std = np.asarray(pp.std, dtype=np.float32)
-    batch = (batch * np.float32(pp.scale) - mean) / std
+    if pp.channels == 1:
+        # Luma from RGB whatever channel_order says: the weights belong to the colours, not the positions.
+        rgb = batch[..., ::-1] if pp.channel_order == "BGR" else batch
+        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        batch = ((gray * np.float32(pp.scale) - mean[0]) / std[0])[..., None]
+    else:
+        batch = (batch * np.float32(pp.scale) - mean) / std
+        if pp.channels == 4:
+            alpha = np.full(batch.shape[:3] + (1,), 255 * pp.scale, dtype=np.float32)
+            batch = np.concatenate([batch, alpha], axis=3)
     if pp.layout == "NCHW":
         batch = batch.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(batch, dtype=np.float32)

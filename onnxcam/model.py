@@ -13,7 +13,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from onnxcam.gradients.quant_ops import integer_op_count
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
+from onnxcam.graph.inputs import fixed_inputs
+from onnxcam.graph.outputs import ExplainedGraph, explained_graph
 from onnxcam.graph.quant_taps import expose_int8_activations
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
@@ -37,10 +39,13 @@ from onnxcam.layers import Layer, LayerFacts, layer_facts, resolve_layer, viewed
 from onnxcam.loading import read_model
 from onnxcam.runtime import Device, check_device, make_session, run_batched, session_device
 from onnxcam.targets import TargetSpec
-from onnxcam.tasks import Task, detect_task
+from onnxcam.tasks import OutputShapes, Task, detect_task
 from onnxcam.views import ViewSpec, as_maps
 
 LayerSpec = str | Sequence[str]
+# Integer element types an image input may have (pixel values, e.g. uint8 0..255).
+IMAGE_INT_TYPES = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+                             onnx.TensorProto.INT32})
 # One view for every layer, or a view per layer name (layers without one are NCHW).
 ViewsSpec = ViewSpec | Mapping[str, ViewSpec]
 
@@ -93,6 +98,7 @@ class Model:
         input_size: tuple[int, int] | None = None,
         layout: str | None = None,
         threads: int | None = None,
+        extra_inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = self.path.name
@@ -102,12 +108,21 @@ class Model:
         # QOperator int8 models pass uint8 tensors between ops: float views of them (which leave the
         # computation bit for bit as it was) are the feature maps a CAM can use.
         self.proto, self.int8_views = expose_int8_activations(self.proto)
+        self.extra_inputs = {k: np.asarray(v) for k, v in (extra_inputs or {}).items()}
         self.input = self._find_input(input_size, layout)
+        if self.extra_inputs:
+            # An in-memory copy with the extras as constants: the file is never touched.
+            self.proto = fixed_inputs(self.proto, self.extra_inputs, self.input.name)
         skeleton, folded = shape_skeleton(self.proto)
         shaped = with_static_inputs(skeleton, {self.input.name: self._input_dims(self.input.batch)})
         self._infos: dict[str, TensorInfo] = {**tensor_infos(shaped), **value_infos(folded)}
         self._probe_missing_shapes()
-        self.outputs: tuple[str, ...] = tuple(o.name for o in self.proto.graph.output)
+        # What every run, split and gradient graph works on: the model plus the logits behind a final
+        # Softmax / Sigmoid, with every output batch-first (see onnxcam.graph.outputs).
+        self.explained: ExplainedGraph = explained_graph(self.proto, self._infos, self.input.batch)
+        self.graph: onnx.ModelProto = self.explained.proto
+        self._infos = self.explained.infos
+        self.outputs: tuple[str, ...] = self.explained.names
         self._facts: LayerFacts | None = None
         self._warned_layouts: set[str] = set()
         # What the exporter wrote (ultralytics: task, imgsz, names, stride), for the task's reading.
@@ -136,18 +151,31 @@ class Model:
         if not inputs:
             raise UnsupportedModelError(f"{self.name} has no graph input: onnxcam explains models that take an image")
         infos = tensor_infos(self.proto)
-        images = [i for i in inputs if infos[i.name].rank == 4 and infos[i.name].is_float]
+        images = [i for i in inputs if infos[i.name].rank == 4 and (infos[i.name].is_float or
+                                                                    infos[i.name].elem_type in IMAGE_INT_TYPES)]
+        unknown = [n for n in self.extra_inputs if n not in {i.name for i in inputs}]
+        if unknown:
+            raise ArgumentError(
+                f"{self.name} has no input {unknown[0]!r} to fix: its inputs are "
+                f"{', '.join(i.name for i in inputs)}"
+            )
+        extras = [i for i in inputs if i.name in self.extra_inputs]
+        inputs = [i for i in inputs if i.name not in self.extra_inputs]
+        images = [i for i in images if i.name not in self.extra_inputs]
         if len(inputs) > 1:
             names = ", ".join(f"{i.name}{format_shape(infos[i.name].shape)}" for i in inputs)
+            others = ", ".join(f"{i.name}=..." for i in inputs if i not in images[:1])
             raise UnsupportedModelError(
-                f"{self.name} has {len(inputs)} inputs ({names}); onnxcam explains single-input image models: "
-                "export the model with the other inputs folded into constants"
+                f"{self.name} has {len(inputs)} inputs ({names}); onnxcam explains image models with one varying "
+                f"input: give the others fixed values with extra_inputs= (CLI: --input NAME=VALUE, e.g. {others})"
             )
+        if not inputs:
+            raise UnsupportedModelError(f"{self.name}: extra_inputs fixes every input ({len(extras)}); leave the image")
         if not images:
             info = infos[inputs[0].name]
             raise UnsupportedModelError(
                 f"{self.name}'s input {info.name!r} has shape {format_shape(info.shape)}, not an image batch "
-                "(N, C, H, W) or (N, H, W, C) of floats: onnxcam explains vision models with one image input"
+                "(N, C, H, W) or (N, H, W, C) of floats or uint8: onnxcam explains vision models with one image input"
             )
         info = infos[images[0].name]
         assert info.shape is not None
@@ -218,7 +246,13 @@ class Model:
     def layer_facts(self) -> LayerFacts:
         """Candidate layers and attention blocks (see ``onnxcam.layers.layer_facts``), cached."""
         if self._facts is None:
-            self._facts = layer_facts(self.proto, self._infos, self.input.layout)
+            facts = layer_facts(self.proto, self._infos, self.input.layout)
+            # The logits the explained graph adds are outputs, never a layer to explain.
+            logits = {o.name for o in self.explained.outputs if o.logits_of is not None}
+            if logits:
+                kept = [c for c in facts.layers if c.name not in logits]
+                facts = LayerFacts([replace(c, index=k) for k, c in enumerate(kept)], facts.blocks)
+            self._facts = facts
         return self._facts
 
     def layers(self) -> list[Layer]:
@@ -268,13 +302,15 @@ class Model:
         return tuple(found.name for found in self.select_layers(layer, view))
 
     @property
-    def output_shapes(self) -> list[tuple[Dim, ...]]:
-        """Per-image shapes of the model outputs (batch axis dropped; unknown ones empty)."""
+    def output_shapes(self) -> OutputShapes:
+        """Per-image shapes of the explained outputs (batch axis dropped; unknown ones empty), with
+        the logits behind each final activation (see ``onnxcam.graph.outputs``)."""
         shapes = []
         for name in self.outputs:
             info = self._infos.get(name)
             shapes.append(tuple(info.shape[1:]) if info is not None and info.shape else ())
-        return shapes
+        activations = {k: o.activation for k, o in enumerate(self.explained.outputs) if o.activation}
+        return OutputShapes(shapes, self.explained.logits(), activations)
 
     @property
     def task(self) -> Task:
@@ -292,14 +328,14 @@ class Model:
         """The body/head split at ``cut`` (tensor names), cached."""
         key = tuple(cut)
         if key not in self._splits:
-            self._splits[key] = split_model(self.proto, key, self._infos, batch_dim=self.input.batch)
+            self._splits[key] = split_model(self.graph, key, self._infos, batch_dim=self.input.batch)
         return self._splits[key]
 
     def head_share(self, cut: Sequence[str]) -> float:
         """The head's share of the model's multiply-accumulates (0..1) at ``cut``, cached."""
         key = ("head_share",) + tuple(cut)
         if key not in self._costs:
-            total = graph_macs(self.proto.graph.node, self._infos)
+            total = graph_macs(self.graph.graph.node, self._infos)
             head = graph_macs(self.split(cut).head.graph.node, self._infos)
             self._costs[key] = head / total if total else 1.0
         return self._costs[key]
@@ -307,7 +343,7 @@ class Model:
     def frontier(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """The tensors of ``names`` no other of them feeds (where to cut for gradients at all), cached."""
         if names not in self._frontiers:
-            self._frontiers[names] = upstream_frontier(self.proto, names)
+            self._frontiers[names] = upstream_frontier(self.graph, names)
         return self._frontiers[names]
 
     def session(self, kind: str, cut: tuple[str, ...] = ()) -> ort.InferenceSession:
@@ -316,7 +352,7 @@ class Model:
         sess = self._sessions.get(cache_key)
         if sess is None:
             if kind == "forward":
-                proto: onnx.ModelProto = self.proto
+                proto: onnx.ModelProto = self.graph
             elif kind == "body":
                 proto = self.split(cut).body
             elif kind == "head":
@@ -369,7 +405,12 @@ class Model:
         # A sum is NaN/Inf if some element is: a cheap screen, confirmed element-wise before failing.
         if not np.isfinite(x.sum()) and not np.all(np.isfinite(x)):
             raise InputError(f"input batch {x.shape} contains NaN or Inf values: check the preprocessing")
-        checked = x.astype(_np_dtype(self.input.elem_type), copy=False)
+        dtype = _np_dtype(self.input.elem_type)
+        if dtype.kind in "iu" and x.dtype.kind == "f":
+            # An integer image input takes pixel values: round, and clip to the type's range.
+            limits = np.iinfo(dtype)
+            x = np.clip(np.rint(x), limits.min, limits.max)
+        checked = x.astype(dtype, copy=False)
         self._last_checked = weakref.ref(checked)
         return checked
 
@@ -480,13 +521,17 @@ def load(
     input_size: tuple[int, int] | None = None,
     layout: str | None = None,
     threads: int | None = None,
+    extra_inputs: Mapping[str, Any] | None = None,
 ) -> Model:
     """Load an ONNX model for explaining. The file is read, never modified.
 
     ``device``: ``auto`` (CUDA if a CUDA session really starts, else CPU, quietly), ``cpu`` or ``cuda``.
     ``input_size``: (H, W) for models with a dynamic spatial input size. ``layout``: force NCHW/NHWC.
+    ``extra_inputs``: fixed values of the inputs beside the image (``{"im_shape": [640, 640],
+    "scale_factor": [1, 1]}`` for a Paddle detector); a batch-first one is given for one image.
     """
-    return Model(path, device=device, input_size=input_size, layout=layout, threads=threads)
+    return Model(path, device=device, input_size=input_size, layout=layout, threads=threads,
+                 extra_inputs=extra_inputs)
 
 
 __all__ = ["InputSpec", "Model", "load"]

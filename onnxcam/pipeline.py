@@ -116,6 +116,11 @@ class _Job:
                 f"preprocessing gives {pp.layout} {pp.size[0]}x{pp.size[1]} but {model.name} takes "
                 f"{model.input.layout} {model.input.height}x{model.input.width}: drop --size/--layout or fix them"
             )
+        if pp.channels != model.input.channels:
+            raise ArgumentError(
+                f"preprocessing gives {pp.channels}-channel images but {model.name} takes {model.input.channels}: "
+                f"pass channels={model.input.channels} to get_preset"
+            )
         if not config.methods:
             raise ArgumentError("no method given: pass --method gradcam (see `onnxcam methods`)")
         if config.target is not None and config.target < 0:
@@ -221,6 +226,7 @@ def explain_images(
         hint = _labels_hint(job, images_out)
         if hint:
             notes.append(hint)
+        notes[:0] = [n for n in job.task.notes() if n not in notes]  # which score the maps explain
         summary = {
             "model": str(model.path),
             "device": model.device,

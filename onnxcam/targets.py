@@ -244,6 +244,61 @@ class EmbeddingTarget(OutputTarget):
         return "embedding cosine similarity"
 
 
+@dataclass
+class SequenceTarget(OutputTarget):
+    """A recognizer's path through a ``(T, C)`` output: the sum of ``output[t, path[t]]`` over ``positions``.
+
+    ``path``: one class per position (the best path, usually); ``positions``: the positions summed
+    (None: all). ``path=None`` is filled in with each image's best path by ``SequenceTask``, so a
+    target made before the run (``--target 3``: position 3) still explains what the model read.
+    """
+
+    path: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
+    output_index: int = 0
+
+    def _path(self) -> tuple[int, ...]:
+        if self.path is None:
+            raise TargetError("SequenceTarget has no path yet: pass path= or let SequenceTask fill in the best path")
+        return self.path
+
+    def validate_output(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2:
+            raise TargetError(f"SequenceTarget needs a (N, T, C) model output, got per-image shape {shape}")
+        t, c = int(shape[0]), int(shape[1])
+        path = self._path()
+        if len(path) != t:
+            raise TargetError(f"SequenceTarget's path has {len(path)} positions but the output has {t}")
+        if any(not 0 <= k < c for k in path):
+            raise TargetError(f"SequenceTarget's path names a class outside 0..{c - 1}")
+        if self.positions is not None and any(not 0 <= p < t for p in self.positions):
+            raise TargetError(f"SequenceTarget position out of range: the output has {t} positions (0..{t - 1})")
+
+    def _where(self) -> tuple[np.ndarray, np.ndarray]:
+        path = np.asarray(self._path(), dtype=np.int64)
+        pos = np.arange(path.size) if self.positions is None else np.asarray(self.positions, dtype=np.int64)
+        return pos, path[pos]
+
+    def score_output(self, output: np.ndarray) -> float:
+        pos, cls = self._where()
+        return float(np.asarray(output, dtype=np.float64)[pos, cls].sum())
+
+    def output_gradient(self, output: np.ndarray) -> np.ndarray:
+        pos, cls = self._where()
+        g = np.zeros_like(output, dtype=np.float32)
+        g[pos, cls] = 1.0
+        return g
+
+    def scores_output(self, rows: np.ndarray) -> np.ndarray:
+        pos, cls = self._where()
+        return np.asarray(rows, dtype=np.float64)[:, pos, cls].sum(axis=1).astype(np.float32)
+
+    def describe(self) -> str:
+        if self.positions is not None and len(self.positions) == 1:
+            return f"sequence position {self.positions[0]}"
+        n = len(self.path) if self.positions is None and self.path is not None else len(self.positions or ())
+        return f"best path over {n} position(s)"
+
 #: pytorch-grad-cam's name for a class target (``ClassifierOutputTarget(281)``): the same as ``ClassTarget``.
 ClassifierOutputTarget = ClassTarget
 
@@ -287,6 +342,8 @@ def output_seeds(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> di
             if not 0 <= k < len(outputs):
                 raise TargetError(f"{t.describe()} seeds model output #{k} but the model has {len(outputs)} outputs")
             if k not in seeds:
-                seeds[k] = np.zeros(outputs[k].shape, dtype=np.float32)
+                # In the output's own float type: a float16 output takes a float16 seed.
+                kind = outputs[k].dtype
+                seeds[k] = np.zeros(outputs[k].shape, dtype=kind if kind.kind == "f" else np.float32)
             seeds[k][i] = g
     return seeds

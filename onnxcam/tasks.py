@@ -3,8 +3,13 @@ fields a summary or report row carries, so the jobs (explain, audit, compare) ne
 class indices themselves.
 
 Tasks today: classification (``(N, K)`` scores, logits or probabilities), segmentation
-(``(N, K, H, W)`` class maps) and embedding (``(N, D)`` vectors explained against a reference).
-``detect_task`` picks one from the output shapes; pass ``task=`` to force it.
+(``(N, K, H, W)`` class maps), sequence (``(N, T, C)``: a text recognizer's per-position classes)
+and embedding (``(N, D)`` vectors explained against a reference). ``detect_task`` picks one from
+the output shapes; pass ``task=`` to force it.
+
+An output made by a final Softmax / LogSoftmax / Sigmoid has its logits among the explained outputs
+(``onnxcam.graph.outputs``); class and sequence targets differentiate those logits, as the Grad-CAM
+paper and pytorch-grad-cam do: the gradient of a saturated probability vanishes (p(1 - p) -> 0).
 """
 
 from __future__ import annotations
@@ -16,16 +21,38 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError, TargetError
 from onnxcam.labels import LabelsSpec, resolve_labels
-from onnxcam.targets import ClassTarget, Target, TargetSpec, output_shapes
+from onnxcam.targets import (
+    ClassTarget,
+    SegmentationTarget,
+    SequenceTarget,
+    SoftmaxTarget,
+    Target,
+    TargetSpec,
+    output_shapes,
+)
 
 if TYPE_CHECKING:
     from onnxcam.model import Model
 
-TASKS: tuple[str, ...] = ("classification", "segmentation", "embedding", "detect")
+TASKS: tuple[str, ...] = ("classification", "segmentation", "sequence", "embedding", "detect")
 # Tasks living in their own package (onnxcam.detection) register ``(shapes, kind, labels, metadata)
 # -> Task | None`` here; ``detect_task`` asks them first.
 RECOGNISERS: list[Callable[[Sequence[tuple[Any, ...]], str | None, LabelsSpec,
                             Mapping[str, str] | None], Task | None]] = []
+
+
+class OutputShapes(list[tuple[Any, ...]]):
+    """Per-image shapes of a model's explained outputs (batch axis dropped), and what produced them.
+
+    ``logits``: ``{output index: index of the logits before its final activation}``;
+    ``activations``: ``{output index: that activation's op type}`` (Softmax, LogSoftmax, Sigmoid).
+    """
+
+    def __init__(self, shapes: Sequence[tuple[Any, ...]] = (), logits: Mapping[int, int] | None = None,
+                 activations: Mapping[int, str] | None = None) -> None:
+        super().__init__(tuple(s) for s in shapes)
+        self.logits = dict(logits or {})
+        self.activations = dict(activations or {})
 
 
 def to_probabilities(outputs: np.ndarray) -> np.ndarray:
@@ -52,9 +79,25 @@ class Task:
 
     name = "task"
 
-    def __init__(self, labels: LabelsSpec = None, output: int = 0) -> None:
+    def __init__(self, labels: LabelsSpec = None, output: int = 0, logits_output: int | None = None,
+                 activation: str | None = None) -> None:
         self.labels = resolve_labels(labels) if labels is not None else None
         self.output = output
+        # The explained output holding the logits before ``output``'s final ``activation`` (if any).
+        self.logits_output = logits_output
+        self.activation = activation
+
+    @property
+    def score_output(self) -> int:
+        """The output class targets differentiate: the logits where the model ends in an activation."""
+        return self.output if self.logits_output is None else self.logits_output
+
+    def notes(self) -> list[str]:
+        """What a summary should say about how targets are scored."""
+        if self.logits_output is None:
+            return []
+        return [f"the model's output #{self.output} ends in {self.activation}: class targets differentiate the "
+                f"logits before it, as Grad-CAM does (SoftmaxTarget explains the probability)"]
 
     # -- targets ----------------------------------------------------------------------------------
     def resolve(self, spec: TargetSpec, outputs: Sequence[np.ndarray]) -> list[Target]:
@@ -82,17 +125,21 @@ class Task:
                     "a single int for all, or None for each image's default target"
                 )
         resolved: list[Target] = []
-        for t in entries:
+        for i, t in enumerate(entries):
             if isinstance(t, Target):
-                resolved.append(t)
+                resolved.append(self.bind(t, [o[i] for o in outputs]))
             elif isinstance(t, (int, np.integer)) and not isinstance(t, bool):
-                resolved.append(self.target(int(t)))
+                resolved.append(self.bind(self.target(int(t)), [o[i] for o in outputs]))
             else:
                 raise TargetError(f"target {t!r} is neither a class index nor a Target object")
         shapes = output_shapes(outputs)
         for t in resolved:
             t.validate(shapes)
         return resolved
+
+    def bind(self, target: Target, outputs: Sequence[np.ndarray]) -> Target:
+        """``target`` fitted to this model and image (one image's ``outputs``); kept as is by default."""
+        return target
 
     def default_targets(self, outputs: Sequence[np.ndarray]) -> list[Target]:
         """The target of each image when the user names none."""
@@ -104,7 +151,7 @@ class Task:
 
     def default_reads(self) -> tuple[int, ...]:
         """Outputs the default targets seed (what gradient graphs are prepared for)."""
-        return (self.output,)
+        return (self.score_output,)
 
     def default_layers(self, model: Model) -> tuple[str, ...] | None:
         """The tensors ``layer="auto"`` stands for with this task (None: the model's last feature map)."""
@@ -144,8 +191,9 @@ class ClassificationTask(Task):
     name = "classification"
 
     def class_scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, K)`` class scores (a class map's mean over its pixels)."""
-        out = outputs[self.output]
+        """``(N, K)`` class scores, the logits where the model ends in an activation (a class map's mean
+        over its pixels)."""
+        out = outputs[self.score_output]
         n = int(out.shape[0])
         return out.reshape(n, out.shape[1], -1).mean(axis=2) if out.ndim > 2 else out.reshape(n, -1)
 
@@ -153,11 +201,24 @@ class ClassificationTask(Task):
         return int(outputs[self.output].shape[1])
 
     def probabilities(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, K)`` class probabilities."""
-        return to_probabilities(outputs[self.output])
+        """``(N, K)`` class probabilities (the model's own, where it ends in Softmax or Sigmoid)."""
+        out = outputs[self.output]
+        if self.activation in ("Softmax", "Sigmoid"):
+            return np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)
+        if self.activation == "LogSoftmax":
+            return np.exp(np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1))
+        return to_probabilities(out)
 
     def target(self, k: int) -> Target:
-        return ClassTarget(k, output_index=self.output)
+        return ClassTarget(k, output_index=self.score_output)
+
+    def bind(self, target: Target, outputs: Sequence[np.ndarray]) -> Target:
+        # The probability of a Softmax model is the softmax of its logits: differentiating it there is
+        # exact, and SoftmaxTarget on the probabilities themselves would apply a second softmax.
+        if (isinstance(target, SoftmaxTarget) and target.output_index == self.output
+                and self.logits_output is not None and self.activation in ("Softmax", "LogSoftmax")):
+            return SoftmaxTarget(target.category, output_index=self.logits_output)
+        return target
 
     def default_targets(self, outputs: Sequence[np.ndarray]) -> list[Target]:
         return [self.target(int(c)) for c in self.class_scores(outputs).argmax(axis=1)]
@@ -202,6 +263,8 @@ class ClassificationTask(Task):
         row: dict[str, Any] = {"class": k, "label": self.label(k)}
         if not isinstance(target, ClassTarget):
             row["target"] = target.describe()
+        elif self.logits_output is not None and target.output_index == self.logits_output:
+            row["score"] = f"logit before {self.activation}"
         return row
 
     def caption(self, target: Target) -> str:
@@ -216,12 +279,101 @@ class SegmentationTask(ClassificationTask):
     name = "segmentation"
 
     def probabilities(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, K)``: each class's softmax probability averaged over the pixels."""
+        """``(N, K)``: each class's probability (softmax, or the model's own) averaged over the pixels."""
         out = np.asarray(outputs[self.output], dtype=np.float64)
-        z = out - out.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        p = e / e.sum(axis=1, keepdims=True)
+        if self.activation in ("Softmax", "Sigmoid"):
+            p = out
+        elif self.activation == "LogSoftmax":
+            p = np.exp(out)
+        else:
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            p = e / e.sum(axis=1, keepdims=True)
         return np.asarray(p.reshape(p.shape[0], p.shape[1], -1).mean(axis=2))
+
+    def bind(self, target: Target, outputs: Sequence[np.ndarray]) -> Target:
+        if (isinstance(target, SegmentationTarget) and target.output_index == self.output
+                and self.logits_output is not None):
+            return SegmentationTarget(target.category, target.mask, output_index=self.logits_output)
+        return super().bind(target, outputs)
+
+
+class SequenceTask(Task):
+    """A recognizer's per-position class scores ``(N, T, C)`` (a CTC head: C includes the blank).
+
+    The default target is each image's best path (the top class at every position), its logits
+    summed over the positions that read a character (not ``blank``; all positions if every one is
+    blank). An int ``k`` explains position ``k`` of the best path. ``labels``: one name per class.
+    """
+
+    name = "sequence"
+
+    def __init__(self, labels: LabelsSpec = None, output: int = 0, logits_output: int | None = None,
+                 activation: str | None = None, blank: int | None = 0) -> None:
+        super().__init__(labels, output, logits_output, activation)
+        self.blank = blank
+
+    def best_paths(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, T)`` int64: the top class at each position."""
+        return np.asarray(outputs[self.score_output]).argmax(axis=-1).astype(np.int64)
+
+    def _path_target(self, path: np.ndarray, positions: tuple[int, ...] | None) -> SequenceTarget:
+        if positions is None and self.blank is not None:
+            read = tuple(int(t) for t in np.flatnonzero(path != self.blank))
+            positions = read or None
+        return SequenceTarget(tuple(int(c) for c in path), positions, output_index=self.score_output)
+
+    def default_targets(self, outputs: Sequence[np.ndarray]) -> list[Target]:
+        return [self._path_target(p, None) for p in self.best_paths(outputs)]
+
+    def target(self, k: int) -> Target:
+        if k < 0:
+            raise TargetError(f"sequence position {k} is out of range: use a position >= 0")
+        return SequenceTarget(None, (k,), output_index=self.score_output)
+
+    def bind(self, target: Target, outputs: Sequence[np.ndarray]) -> Target:
+        if isinstance(target, SequenceTarget) and target.path is None:
+            path = np.asarray(outputs[self.score_output]).argmax(axis=-1)
+            return SequenceTarget(tuple(int(c) for c in path), target.positions, output_index=target.output_index)
+        return target
+
+    def check(self, outputs: Sequence[np.ndarray]) -> None:
+        c = int(outputs[self.output].shape[-1])
+        if self.labels is not None and len(self.labels) not in (c, c - 1):
+            raise ArgumentError(
+                f"the labels file has {len(self.labels)} names but the model reads {c} classes per position: "
+                "pass the model's character list"
+            )
+
+    def label(self, k: int) -> str:
+        labels = self.labels
+        if labels is not None and len(labels) > 0:
+            # A character list usually leaves the blank out: class k is labels[k - 1] after a blank 0.
+            j = k - 1 if self.blank == 0 and k > 0 and len(labels) >= 1 else k
+            if self.blank == 0 and k == 0:
+                return ""
+            return labels[j] if 0 <= j < len(labels) else str(k)
+        return str(k)
+
+    def predictions(self, outputs: Sequence[np.ndarray], top: int) -> list[list[dict[str, Any]]]:
+        """Per image, one row: the greedy (CTC) reading - repeats merged, blanks dropped."""
+        out = np.asarray(outputs[self.output], dtype=np.float64)
+        probs = np.exp(out) if self.activation == "LogSoftmax" else out
+        rows = []
+        for i, path in enumerate(self.best_paths(outputs)):
+            keep = [t for t in range(path.size) if path[t] != self.blank and (t == 0 or path[t] != path[t - 1])]
+            classes = [int(path[t]) for t in keep]
+            row: dict[str, Any] = {"sequence": classes, "text": "".join(self.label(c) for c in classes)}
+            if self.activation in ("Softmax", "LogSoftmax"):
+                row["probability"] = float(np.mean([probs[i, t, path[t]] for t in keep])) if keep else 0.0
+            rows.append([row])
+        return rows
+
+    def describe(self, target: Target) -> dict[str, Any]:
+        row: dict[str, Any] = {"target": target.describe()}
+        if self.logits_output is not None and getattr(target, "output_index", None) == self.logits_output:
+            row["score"] = f"logits before {self.activation}"
+        return row
 
 
 class EmbeddingTask(Task):
@@ -261,8 +413,10 @@ def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = Non
     """The task for a model whose outputs have per-image ``shapes`` (batch axis dropped).
 
     ``kind``: a ``Task`` (kept as is), a task name from ``TASKS``, or None/``"auto"``: a first
-    output with a spatial class map (``(K, H, W)``, ``H * W > 1``) is segmentation, anything else
-    classification (an embedding cannot be told from class scores by its shape).
+    output with a spatial class map (``(K, H, W)``, ``H * W > 1``) is segmentation, one with a
+    ``(T, C)`` matrix (both > 1) a sequence, anything else classification (an embedding cannot be
+    told from class scores by its shape). ``shapes`` may be ``OutputShapes``: the task then scores
+    the logits before the first output's final activation.
     """
     if isinstance(kind, Task):
         return kind
@@ -270,17 +424,23 @@ def detect_task(shapes: Sequence[tuple[Any, ...]], kind: str | Task | None = Non
         found = recognise(shapes, kind, labels, metadata)
         if found is not None:
             return found
+    first = tuple(shapes[0]) if shapes else ()
     if kind in (None, "auto"):
-        first = tuple(shapes[0]) if shapes else ()
         spatial = list(first[1:])
         is_map = len(first) == 3 and all(isinstance(d, int) for d in spatial) and int(np.prod(spatial)) > 1
-        kind = "segmentation" if is_map else "classification"
+        is_seq = len(first) == 2 and all(isinstance(d, int) and d > 1 for d in first)
+        kind = "segmentation" if is_map else "sequence" if is_seq else "classification"
     classes: dict[str, type[Task]] = {"classification": ClassificationTask, "segmentation": SegmentationTask,
-                                      "embedding": EmbeddingTask}
+                                      "sequence": SequenceTask, "embedding": EmbeddingTask}
     if kind not in classes:
         raise ArgumentError(f"unknown task {kind!r}: use one of {', '.join(TASKS)} or 'auto'")
-    return classes[kind](labels)
+    logits = getattr(shapes, "logits", {})
+    activations = getattr(shapes, "activations", {})
+    if kind == "embedding":
+        return EmbeddingTask(labels)
+    return classes[kind](labels, 0, logits.get(0), activations.get(0) if 0 in logits else None)
 
 
-__all__ = ["TASKS", "ClassificationTask", "EmbeddingTask", "SegmentationTask", "Task", "class_indices",
+__all__ = ["TASKS", "ClassificationTask", "EmbeddingTask", "OutputShapes", "SegmentationTask", "SequenceTask",
+           "Task", "class_indices",
            "classifier_task", "detect_task", "to_probabilities"]
