@@ -49,7 +49,7 @@ def test_recognise_layouts_from_shapes():
 def test_task_detection_from_shapes_and_metadata():
     assert isinstance(detect_task([(84, 2100)]), DetectionTask)
     assert detect_task([(10,)]).name == "classification"
-    assert detect_task([(197, 768)]).name == "classification"  # a token sequence is not a YOLO head
+    assert not isinstance(detect_task([(197, 768)]), DetectionTask)  # a token sequence is not a YOLO head
     forced = detect_task([(197, 768)], metadata={"task": "detect"})
     assert isinstance(forced, DetectionTask)
     named = detect_task([(6, 100)], metadata={"names": "{0: 'cat', 1: 'dog'}"})

@@ -159,6 +159,11 @@ def recognise_task(shapes: Sequence[tuple[Any, ...]], kind: str | None, labels: 
     except (LayoutError, ArgumentError):
         return None
     said = (metadata or {}).get("task") == "detect"
+    # A single output that ends in a Softmax over its last axis is a classifier's or a recognizer's
+    # (N, T, C) distribution (PP-OCR's 40 x 6625), not a YOLO head, whose scores come out of a Concat.
+    final = getattr(shapes, "activations", {}).get(layout.outputs[0])
+    if final in ("Softmax", "LogSoftmax") and not said:
+        return None
     if layout.kind in ("yolov8", "yolov5") and not said:
         c, a = shapes[layout.outputs[0]]
         if max(c, a) < MIN_PREDICTIONS_PER_CHANNEL * min(c, a):
