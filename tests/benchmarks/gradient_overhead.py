@@ -80,7 +80,8 @@ def main() -> int:
     model.gradients(x[: args.batch // 2 + 1], tensor, batch_size=args.batch // 2)  # 2 chunks, last padded
     model.gradients(x, tensor, batch_size=args.batch // 2)  # same batch size again
     after_repeats = calls["n"] - before
-    grad_sessions = sorted(k[-1] for k in model._sessions if k[0] == "grad")
+    cut = upstream_frontier(model.proto, (tensor,))
+    grad_sessions = model.gradient_engine.built_batches(cut, (tensor,), tuple(model.split(cut).model_outputs[:1]))
     print(f"  builder calls: {calls_after_direct - 1} on the first call (+1 direct build above), "
           f"{after_repeats} over 5 more calls (batch {args.batch} x3, batch {args.batch // 2} x2, "
           f"one with a padded chunk); gradient sessions cached for batches {grad_sessions}")
