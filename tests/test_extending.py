@@ -3,41 +3,25 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from graphs import residual_net, save
+from readme_examples import readme_blocks, run_blocks
 
 import onnxcam
 from onnxcam.errors import ArgumentError
 from onnxcam.method_specs import forget, option_mismatches
 from onnxcam.registry import METHODS, is_slow, method_info, parse_method_options, spec_of
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARK = "<!-- tested: tests/test_extending.py -->"
-
-
-def readme_blocks() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(re.escape(MARK) + r"\s*```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == text.count(MARK) == 2, "every marked block must be a ```python block"
-    return blocks
-
 
 @pytest.fixture()
 def example(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The README's blocks executed in order, with ``model`` and ``x`` as the README's Python API has them."""
-    model = onnxcam.load(save(residual_net(), tmp_path / "res.onnx"))
-    x = np.random.default_rng(0).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
-    namespace: dict[str, Any] = {"model": model, "x": x, "__name__": "readme_example"}
     try:
-        for block in readme_blocks():
-            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102  # the documented example itself
-        yield namespace
+        yield run_blocks(readme_blocks("tests/test_extending.py", 2), tmp_path)
     finally:
         forget("maxgradcam")
 

@@ -3,7 +3,6 @@ code blocks marked ``<!-- tested: tests/test_extending_more.py -->``)."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,35 +11,20 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from graphs import residual_net, save
 from onnx import TensorProto, helper, numpy_helper
+from readme_examples import readme_blocks, run_blocks
 
 import onnxcam
 from onnxcam.errors import OnnxCamWarning, TargetError
 from onnxcam.gradients import RULES
 from onnxcam.graph.protos import make_model
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MARK = "<!-- tested: tests/test_extending_more.py -->"
-
-
-def readme_blocks() -> list[str]:
-    text = README.read_text(encoding="utf-8")
-    blocks = re.findall(re.escape(MARK) + r"\s*```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == text.count(MARK) == 2, "every marked block must be a ```python block"
-    return blocks
-
 
 @pytest.fixture()
 def example(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    model = onnxcam.load(save(residual_net(), tmp_path / "res.onnx"))
-    x = np.random.default_rng(0).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)
-    namespace: dict[str, Any] = {"model": model, "x": x, "__name__": "readme_example"}
     assert "Asinh" not in RULES  # the example's rule is the only one for it
     try:
-        for block in readme_blocks():
-            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102  # the documented example itself
-        yield namespace
+        yield run_blocks(readme_blocks("tests/test_extending_more.py", 2), tmp_path)
     finally:
         RULES.pop("Asinh", None)
 
