@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from onnxcam.errors import ArgumentError, TargetError
+from onnxcam.labels import metadata_labels
 
 Kind = Literal["yolov8", "yolov5", "pairs", "queries"]
 BoxFormat = Literal["cxcywh", "xyxy", "xywh"]
@@ -225,22 +226,6 @@ def _read(shapes: Sequence[tuple[Any, ...]], kind: str | None, num_classes: int 
     raise LayoutError(f"no {kind or 'detector'} layout fits outputs {_fmt(known)}")
 
 
-def metadata_names(metadata: Mapping[str, str] | None) -> list[str] | None:
-    """Class names from an exporter's metadata (ultralytics writes ``names`` as a dict literal)."""
-    raw = (metadata or {}).get("names")
-    if not raw:
-        return None
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return None
-    if isinstance(value, dict) and all(isinstance(k, int) for k in value):
-        return [str(value.get(i, i)) for i in range(max(value) + 1)] if value else None
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return None
-
-
 def metadata_size(metadata: Mapping[str, str] | None) -> tuple[int, int] | None:
     """The input size ``(H, W)`` from metadata ``imgsz`` (``[640, 640]`` or ``640``)."""
     raw = (metadata or {}).get("imgsz")
@@ -279,7 +264,7 @@ def recognise(
         raise ArgumentError(f"unknown box format {box_format!r}: use one of {', '.join(BOX_FORMATS)}")
     if scores is not None and scores not in SCORE_KINDS:
         raise ArgumentError(f"unknown score kind {scores!r}: use one of {', '.join(SCORE_KINDS)}")
-    names = metadata_names(metadata)
+    names = metadata_labels(metadata or {})
     layout: DetectionLayout | None = None
     for k in ([len(names)] if names else []) + [None]:  # metadata can be stale: the shapes decide
         try:
@@ -307,5 +292,5 @@ def recognise(
     )
 
 
-__all__ = ["BOX_FORMATS", "KINDS", "DetectionLayout", "LayoutError", "metadata_names", "metadata_size",
+__all__ = ["BOX_FORMATS", "KINDS", "DetectionLayout", "LayoutError", "metadata_size",
            "recognise", "to_xyxy"]

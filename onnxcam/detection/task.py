@@ -18,10 +18,10 @@ import numpy as np
 
 from onnxcam.detection.decode import DecodeOptions, Detection, decode
 from onnxcam.detection.layers import head_layers
-from onnxcam.detection.layouts import DetectionLayout, LayoutError, metadata_names, recognise
+from onnxcam.detection.layouts import DetectionLayout, LayoutError, recognise
 from onnxcam.detection.targets import DetectionScoreTarget, DRiseTarget
 from onnxcam.errors import ArgumentError, TargetError
-from onnxcam.labels import LabelsSpec
+from onnxcam.labels import LabelsSpec, metadata_labels
 from onnxcam.targets import Target, TargetSpec
 from onnxcam.tasks import Task
 
@@ -151,7 +151,7 @@ def recognise_task(shapes: Sequence[tuple[Any, ...]], kind: str | None, labels: 
     naming the shapes and options), or for ``kind`` auto when the outputs read as a detector's."""
     if kind not in (None, "auto", "detect"):
         return None
-    names = labels if labels is not None else metadata_names(metadata)
+    names = labels if labels is not None else metadata_labels(metadata or {})
     if kind == "detect":
         return DetectionTask(recognise(shapes, metadata), names)
     try:
