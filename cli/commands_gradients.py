@@ -37,7 +37,8 @@ def methods() -> None:
     for row in method_info():
         options = "\n".join(f"{o.name}={o.default}: {o.help}" for o in row.options)
         cost = f"{row.cost}\n(slow)" if row.slow else row.cost
-        table.add_row(row.name, "yes" if row.gradients else "no", cost, row.summary, options)
+        summary = f"{row.summary}\nonly for models with: {row.applies_to}" if row.applies_to else row.summary
+        table.add_row(row.name, "yes" if row.gradients else "no", cost, summary, options)
     Console(width=200).print(table)
 
 

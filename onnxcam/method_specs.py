@@ -22,11 +22,15 @@ __all__ = [
     "CostClass",
     "MethodOption",
     "MethodSpec",
+    "Requirement",
+    "applies",
     "declared_spec",
     "forget",
     "method_spec",
     "option_mismatches",
+    "requirement_error",
     "specs",
+    "unmet",
 ]
 
 CostClass = Literal["forward", "backward", "full backward", "sampled backward", "per-channel forwards",
@@ -55,9 +59,27 @@ class MethodOption:
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """What a model must have for a method to apply to it (most methods need nothing beyond a
+    feature map and declare no requirement).
+
+    ``name`` is the short word ``onnxcam methods`` shows; ``description`` completes "needs ..." in
+    the error a model without it gets; ``check(model)`` (an ``onnxcam.Model``) says whether the model
+    has it. ``check`` may run the model once, so callers ask through ``unmet`` / ``applies`` only for
+    the methods they are about to use.
+    """
+
+    name: str
+    description: str
+    check: Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
 class MethodSpec:
-    """What a method is called and what it costs. ``cost`` is the text shown by ``onnxcam methods``;
-    ``cost_class`` (one of ``COST_CLASSES``) is what tools reason with, e.g. whether a run is slow."""
+    """What a method is called, what it costs and what it needs. ``cost`` is the text shown by
+    ``onnxcam methods``; ``cost_class`` (one of ``COST_CLASSES``) is what tools reason with, e.g.
+    whether a run is slow; ``requires``: what a model must have for the method to apply (empty: every
+    model with a feature map)."""
 
     name: str
     cost: str
@@ -65,6 +87,7 @@ class MethodSpec:
     uses_gradients: bool
     aliases: tuple[str, ...] = ()
     options: tuple[MethodOption, ...] = ()
+    requires: tuple[Requirement, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cost_class not in COST_CLASSES:
@@ -80,6 +103,11 @@ class MethodSpec:
 
     def option(self, name: str) -> MethodOption | None:
         return next((o for o in self.options if o.name == name), None)
+
+    @property
+    def applies_to(self) -> str:
+        """The requirements in words ("" when the method applies to every model)."""
+        return ", ".join(r.description for r in self.requires)
 
 
 #: Declared classes by method name, in declaration order. ``onnxcam.registry.METHODS`` is this dict.
@@ -162,3 +190,29 @@ def option_mismatches(spec: MethodSpec, cls: type) -> list[str]:
             problems.append(f"{spec.name}: option {opt.name!r} defaults to {opt.default!r} in its MethodSpec but "
                             f"{p.default!r} in {cls.__qualname__}.__init__")
     return problems
+
+
+def unmet(spec: MethodSpec, model: Any) -> list[Requirement]:
+    """The requirements of ``spec`` that ``model`` (an ``onnxcam.Model``) lacks."""
+    return [r for r in spec.requires if not r.check(model)]
+
+
+def applies(method: MethodSpec | type, model: Any) -> bool:
+    """Whether the method (its spec, or a declared class) applies to ``model``: it has every requirement."""
+    spec = method if isinstance(method, MethodSpec) else getattr(method, "__method_spec__", None)
+    return not isinstance(spec, MethodSpec) or not unmet(spec, model)
+
+
+def requirement_error(cls: type, model: Any) -> str | None:
+    """The one-line refusal for running ``cls`` on ``model`` when the model lacks a requirement of the
+    method (None when it has them all): what is needed, and the declared methods that do apply."""
+    spec = getattr(cls, "__method_spec__", None)
+    if not isinstance(spec, MethodSpec):
+        return None
+    missing = unmet(spec, model)
+    if not missing:
+        return None
+    working = [s.name for s in _SPECS.values() if s.name != spec.name and not unmet(s, model)]
+    name = getattr(model, "name", "the model")
+    return (f"{spec.name} needs {'; '.join(r.description for r in missing)}, and {name} has none; "
+            f"methods that work on it: {', '.join(working) or 'none'} (see `onnxcam methods`)")

@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from onnxcam.errors import ArgumentError
 from onnxcam.explainers import gradient, perturbation, structural  # noqa: F401  # their decorators fill CLASSES
-from onnxcam.method_specs import CLASSES, COST_CLASSES, MethodOption, MethodSpec, declared_spec, specs
+
+# isort: split
+# Declared after the methods that work on every model, so tables and error messages list those first.
+from onnxcam.explainers import attention  # noqa: F401
+from onnxcam.method_specs import CLASSES, COST_CLASSES, MethodOption, MethodSpec, applies, declared_spec, specs
 
 if TYPE_CHECKING:
     from onnxcam.explainers.base import BaseCAM
@@ -34,6 +38,7 @@ class MethodInfo:
     slow: bool = False
     options: tuple[MethodOption, ...] = ()
     aliases: tuple[str, ...] = ()
+    applies_to: str = ""  # what a model needs for the method ("" = every model with a feature map)
 
 
 def _summary(cls: type) -> str:
@@ -44,8 +49,15 @@ def _summary(cls: type) -> str:
 def method_info() -> list[MethodInfo]:
     """One row per method, cheapest cost class first: name, gradients or not, cost, summary, options."""
     rows = [MethodInfo(s.name, s.uses_gradients, s.cost, _summary(METHODS[s.name]), s.cost_class, s.slow,
-                       s.options, s.aliases) for s in specs().values()]
+                       s.options, s.aliases, ", ".join(r.name for r in s.requires)) for s in specs().values()]
     return sorted(rows, key=lambda r: COST_CLASSES.index(r.cost_class))
+
+
+def methods_for(model: Any, names: Sequence[str] | None = None) -> list[str]:
+    """The methods of ``names`` (default: every declared one) that apply to ``model``: those whose
+    requirements (``MethodSpec.requires``) it has. Checking may run the model once (see
+    ``onnxcam.explainers.attention.has_global_attention``); the answer is cached per model."""
+    return [spec_of(n).name for n in (names if names is not None else list(METHODS)) if applies(spec_of(n), model)]
 
 
 # -- names ------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxcam
 from onnxcam.errors import OnnxCamWarning
 from onnxcam.graph.protos import make_model
+from onnxcam.method_specs import applies
+from onnxcam.registry import spec_of
 
 # Keyword arguments that keep the re-running methods cheap (fewer channels / samples).
 CHEAP: dict[str, dict[str, Any]] = {
@@ -23,8 +25,17 @@ CHEAP: dict[str, dict[str, Any]] = {
 }
 
 
-def _explain(model: onnxcam.Model, method: str, layer: str, x: np.ndarray, targets: Any, **kw: Any) -> np.ndarray:
+def _applicable(model: onnxcam.Model, method: str) -> type[onnxcam.BaseCAM]:
+    """The class of ``method``; the test is skipped when the model lacks what the method's spec
+    requires (the attention methods on these CNNs: their refusal is tested in test_registry_specs)."""
     cls = onnxcam.METHODS[method]
+    if not applies(cls, model):
+        pytest.skip(f"{method} does not apply to {model.name}: it needs {spec_of(method).applies_to}")
+    return cls
+
+
+def _explain(model: onnxcam.Model, method: str, layer: str, x: np.ndarray, targets: Any, **kw: Any) -> np.ndarray:
+    cls = _applicable(model, method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OnnxCamWarning)
         return cls(model, layer=layer, **{**CHEAP.get(method, {}), **kw})(x, targets)
@@ -111,7 +122,7 @@ GRADIENT_METHODS = sorted(name for name, cls in onnxcam.METHODS.items() if cls.u
 
 
 def _assert_blank_with_warning(model: onnxcam.Model, method: str, x: np.ndarray, targets: Any) -> None:
-    cls = onnxcam.METHODS[method]
+    cls = _applicable(model, method)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         maps = cls(model, layer="act", **CHEAP.get(method, {}))(x, targets)

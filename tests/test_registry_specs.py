@@ -14,15 +14,25 @@ from pathlib import Path
 import pytest
 
 import onnxcam
-from onnxcam.errors import ArgumentError
+from onnxcam.errors import ArgumentError, UnsupportedModelError
 from onnxcam.explainers.base import BaseCAM
-from onnxcam.method_specs import MethodOption, MethodSpec, declared_spec, forget, method_spec, option_mismatches
+from onnxcam.method_specs import (
+    MethodOption,
+    MethodSpec,
+    Requirement,
+    applies,
+    declared_spec,
+    forget,
+    method_spec,
+    option_mismatches,
+)
 from onnxcam.registry import (
     METHODS,
     check_options,
     get_method,
     is_slow,
     method_info,
+    methods_for,
     parse_method_options,
     spec_of,
     unique_methods,
@@ -33,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _explainer_classes() -> list[type]:
     found = []
-    for name in ("gradient", "perturbation", "structural"):
+    for name in ("gradient", "perturbation", "structural", "attention"):
         module = importlib.import_module(f"onnxcam.explainers.{name}")
         found += [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
     return found
@@ -113,6 +123,73 @@ def test_a_declared_class_is_found_by_name(scratch: None) -> None:
 
     assert get_method("probecam") is Probe and get_method("Probe_Alias") is Probe and METHODS["probecam"] is Probe
     assert Probe.name == "probecam" and Probe.uses_gradients is False
+
+
+def _tiny_cnn(tmp_path: Path) -> onnxcam.Model:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcam.graph.protos import make_model
+
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    fc = numpy_helper.from_array(np.ones((2, 2), np.float32), "fc")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["act"]),
+             helper.make_node("GlobalAveragePool", ["act"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], [w, fc])
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(make_model(graph, [helper.make_opsetid("", 17)]).SerializeToString())
+    return onnxcam.load(path, device="cpu")
+
+
+def test_a_method_refuses_a_model_without_its_requirement(scratch: None, tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    def has_wings(model: onnxcam.Model) -> bool:
+        asked.append(model.name)
+        return False
+
+    wings = Requirement("wings", "wings on every layer", has_wings)
+
+    @method_spec(MethodSpec("probecam", cost="1 forward", cost_class="forward", uses_gradients=False,
+                            requires=(wings,)))
+    class Probe(BaseCAM):
+        pass
+
+    model = _tiny_cnn(tmp_path)
+    assert not applies(Probe, model) and "probecam" not in methods_for(model) and asked
+    assert applies(METHODS["gradcam"], model) and spec_of("probecam").applies_to == "wings on every layer"
+    with pytest.raises(UnsupportedModelError) as info:
+        Probe(model)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("probecam needs wings on every layer, and tiny.onnx has none")
+    # The methods that do work, read from their specs: rollout and gradattention need attention.
+    listed = msg.split("methods that work on it: ", 1)[1].split(" (see", 1)[0].split(", ")
+    assert set(listed) == set(METHODS) - {"probecam", "rollout", "gradattention"}
+
+
+@pytest.mark.parametrize("method", ["rollout", "Attention-Rollout", "gradattention"])
+def test_attention_methods_on_a_cnn_name_the_requirement(tmp_path: Path, method: str) -> None:
+    model = _tiny_cnn(tmp_path)
+    assert {s.name for s in spec_of(method).requires} == {"global attention"}
+    assert methods_for(model) == [n for n in METHODS if n not in ("rollout", "gradattention")]
+    with pytest.raises(UnsupportedModelError, match=r"needs self-attention over the image's tokens .* has none; "
+                                                    r"methods that work on it: gradcam, gradcam\+\+, "):
+        get_method(method)(model)
+
+
+def test_cli_methods_shows_what_a_method_applies_to() -> None:
+    from onnxcam_cli.main import app
+    from typer.testing import CliRunner
+
+    out = CliRunner().invoke(app, ["methods"], terminal_width=200).output
+    rows = {r.name: r for r in method_info()}
+    assert rows["rollout"].applies_to == "global attention" and rows["gradcam"].applies_to == ""
+    assert out.count("only for models with: global attention") == 2
 
 
 def test_an_unknown_cost_class_is_refused() -> None:

@@ -8,7 +8,8 @@ square, batch 1-3 (symbolic or fixed batch dim).
 (a) body + head of a split at every candidate layer reproduce the model's outputs;
 (b) ``Model.gradients`` agrees with central finite differences of the head along channel
     directions (all-ones per channel, and the activation itself per channel);
-(c) every method in ``onnxcam.METHODS`` gives finite ``(N, H, W)`` maps in [0, 1].
+(c) every method in ``onnxcam.METHODS`` gives finite ``(N, H, W)`` maps in [0, 1], or (a method
+    whose spec requires what these nets lack, attention) refuses the net with the methods that work.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
-from onnxcam.errors import OnnxCamWarning
+from onnxcam.errors import OnnxCamWarning, UnsupportedModelError
 from onnxcam.graph.protos import make_model
+from onnxcam.method_specs import applies
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow],
                 print_blob=True)
@@ -238,6 +240,10 @@ def test_every_method_gives_finite_unit_maps(workdir: Path, spec: NetSpec) -> No
     auto = model.layer("auto")  # pools stop at 3x3, so some layer is always wider than 1x1
     for name, cls in onnxcam.METHODS.items():
         if spec.fixed_batch and spec.batch > 1 and name in NEEDS_DYNAMIC_BATCH:
+            continue
+        if not applies(cls, model):  # what the method needs (attention), read from its spec
+            with pytest.raises(UnsupportedModelError, match="methods that work on it: "):
+                cls(model, auto.name)
             continue
         # CAM reads the classifier after GAP, so it runs at GAP's input (the head is GAP -> linear there).
         layer = built.gap_input if name == "cam" else auto.name

@@ -32,7 +32,7 @@ from models.build import MODELS, build  # noqa: E402
 from models.weights import calibration_batch  # noqa: E402
 from onnxcam.errors import LayerShapeError, UnsupportedModelError  # noqa: E402
 from onnxcam.explainers.attention import AttentionRollout, GradientAttention  # noqa: E402
-from onnxcam.registry import METHODS  # noqa: E402
+from onnxcam.registry import METHODS, methods_for  # noqa: E402
 
 # name -> (prefix tokens, grid) of the auto layer; None: an NHWC / NCHW map.
 TOKEN_MODELS = {"vit_tiny": (1, 7), "deit_tiny_distilled": (2, 7), "vit_registers": (5, 7)}
@@ -302,7 +302,7 @@ def test_gradient_attention_matches_autograd_reference(name: str) -> None:
 
 def test_attention_methods_refuse_windowed_attention() -> None:
     c = case("mobilevit_xxs")
-    with pytest.raises(UnsupportedModelError, match=r"attends within windows or patches.*use gradcam"):
+    with pytest.raises(UnsupportedModelError, match=r"rollout needs self-attention.*methods that work on it: gradcam"):
         AttentionRollout(c.model)(c.x)
 
 
@@ -310,16 +310,24 @@ def test_attention_methods_refuse_windowed_attention() -> None:
 def test_every_method_runs_without_options(name: str) -> None:
     c = case(name)
     x = c.x[:1]
-    every = {**METHODS, "rollout": AttentionRollout, "gradattention": GradientAttention}
-    for method, cls in every.items():
+    # What applies is read from the specs: every method but the attention ones needs only a feature map;
+    # those need global attention, which MobileViT (attention over unfolded patches only) lacks.
+    applicable = methods_for(c.model)
+    attention = {"rollout", "gradattention"}
+    assert set(applicable) == (set(METHODS) - attention if name == "mobilevit_xxs" else set(METHODS))
+    assert attention <= set(METHODS)
+    for method in applicable:
         kw: dict[str, Any] = {"num_samples": 2} if method == "sscam" else {}  # 35 x C forwards by default
-        if method == "cam" or (name == "mobilevit_xxs" and method in ("rollout", "gradattention")):
+        if method == "cam":  # needs a GAP -> linear head over a map: tested below
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("error", onnxcam.errors.OnnxCamWarning)  # no layout guess, no finite differences
-            maps = cls(c.model, **kw)(x)
+            maps = METHODS[method](c.model, **kw)(x)
         assert maps.shape == (1, *MODELS[name].spatial) and np.isfinite(maps).all()
         assert maps.max() - maps.min() > 0.1, f"{method} on {name} is flat"
+    for method in set(METHODS) - set(applicable):
+        with pytest.raises(UnsupportedModelError, match=r"needs self-attention over the image's tokens"):
+            METHODS[method](c.model)
 
 
 def test_cam_on_a_token_layer_names_the_alternative() -> None:

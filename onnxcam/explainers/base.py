@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from onnxcam.engine import GradientMode, Gradients
-from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning
+from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, UnsupportedModelError
 from onnxcam.image import Preprocess, get_preset, preprocess
+from onnxcam.method_specs import requirement_error
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, ViewsSpec, load
 from onnxcam.postprocess import finish_single, fuse_layers, layer_to_image, zero_map_reasons
@@ -102,6 +103,9 @@ class BaseCAM:
         preprocess: Preprocess | str | None = None,
     ) -> None:
         self.model = model if isinstance(model, Model) else load(model, device=device)
+        refusal = requirement_error(type(self), self.model)
+        if refusal:
+            raise UnsupportedModelError(refusal)
         if target_layers is not None:
             layer = _target_layers(layer, target_layers)
         chosen = self.model.select_layers(layer, view)
