@@ -182,7 +182,6 @@ class AttentionRollout(_AttentionCAM):
     """Attention rollout (Abnar & Zuidema 2020): each block's attention with the residual, heads fused,
     multiplied through the blocks; the class token's row over the patches. Gradient-free, class-agnostic."""
 
-
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         outputs, attentions = self.run_attention(x)
         resolved = self.task.resolve(targets, outputs)
