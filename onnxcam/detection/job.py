@@ -97,7 +97,13 @@ def explain_detections(model: Model, paths: Sequence[Path], out: Path, config: D
     config.check()
     det_task = detection_task(model, config.conf, config.iou, task)
     pp = config.preprocess or get_preset("yolo", model.input.size, model.input.layout)
-    cams = {name: get_method(name)(model, layer=config.layer, task=det_task, **config.method_options.get(name, {}))
+    layer = config.layer
+    if layer == "auto":
+        # Forced (--task detect), the model's own task is not the detector's: its "auto" would be
+        # a classifier's last feature map, not the maps feeding the detection head.
+        picked = det_task.default_layers(model)
+        layer = list(picked) if picked else layer
+    cams = {name: get_method(name)(model, layer=layer, task=det_task, **config.method_options.get(name, {}))
             for name in config.methods}
     start = time.perf_counter()
     items: list[dict[str, Any]] = []
