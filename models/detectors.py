@@ -219,6 +219,49 @@ def export_yolov8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None
     check_parity(spec, path, module, x.numpy())
 
 
+def nms_tail(model: onnx.ModelProto, iou: float = 0.45, score: float = 0.25, max_per_class: int = 100,
+             output: str = "output0") -> onnx.ModelProto:
+    """``model`` (YOLOv8 ``output (1, 4 + K, A)``) with the classic "end2end" tail appended in ONNX:
+    transpose and slice into boxes ``(1, A, 4)`` (cx, cy, w, h) and scores ``(1, K, A)``,
+    ``NonMaxSuppression`` (``center_point_box=1``), then Gather / GatherND of the kept boxes, scores
+    and classes: outputs ``det_boxes (M, 4)``, ``det_scores (M,)``, ``det_classes (M,)`` int64."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    consts = {"s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "big": np.array([1 << 30], np.int64),
+              "ax2": np.array([2], np.int64), "max_out": np.array([max_per_class], np.int64),
+              "iou": np.array([iou], np.float32), "score": np.array([score], np.float32),
+              "i0": np.array(0, np.int64), "i1": np.array(1, np.int64), "i2": np.array(2, np.int64)}
+    g.initializer.extend(numpy_helper.from_array(v, f"nms_{k}") for k, v in consts.items())
+    g.node.extend([
+        helper.make_node("Transpose", [output], ["nms_rows"], perm=[0, 2, 1]),
+        helper.make_node("Slice", ["nms_rows", "nms_s0", "nms_s4", "nms_ax2"], ["nms_boxes"]),
+        helper.make_node("Slice", ["nms_rows", "nms_s4", "nms_big", "nms_ax2"], ["nms_scores_rows"]),
+        helper.make_node("Transpose", ["nms_scores_rows"], ["nms_scores"], perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["nms_boxes", "nms_scores", "nms_max_out", "nms_iou", "nms_score"],
+                         ["nms_selected"], center_point_box=1),
+        helper.make_node("Gather", ["nms_selected", "nms_i2"], ["nms_box_index"], axis=1),
+        helper.make_node("Gather", ["nms_selected", "nms_i1"], ["det_classes"], axis=1),
+        helper.make_node("Gather", ["nms_boxes", "nms_i0"], ["nms_boxes0"], axis=0),
+        helper.make_node("Gather", ["nms_boxes0", "nms_box_index"], ["det_boxes"], axis=0),
+        helper.make_node("GatherND", ["nms_scores", "nms_selected"], ["det_scores"]),
+    ])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["M", 4]),
+                     helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, ["M"]),
+                     helper.make_tensor_value_info("det_classes", TensorProto.INT64, ["M"])])
+    return m
+
+
+def export_yolov8_nms(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """``yolov8n_det`` with the end2end NMS tail (``nms_tail``)."""
+    model = nms_tail(onnx.load(str(deps["yolov8n_det"])))
+    onnx.checker.check_model(model)
+    finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
+
+
 def _spec(name: str, size: int, opset: int, dynamic: bool, description: str) -> ModelSpec:
     return ModelSpec(
         name=name, input_shape=(3, size, size), layout="NCHW", dynamic_batch=dynamic, num_classes=NUM_CLASSES,
@@ -231,10 +274,15 @@ SPECS: dict[str, ModelSpec] = {
     "yolov8n_det": _spec("yolov8n_det", 320, 17, False, "YOLOv8n-style detector, 80 classes, opset 17, batch 1"),
     "yolov8n_det_op12": _spec("yolov8n_det_op12", 320, 12, False, "YOLOv8n-style detector at opset 12, batch 1"),
     "yolov8n_det_dyn": _spec("yolov8n_det_dyn", 320, 17, True, "YOLOv8n-style detector, dynamic batch"),
+    "yolov8n_det_nms": ModelSpec(
+        name="yolov8n_det_nms", input_shape=(3, 320, 320), layout="NCHW", dynamic_batch=False,
+        num_classes=NUM_CLASSES, factory=lambda: yolov8n(size=320), layers={}, default=False,
+        description="yolov8n_det with NonMaxSuppression appended (end2end export)", input_name="images",
+        output_name="det_boxes", make_onnx=export_yolov8_nms, requires=("yolov8n_det",)),
     "yolov8n_det_640": _spec("yolov8n_det_640", 640, 17, False, "YOLOv8n-style detector at 640x640 (benchmark)"),
 }
 
-__all__ = ["SPECS", "YOLOv8", "yolov8n", "export_yolov8", "make_anchors"]
+__all__ = ["SPECS", "YOLOv8", "export_yolov8", "export_yolov8_nms", "make_anchors", "nms_tail", "yolov8n"]
 
 
 def _self_check() -> None:  # pragma: no cover - a quick look while developing
