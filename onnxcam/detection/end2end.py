@@ -62,8 +62,10 @@ def _scalar(model: onnx.ModelProto, node: onnx.NodeProto, k: int) -> float | Non
 def pre_nms(model: onnx.ModelProto) -> PreNms | None:
     """The model explained through what its ``NonMaxSuppression`` reads; None without one.
 
-    ``center_point_box=1`` boxes (cx, cy, w, h) and the default ``(y1, x1, y2, x2)`` corners are
-    turned into ``xyxy`` inside the graph, so the gradient of a box coordinate reaches the raw tensor.
+    ``center_point_box=1`` boxes (cx, cy, w, h) are turned into ``xyxy`` inside the graph (so the
+    gradient of a box coordinate reaches the raw tensor). Corner boxes (``center_point_box=0``) are
+    read as ``xyxy``: the ONNX spec writes ``(y1, x1, y2, x2)``, but IoU does not depend on the order,
+    and exporters (torchvision, ultralytics, mmdet) feed NMS the ``xyxy`` boxes they have.
     """
     found = nms_nodes(model)
     if not found:
@@ -99,8 +101,7 @@ def pre_nms(model: onnx.ModelProto) -> PreNms | None:
             helper.make_node("Concat", [f"{p}_x1y1", f"{p}_x2y2"], [BOXES], axis=2),
         ]
     else:
-        order = const("yxyx", np.array([1, 0, 3, 2], np.int64))
-        nodes.append(helper.make_node("Gather", [boxes, order], [BOXES], axis=2))
+        nodes.append(helper.make_node("Identity", [boxes], [BOXES]))
     nodes.append(helper.make_node("Transpose", [scores], [SCORES], perm=[0, 2, 1]))
     g.node.extend(nodes)
     del g.output[:]
