@@ -113,3 +113,26 @@ def test_layers_marks_every_default_layer_of_a_detector():
     table = runner.invoke(app, ["layers", str(path)])
     assert table.exit_code == 0 and table.output.count("<- auto") == 3
     assert "auto layers (3, fused)" in table.output
+
+
+def test_softmax_class_scores_are_still_read_as_a_detector(tmp_path):
+    """SSD's scores end in a Softmax over the classes: that is a detector's, not a classifier's."""
+    proto = onnx.load(str(build("boxscore_det")))
+    (node,) = [n for n in proto.graph.node if n.output[0] == "scores"]
+    assert node.op_type == "Sigmoid"
+    node.op_type = "Softmax"
+    node.attribute.append(helper.make_attribute("axis", -1))
+    path = tmp_path / "ssd_softmax.onnx"
+    onnx.save(proto, str(path))
+    model = onnxcam.load(path, device="cpu")
+    task = model.task
+    assert isinstance(task, DetectionTask) and task.layout.kind == "pairs" and task.layout.num_classes == 20
+    assert model.output_shapes.activations == {1: "Softmax"}  # type: ignore[attr-defined]
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 256, 256)).astype(np.float32)
+    out = model.forward(x)
+    np.testing.assert_allclose(out[1].sum(axis=-1), 1.0, rtol=1e-5)
+    from onnxcam.detection import DecodeOptions, decode
+
+    det = decode(task.layout, out, DecodeOptions(conf=0.0, max_det=5))[0]
+    cam = onnxcam.GradCAM(model).explain(x, targets=[task.detection_target(det[0])])
+    assert float(cam.scores[0]) == pytest.approx(det[0].score, rel=1e-5) and np.ptp(cam.maps) > 0.5
