@@ -18,6 +18,13 @@ def _model(name: str) -> onnxcam.Model:
     return onnxcam.load(build(name), device="cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_models():
+    """Drop this module's cached models (and their sessions) when it is done: the suite is long."""
+    yield
+    _model.cache_clear()
+
+
 def _image(seed: int = 5) -> np.ndarray:
     """Smooth blobs on a gradient ``(1, 3, 320, 320)`` in [0, 1] (as tests/test_detection_yolo.py)."""
     rng = np.random.default_rng(seed)

@@ -21,6 +21,13 @@ from onnxcam.detection.layouts import to_xyxy
 from onnxcam.graph.protos import make_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_models():
+    """Drop this module's cached models (and their sessions) when it is done: the suite is long."""
+    yield
+    _pre.cache_clear()
+
+
 def _image(seed: int = 5) -> np.ndarray:
     """Smooth blobs on a gradient ``(1, 3, 320, 320)`` (scores off the sigmoid's flat ends)."""
     rng = np.random.default_rng(seed)

@@ -46,6 +46,14 @@ def _torch() -> Any:
     return box_score_net().eval()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_models():
+    """Drop this module's cached models (and their sessions) when it is done: the suite is long."""
+    yield
+    _model.cache_clear()
+    _torch.cache_clear()
+
+
 def _image(n: int = 1, seed: int = 5) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:256, 0:256] / 256.0
