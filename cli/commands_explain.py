@@ -150,8 +150,17 @@ def demo(
     out: Path = typer.Option(Path("onnxcam-demo"), "--out", "-o", help="Output folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    task: str = typer.Option("classify", "--task", help="classify (the shapes classifier) or detect (the shapes "
+                             "detector: one map per detection)."),
 ) -> None:
     notes.install()
+    if task not in ("classify", "detect"):
+        from onnxcam.errors import ArgumentError
+
+        raise ArgumentError(f"unknown demo task {task!r}: use --task classify or --task detect")
+    if task == "detect":
+        _demo_detect(method, out, device, quiet)
+        return
     from onnxcam.data import demo_files
     from onnxcam.image import get_preset
     from onnxcam.model import load
@@ -169,3 +178,25 @@ def demo(
                    if item["predictions"][0]["label"] == files.truth[Path(item["file"]).name]["label"])
         typer.echo(f"demo: {hits}/{len(summary['images'])} images classified correctly; open {out}/*_grid.png or "
                    f"{out}/*.png to see where the model looked")
+
+
+def _demo_detect(method: str, out: Path, device: str, quiet: bool) -> None:
+    """``onnxcam demo --task detect``: the shipped shapes detector on its scenes, every detection explained."""
+    from onnxcam.data import demo_detect_files
+    from onnxcam.detection.job import DetectionConfig, detection_report, explain_detections
+    from onnxcam.model import load
+
+    files = demo_detect_files()
+    m = load(files.model, device=device)
+    summary = explain_detections(m, files.images, out, DetectionConfig(opt.choose_methods(method).methods))
+    if quiet:
+        return
+    typer.echo(detection_report(summary))
+    found = objects = 0
+    for item in summary["images"]:
+        truth = files.truth[Path(item["file"]).name]
+        objects += len(truth)
+        labels = [d["label"] for d in item["detections"]]
+        found += sum(1 for t in truth if t["label"] in labels)
+    typer.echo(f"demo: found {found}/{objects} objects; open {out}/*_grid.png to see, for each detection, where the "
+               "detector looked")

@@ -46,13 +46,15 @@ def layers(
         _print_table(m, last, start)
 
 
-def _auto(m: Model) -> str | None:
-    return m.layer("auto").name if m.layers() else None
+def _auto(m: Model) -> tuple[str, ...]:
+    """What ``--layer auto`` picks: one layer, or several (a detector's maps feeding its head)."""
+    return m.resolve_layers("auto") if m.layers() else ()
 
 
 def _as_json(m: Model, last: int | None) -> dict[str, Any]:
     all_layers = m.layers()
-    auto = _auto(m)
+    chosen = _auto(m)
+    auto: str | list[str] | None = (chosen[0] if len(chosen) == 1 else list(chosen)) if chosen else None
     shown = all_layers[-last:] if last else all_layers
     return {
         "model": m.name,
@@ -61,7 +63,7 @@ def _as_json(m: Model, last: int | None) -> dict[str, Any]:
         "auto": auto,
         "count": len(all_layers),
         "layers": [{"index": layer.index, "name": layer.name, "op": layer.op_type, "node": layer.node_name,
-                    "shape": list(layer.shape), "auto": layer.name == auto} for layer in shown],
+                    "shape": list(layer.shape), "auto": layer.name in chosen} for layer in shown],
     }
 
 
@@ -85,7 +87,8 @@ def _print_table(m: Model, last: int | None, start: float) -> None:
     for layer in shown:
         shape = "(" + ", ".join(str(d) for d in layer.shape) + ")"
         table.add_row(str(layer.index), layer.name, layer.op_type, shape, layer.grid.removeprefix("tokens NTD "),
-                      "<- auto" if layer.name == auto else "")
+                      "<- auto" if layer.name in auto else "")
     console = Console(width=160)
     console.print(table)
-    console.print(f"auto layer: {auto}   ({time.perf_counter() - start:.2f} s)")
+    what = "auto layer" if len(auto) <= 1 else f"auto layers ({len(auto)}, fused)"
+    console.print(f"{what}: {', '.join(auto) or None}   ({time.perf_counter() - start:.2f} s)")

@@ -42,13 +42,19 @@ def parse_floats(text: str, n: int, what: str) -> tuple[float, ...]:
 
 def preprocessing(m: Model, preset: str, mean: str, std: str, center_crop: bool,
                   channel_order: str | None = None) -> Preprocess:
-    """The --preprocess/--mean/--std/--center-crop/--channel-order options -> the ``Preprocess`` for ``m``."""
+    """The --preprocess/--mean/--std/--center-crop/--channel-order options -> the ``Preprocess`` for ``m``.
+
+    The resize is the preset's own (``yolo`` letterboxes) unless --center-crop; a detector's images are
+    letterboxed whatever the preset, since its boxes are mapped back through the letterbox.
+    """
+    from onnxcam.detection import DetectionTask
     from onnxcam.image import get_preset
 
+    resize = "center_crop" if center_crop else "letterbox" if isinstance(m.task, DetectionTask) else None
     pp = get_preset(preset, m.input.size, m.input.layout,
                     mean=parse_floats(mean, 3, "--mean") if mean else None,
                     std=parse_floats(std, 3, "--std") if std else None,
-                    resize_mode="center_crop" if center_crop else "stretch", channels=m.input.channels)
+                    resize_mode=resize, channels=m.input.channels)
     return replace(pp, channel_order=channel_order) if channel_order else pp  # type: ignore[arg-type]
 
 

@@ -219,6 +219,49 @@ def export_yolov8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None
     check_parity(spec, path, module, x.numpy())
 
 
+def nms_tail(model: onnx.ModelProto, iou: float = 0.45, score: float = 0.25, max_per_class: int = 100,
+             output: str = "output0") -> onnx.ModelProto:
+    """``model`` (YOLOv8 ``output (1, 4 + K, A)``) with the classic "end2end" tail appended in ONNX:
+    transpose and slice into boxes ``(1, A, 4)`` (cx, cy, w, h) and scores ``(1, K, A)``,
+    ``NonMaxSuppression`` (``center_point_box=1``), then Gather / GatherND of the kept boxes, scores
+    and classes: outputs ``det_boxes (M, 4)``, ``det_scores (M,)``, ``det_classes (M,)`` int64."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    consts = {"s0": np.array([0], np.int64), "s4": np.array([4], np.int64), "big": np.array([1 << 30], np.int64),
+              "ax2": np.array([2], np.int64), "max_out": np.array([max_per_class], np.int64),
+              "iou": np.array([iou], np.float32), "score": np.array([score], np.float32),
+              "i0": np.array(0, np.int64), "i1": np.array(1, np.int64), "i2": np.array(2, np.int64)}
+    g.initializer.extend(numpy_helper.from_array(v, f"nms_{k}") for k, v in consts.items())
+    g.node.extend([
+        helper.make_node("Transpose", [output], ["nms_rows"], perm=[0, 2, 1]),
+        helper.make_node("Slice", ["nms_rows", "nms_s0", "nms_s4", "nms_ax2"], ["nms_boxes"]),
+        helper.make_node("Slice", ["nms_rows", "nms_s4", "nms_big", "nms_ax2"], ["nms_scores_rows"]),
+        helper.make_node("Transpose", ["nms_scores_rows"], ["nms_scores"], perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", ["nms_boxes", "nms_scores", "nms_max_out", "nms_iou", "nms_score"],
+                         ["nms_selected"], center_point_box=1),
+        helper.make_node("Gather", ["nms_selected", "nms_i2"], ["nms_box_index"], axis=1),
+        helper.make_node("Gather", ["nms_selected", "nms_i1"], ["det_classes"], axis=1),
+        helper.make_node("Gather", ["nms_boxes", "nms_i0"], ["nms_boxes0"], axis=0),
+        helper.make_node("Gather", ["nms_boxes0", "nms_box_index"], ["det_boxes"], axis=0),
+        helper.make_node("GatherND", ["nms_scores", "nms_selected"], ["det_scores"]),
+    ])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["M", 4]),
+                     helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, ["M"]),
+                     helper.make_tensor_value_info("det_classes", TensorProto.INT64, ["M"])])
+    return m
+
+
+def export_yolov8_nms(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """``yolov8n_det`` with the end2end NMS tail (``nms_tail``)."""
+    model = nms_tail(onnx.load(str(deps["yolov8n_det"])))
+    onnx.checker.check_model(model)
+    finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
+
+
 def _spec(name: str, size: int, opset: int, dynamic: bool, description: str) -> ModelSpec:
     return ModelSpec(
         name=name, input_shape=(3, size, size), layout="NCHW", dynamic_batch=dynamic, num_classes=NUM_CLASSES,
@@ -231,10 +274,178 @@ SPECS: dict[str, ModelSpec] = {
     "yolov8n_det": _spec("yolov8n_det", 320, 17, False, "YOLOv8n-style detector, 80 classes, opset 17, batch 1"),
     "yolov8n_det_op12": _spec("yolov8n_det_op12", 320, 12, False, "YOLOv8n-style detector at opset 12, batch 1"),
     "yolov8n_det_dyn": _spec("yolov8n_det_dyn", 320, 17, True, "YOLOv8n-style detector, dynamic batch"),
+    "yolov8n_det_nms": ModelSpec(
+        name="yolov8n_det_nms", input_shape=(3, 320, 320), layout="NCHW", dynamic_batch=False,
+        num_classes=NUM_CLASSES, factory=lambda: yolov8n(size=320), layers={}, default=False,
+        description="yolov8n_det with NonMaxSuppression appended (end2end export)", input_name="images",
+        output_name="det_boxes", make_onnx=export_yolov8_nms, requires=("yolov8n_det",)),
     "yolov8n_det_640": _spec("yolov8n_det_640", 640, 17, False, "YOLOv8n-style detector at 640x640 (benchmark)"),
 }
 
-__all__ = ["SPECS", "YOLOv8", "yolov8n", "export_yolov8", "make_anchors"]
+# ---------------------------------------------------------------- box/score pairs (SSD / RetinaNet style)
+
+PAIR_CLASSES = 20
+PAIR_STRIDES = (8, 16, 32)
+PAIR_RATIOS = (0.5, 1.0, 2.0)
+PAIR_STAGES = ("stage3", "stage4", "stage5")  # the level maps the heads read, strides 8, 16, 32
+
+
+def _cbr(c1: int, c2: int, s: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c1, c2, 3, s, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU())
+
+
+def pair_anchors(size: int) -> torch.Tensor:
+    """``(A, 4)`` anchors (cx, cy, w, h) in pixels: per level, cell by cell, ``len(PAIR_RATIOS)`` each."""
+    rows = []
+    for s in PAIR_STRIDES:
+        g = size // s
+        ys, xs = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32),
+                                indexing="ij")
+        centre = torch.stack(((xs + 0.5) * s, (ys + 0.5) * s), -1).reshape(-1, 1, 2)
+        wh = torch.tensor([[4 * s * r ** 0.5, 4 * s / r ** 0.5] for r in PAIR_RATIOS])
+        rows.append(torch.cat((centre.expand(-1, len(PAIR_RATIOS), 2), wh[None].expand(g * g, -1, 2)), -1)
+                    .reshape(-1, 4))
+    return torch.cat(rows)
+
+
+class BoxScoreNet(nn.Module):
+    """A RetinaNet/SSD-style detector: conv stages to strides 8, 16, 32 (``PAIR_STAGES``), per level a
+    box head (3x3 conv, ReLU, 3x3 conv to 4 per anchor) and a class head (same, K per anchor),
+    ``len(PAIR_RATIOS)`` anchors per cell. ``forward(x) -> (boxes (N, A, 4) xyxy pixels decoded
+    from the anchors as SSD does (variances 0.1 / 0.2), scores (N, A, K) after a sigmoid)``."""
+
+    def __init__(self, nc: int = PAIR_CLASSES, size: int = 256) -> None:
+        super().__init__()
+        self.nc, self.na = nc, len(PAIR_RATIOS)
+        self.stage1, self.stage2 = _cbr(3, 16, 2), nn.Sequential(_cbr(16, 32, 2), _cbr(32, 32))
+        self.stage3 = _cbr(32, 64, 2)
+        self.stage4, self.stage5 = _cbr(64, 96, 2), _cbr(96, 128, 2)
+        widths = (64, 96, 128)
+        self.box = nn.ModuleList(nn.Sequential(nn.Conv2d(c, 48, 3, 1, 1), nn.ReLU(),
+                                               nn.Conv2d(48, 4 * self.na, 3, 1, 1)) for c in widths)
+        self.cls = nn.ModuleList(nn.Sequential(nn.Conv2d(c, 48, 3, 1, 1), nn.ReLU(),
+                                               nn.Conv2d(48, nc * self.na, 3, 1, 1)) for c in widths)
+        self.register_buffer("anchors", pair_anchors(size))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c3 = self.stage3(self.stage2(self.stage1(x)))
+        c4 = self.stage4(c3)
+        return [c3, c4, self.stage5(c4)]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.features(x)
+        n = x.shape[0]
+        deltas = torch.cat([self.box[i](f).permute(0, 2, 3, 1).reshape(n, -1, 4) for i, f in enumerate(feats)], 1)
+        logits = torch.cat([self.cls[i](f).permute(0, 2, 3, 1).reshape(n, -1, self.nc) for i, f in enumerate(feats)],
+                           1)
+        a = self.anchors
+        cxcy = a[:, :2] + 0.1 * deltas[..., :2] * a[:, 2:]
+        wh = a[:, 2:] * torch.exp(0.2 * deltas[..., 2:])
+        return torch.cat((cxcy - wh / 2, cxcy + wh / 2), -1), logits.sigmoid()
+
+
+def box_score_net(seed: int = 0, size: int = 256) -> BoxScoreNet:
+    """Seeded random weights, BatchNorm statistics from smooth random images, class logits
+    standardised and shifted so a random image has a few dozen predictions above 0.25."""
+    torch.manual_seed(seed)
+    model = BoxScoreNet(size=size)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.nn.functional.interpolate(torch.rand((4, 3, 8, 8), generator=gen), size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(x)
+        logits = torch.cat([model.cls[i](f).flatten() for i, f in enumerate(feats)])
+        mean, std = float(logits.mean()), float(logits.std())
+        shift = (float(torch.sort(logits, descending=True).values[4 * 40]) - mean) / std
+        for seq in model.cls:
+            seq[-1].weight /= std
+            seq[-1].bias.copy_((seq[-1].bias - mean) / std - shift)
+    return model
+
+
+def pairs_nms_tail(model: onnx.ModelProto, boxes: str = "boxes", scores: str = "scores", iou: float = 0.5,
+                   score: float = 0.25, max_per_class: int = 100) -> onnx.ModelProto:
+    """``model`` (boxes ``(1, A, 4)`` xyxy, scores ``(1, A, K)``) with torchvision-style post-processing
+    in ONNX: ``NonMaxSuppression`` on the corner boxes, then the kept boxes, scores and classes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    consts = {"max_out": np.array([max_per_class], np.int64), "iou": np.array([iou], np.float32),
+              "score": np.array([score], np.float32), "i0": np.array(0, np.int64), "i1": np.array(1, np.int64),
+              "i2": np.array(2, np.int64)}
+    g.initializer.extend(numpy_helper.from_array(v, f"nms_{k}") for k, v in consts.items())
+    g.node.extend([
+        helper.make_node("Transpose", [scores], ["nms_scores"], perm=[0, 2, 1]),
+        helper.make_node("NonMaxSuppression", [boxes, "nms_scores", "nms_max_out", "nms_iou", "nms_score"],
+                         ["nms_selected"]),
+        helper.make_node("Gather", ["nms_selected", "nms_i2"], ["nms_box_index"], axis=1),
+        helper.make_node("Gather", ["nms_selected", "nms_i1"], ["det_classes"], axis=1),
+        helper.make_node("Gather", [boxes, "nms_i0"], ["nms_boxes0"], axis=0),
+        helper.make_node("Gather", ["nms_boxes0", "nms_box_index"], ["det_boxes"], axis=0),
+        helper.make_node("GatherND", ["nms_scores", "nms_selected"], ["det_scores"]),
+    ])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, ["M", 4]),
+                     helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, ["M"]),
+                     helper.make_tensor_value_info("det_classes", TensorProto.INT64, ["M"])])
+    return m
+
+
+def export_box_score(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
+    """Export ``box_score_net`` (dynamic batch), or, with ``extra["nms"]``, batch 1 plus ``pairs_nms_tail``."""
+    size = spec.input_shape[1]
+    module = box_score_net(size=size).eval()
+    nms_tail_on = bool(spec.extra.get("nms", False))
+    batch = 1 if nms_tail_on else 2
+    x = torch.rand((batch, *spec.input_shape), generator=torch.Generator().manual_seed(3))
+    axes = None if nms_tail_on else {spec.input_name: {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}}
+    tmp = path.with_suffix(".export.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=17, input_names=[spec.input_name],
+                          output_names=["boxes", "scores"], dynamic_axes=axes)
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    if nms_tail_on:
+        model = pairs_nms_tail(model)
+    finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
+    if not nms_tail_on:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {spec.input_name: x.numpy()})
+        with torch.no_grad():
+            want = [t.numpy() for t in module(x)]
+        for g_, w_ in zip(got, want, strict=True):
+            if not np.allclose(g_, w_, rtol=1e-3, atol=1e-3):
+                raise RuntimeError(f"{spec.name}: onnxruntime differs from torch by {np.abs(g_ - w_).max():.2e}")
+
+
+def _pair_spec(name: str, nms: bool, description: str) -> ModelSpec:
+    return ModelSpec(
+        name=name, input_shape=(3, 256, 256), layout="NCHW", dynamic_batch=not nms, num_classes=PAIR_CLASSES,
+        factory=lambda: box_score_net(), layers={}, description=description, default=False, input_name="images",
+        output_name="boxes", make_onnx=export_box_score, extra={"nms": nms},
+    )
+
+
+SPECS.update({
+    "boxscore_det": _pair_spec("boxscore_det", False, "RetinaNet/SSD-style box/score pair detector, 20 classes"),
+    "boxscore_det_nms": _pair_spec("boxscore_det_nms", True, "boxscore_det with NonMaxSuppression appended"),
+})
+
+
+__all__ = ["SPECS", "BoxScoreNet", "YOLOv8", "box_score_net", "export_box_score", "export_yolov8", "export_yolov8_nms",
+           "make_anchors", "nms_tail", "pair_anchors", "pairs_nms_tail", "yolov8n"]
 
 
 def _self_check() -> None:  # pragma: no cover - a quick look while developing

@@ -89,6 +89,7 @@ class GradientEngine:
         self.model: Model = weakref.proxy(model)
         self._graphs: dict[GraphKey, GradientGraph] = {}
         self._straight: dict[tuple[str, ...], ort.InferenceSession] = {}
+        self._repeated: weakref.ref[np.ndarray] | None = None
 
     # -- public -----------------------------------------------------------------------------------
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
@@ -100,7 +101,7 @@ class GradientEngine:
         names = tuple(dict.fromkeys(layers))
         cut = model.frontier(names)
         split = model.split(cut)
-        feeds, outputs = model.run_body(x, cut, batch_size)
+        feeds, outputs = self._run_body(x, cut, batch_size)
         resolved = task.resolve(targets, outputs)
         for t in resolved:
             self._check_reads(t, split, len(outputs))
@@ -121,6 +122,23 @@ class GradientEngine:
         acts, grads, kind, notes = self._finite_gradients(cut, names, resolved, feeds, outputs, batch_size)
         return Gradients(names, acts, grads, outputs, resolved, scores, source="finite differences", notes=notes,
                          kind=kind)
+
+    def repeat(self, x: np.ndarray, k: int) -> np.ndarray:
+        """One image ``x (1, ...)`` as a batch of ``k`` identical rows (a read-only view) that ``compute``
+        recognises: it runs the body once for all of them and only the gradient graph per row, each
+        row with its own target. Pass it to any explainer with ``k`` targets to explain several
+        detections (or classes) of one image for one body run."""
+        if x.shape[0] != 1 or k < 1:
+            raise ArgumentError(f"repeat takes one image (1, ...) and k >= 1, got {x.shape} and k={k}")
+        rows = np.broadcast_to(x, (k,) + x.shape[1:])
+        self._repeated = weakref.ref(rows)
+        return rows
+
+    def compute_many(self, x: np.ndarray, layers: Sequence[str], targets: Sequence[Target], task: Task,
+                     batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
+        """``compute`` for one image ``x (1, ...)`` and several targets: row ``k`` of the result is
+        target ``k``'s; the body runs once, the head's gradient graph once per target (batched)."""
+        return self.compute(self.repeat(x, len(targets)), layers, list(targets), task, batch_size, mode)
 
     def prepare(self, layers: Sequence[str], n: int, reads: Sequence[int] = (0,), batch_size: int = 16,
                 mode: GradientMode = "auto") -> None:
@@ -208,6 +226,17 @@ class GradientEngine:
                           feeds, outputs)
 
     # -- internals --------------------------------------------------------------------------------
+    def _run_body(self, x: np.ndarray, cut: tuple[str, ...],
+                  batch_size: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """``model.run_body``, once per distinct image for a batch made by ``repeat``."""
+        repeated = self._repeated() if self._repeated is not None else None
+        if repeated is None or x is not repeated:
+            return self.model.run_body(x, cut, batch_size)
+        k = x.shape[0]
+        feeds, outputs = self.model.run_body(np.ascontiguousarray(x[:1]), cut, batch_size)
+        return ({name: np.repeat(v, k, axis=0) for name, v in feeds.items()},
+                [np.repeat(o, k, axis=0) for o in outputs])
+
     def _straight_session(self, cut: tuple[str, ...], split: Split) -> ort.InferenceSession:
         sess = self._straight.get(cut)
         if sess is None:

@@ -5,6 +5,7 @@ Importing the package registers the detection task with ``onnxcam.tasks.detect_t
 """
 
 from onnxcam.detection.decode import DecodeOptions, Detection, box_iou_matrix, decode, nms, to_image_boxes
+from onnxcam.detection.end2end import PreNms, pre_nms
 from onnxcam.detection.layers import head_layers
 from onnxcam.detection.layouts import BOX_FORMATS, KINDS, DetectionLayout, LayoutError, recognise
 from onnxcam.detection.targets import DetectionScoreTarget, DRiseTarget
@@ -15,5 +16,5 @@ if recognise_task not in RECOGNISERS:
     RECOGNISERS.append(recognise_task)
 
 __all__ = ["BOX_FORMATS", "KINDS", "DRiseTarget", "DecodeOptions", "Detection", "DetectionLayout",
-           "DetectionScoreTarget", "DetectionTask", "LayoutError", "box_iou_matrix", "decode", "head_layers",
-           "nms", "recognise", "recognise_task", "to_image_boxes"]
+           "DetectionScoreTarget", "DetectionTask", "LayoutError", "PreNms", "box_iou_matrix", "decode",
+           "head_layers", "nms", "pre_nms", "recognise", "recognise_task", "to_image_boxes"]

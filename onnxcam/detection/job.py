@@ -1,9 +1,10 @@
 """``explain_detections``: the explain job for detectors - one map per detection.
 
 Per image: one forward, decoding + NMS, then for each of its top ``detections`` a CAM of that
-detection (``DetectionTask.detection_target``), placed back on the original image (the letterbox
-undone), with the detection's box, label and score drawn; a grid of them per image; every kept
-detection (not only the explained ones) in summary.json. An image with no detection above
+detection (``DetectionTask.detection_target``), all of them from one body run (the engine's
+``repeat``: the head's gradient graph runs once per detection, the body once), placed back on the
+original image (the letterbox undone), with the detection's box, label and score drawn; a grid of
+them per image; every kept detection (not only the explained ones) in summary.json. An image with no detection above
 ``conf`` gets its plain image and an empty list. Everything is written in one output transaction.
 """
 
@@ -96,7 +97,13 @@ def explain_detections(model: Model, paths: Sequence[Path], out: Path, config: D
     config.check()
     det_task = detection_task(model, config.conf, config.iou, task)
     pp = config.preprocess or get_preset("yolo", model.input.size, model.input.layout)
-    cams = {name: get_method(name)(model, layer=config.layer, task=det_task, **config.method_options.get(name, {}))
+    layer = config.layer
+    if layer == "auto":
+        # Forced (--task detect), the model's own task is not the detector's: its "auto" would be
+        # a classifier's last feature map, not the maps feeding the detection head.
+        picked = det_task.default_layers(model)
+        layer = list(picked) if picked else layer
+    cams = {name: get_method(name)(model, layer=layer, task=det_task, **config.method_options.get(name, {}))
             for name in config.methods}
     start = time.perf_counter()
     items: list[dict[str, Any]] = []
@@ -119,11 +126,17 @@ def explain_detections(model: Model, paths: Sequence[Path], out: Path, config: D
                 items.append(item)
                 continue
             explained = dets[: config.detections]
+            targets = [det_task.detection_target(d) for d in explained]
+            # All detections of the image from one body run: the engine recognises the repeated rows.
+            batch = model.gradient_engine.repeat(x, len(targets))
             tiles, titles = [], []
             for name, cam in cams.items():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a blank map of one detection is reported by its tile
+                    maps = cam(batch, targets=targets)
                 files = []
-                for rank, (d, b) in enumerate(zip(explained, boxes, strict=False)):
-                    file = _overlay(cam, x, d, b, det_task, region, hw, img, config)
+                for rank, (d, b, m) in enumerate(zip(explained, boxes, maps, strict=False)):
+                    file = _overlay(m, d, b, det_task, region, hw, img, config)
                     rel = tx.write_png(f"{stem}_{name}_det{rank}.png", file)
                     files.append(rel.name)
                     tiles.append(file)
@@ -142,12 +155,10 @@ def explain_detections(model: Model, paths: Sequence[Path], out: Path, config: D
     return summary
 
 
-def _overlay(cam: Any, x: np.ndarray, d: Detection, box: np.ndarray, task: DetectionTask,
+def _overlay(m: np.ndarray, d: Detection, box: np.ndarray, task: DetectionTask,
              region: tuple[float, float, float, float], hw: tuple[int, int], img: np.ndarray,
              config: DetectionConfig) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a blank map of one detection is reported by its tile
-        m = cam(x, targets=[task.detection_target(d)])[0]
+    """Detection ``d``'s map ``m (H, W)`` (input resolution) on the original image, its box and label drawn."""
     on_image = _to_image(m, region, hw)
     if config.inside_box:
         on_image = _inside(on_image, box)

@@ -4,7 +4,7 @@ A detection head reads each pyramid level with two or more convolutions (YOLOv8'
 branches, the PAN's downsampling conv next to them, RetinaNet's box and class towers). Per spatial
 size, the last 4-D tensor read by at least two Conv nodes is that level's feature map; the levels
 are taken from the coarsest up until their cells add up to the number of predictions (times the
-anchors per cell). That never lands inside the box decoder (the DFL conv reads a ``(N, 16, 4, A)``
+anchors per cell, the fewest that fit). That never lands inside the box decoder (the DFL conv reads a ``(N, 16, 4, A)``
 tensor whose "spatial" size is not a grid of the pyramid).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 
 from onnxcam.errors import LayerNotFoundError
@@ -34,13 +35,14 @@ def head_layers(model: onnx.ModelProto, layers: Sequence[Layer], predictions: in
             continue
         per_size[spatial] = layer  # graph order: the last one of each size wins
     levels = sorted(per_size.items(), key=lambda kv: kv[0][0] * kv[0][1])
-    cells = 0
-    chosen: list[Layer] = []
-    for (h, w), layer in levels:
-        cells += h * w
-        chosen.append(layer)
-        if any(cells * m == predictions for m in range(1, MAX_ANCHORS_PER_CELL + 1)):
-            return tuple(c.name for c in sorted(chosen, key=lambda c: c.index))
+    cells = np.cumsum([h * w for (h, w), _ in levels])
+    # The fewest anchors per cell first: a 16x16 + 8x8 head has 320 predictions, which the 8x8
+    # level alone would also explain with 5 anchors per cell.
+    for m in range(1, MAX_ANCHORS_PER_CELL + 1):
+        for depth, total in enumerate(cells):
+            if total * m == predictions:
+                chosen = [layer for _, layer in levels[: depth + 1]]
+                return tuple(c.name for c in sorted(chosen, key=lambda c: c.index))
     raise LayerNotFoundError(
         f"could not find the feature maps feeding {model_name}'s detection head ({predictions} predictions per "
         "image): name the layers explicitly (see `onnxcam layers MODEL`)"
