@@ -24,6 +24,7 @@ import onnxruntime as ort
 # Imported for its effect: it registers the detection task with onnxcam.tasks.detect_task, so every
 # loaded model can be recognised as a detector.
 import onnxcam.detection  # noqa: F401
+from onnxcam.detection.end2end import pre_nms
 from onnxcam.engine import GradientEngine, GradientMode, Gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, OnnxRuntimeError, UnsupportedModelError
 from onnxcam.gradients.quant_ops import integer_op_count
@@ -105,6 +106,7 @@ class Model:
         self.requested_device: Device = check_device(device)
         self.threads = threads
         self.proto = read_model(self.path)
+        self.proto = self._before_nms(self.proto)
         # QOperator int8 models pass uint8 tensors between ops: float views of them (which leave the
         # computation bit for bit as it was) are the feature maps a CAM can use.
         self.proto, self.int8_views = expose_int8_activations(self.proto)
@@ -142,6 +144,24 @@ class Model:
         self.quantized = integer_op_count(self.proto) > 0 or any(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
         self.optimization = "basic" if self.quantized else "all"
+
+    def _before_nms(self, proto: onnx.ModelProto) -> onnx.ModelProto:
+        """An end2end detector (NonMaxSuppression inside) as the tensors its NMS reads.
+
+        After NMS the kept boxes are gathered by index: how many depends on the image, and a kept score
+        has no gradient to the predictions NMS compared it with. Decoding and NMS then run in numpy
+        (``onnxcam.detection.decode``), where every kept detection keeps its gradients.
+        """
+        found = pre_nms(proto)
+        if found is None:
+            return proto
+        said = ", ".join(f"{k} {v:g}" for k, v in (("iou", found.iou), ("score", found.score)) if v is not None)
+        warnings.warn(
+            f"{self.name} ends in NonMaxSuppression: explained through the boxes and scores it reads, with NMS "
+            f"run by onnxcam (set its thresholds with --conf / --iou{'; the graph used ' + said if said else ''})",
+            OnnxCamWarning, stacklevel=3,
+        )
+        return found.model
 
     # -- input contract -------------------------------------------------------------------------
     def _find_input(self, input_size: tuple[int, int] | None, layout: str | None) -> InputSpec:

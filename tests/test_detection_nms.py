@@ -18,6 +18,7 @@ from models.build import build
 from onnxcam.detection import DetectionTask, nms
 from onnxcam.detection.end2end import BOXES, SCORES, pre_nms
 from onnxcam.detection.layouts import to_xyxy
+from onnxcam.errors import OnnxCamWarning
 from onnxcam.graph.protos import make_model
 
 
@@ -121,3 +122,42 @@ def test_a_detections_map_through_the_pre_nms_graph_equals_the_plain_detectors(p
         got = onnxcam.GradCAM(ours)(x, targets=[task.detection_target(dets[k])])
         want = onnxcam.GradCAM(plain)(x, targets=[plain.task.detection_target(ref[k])])  # type: ignore[attr-defined]
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_loading_an_end2end_graph_explains_it_through_its_pre_nms_tensors(pre, tmp_path):
+    """``onnxcam.load`` (and so ``onnxcam explain``) on the NMS graph itself, no options: the same
+    detections and maps as the pre-NMS model, a note naming the graph's own thresholds, the file untouched."""
+    path, _ = pre
+    end2end = build("yolov8n_det_nms")
+    before = end2end.read_bytes()
+    with pytest.warns(OnnxCamWarning, match=r"NonMaxSuppression.*iou 0\.45, score 0\.25"):
+        direct = onnxcam.load(end2end, device="cpu")
+    assert end2end.read_bytes() == before
+    ours = onnxcam.load(path, device="cpu")
+    assert isinstance(direct.task, DetectionTask) and direct.task.layout.kind == "pairs"
+    x = _image()
+    dets = direct.task.detections(direct.forward(x))[0]
+    ref = ours.task.detections(ours.forward(x))[0]  # type: ignore[attr-defined]
+    assert [(d.index, d.category) for d in dets] == [(d.index, d.category) for d in ref] and dets
+    k = next(k for k, d in enumerate(dets) if 0.3 < d.score < 0.97)
+    got = onnxcam.GradCAM(direct)(x, targets=[direct.task.detection_target(dets[k])])
+    want = onnxcam.GradCAM(ours)(x, targets=[ours.task.detection_target(ref[k])])  # type: ignore[attr-defined]
+    assert got.max() > 0.5
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_explain_cli_on_an_end2end_graph_needs_no_options(tmp_path):
+    import json
+
+    from onnxcam_cli.main import app
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    img = tmp_path / "blobs.png"
+    Image.fromarray((_image()[0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["explain", str(build("yolov8n_det_nms")), str(img), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "NonMaxSuppression" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"][0]["detections"], summary
