@@ -92,6 +92,11 @@ class GradientEngine:
         self._repeated: weakref.ref[np.ndarray] | None = None
 
     # -- public -----------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Drop the gradient graphs' sessions built so far; they are rebuilt when next needed."""
+        self._graphs.clear()
+        self._straight.clear()
+
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
                 batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
         """Activations, exact gradients and scores at ``layers`` (tensor names, in their own layout)."""

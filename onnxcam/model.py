@@ -343,6 +343,12 @@ class Model:
     def tensor_info(self, name: str) -> TensorInfo:
         return self._infos[name]
 
+    def release(self) -> None:
+        """Drop every onnxruntime session and gradient graph built so far (rebuilt when next needed):
+        frees their memory between jobs without reloading the model."""
+        self._sessions.clear()
+        self.gradient_engine.release()
+
     # -- splits and sessions ----------------------------------------------------------------------
     def split(self, cut: Sequence[str]) -> Split:
         """The body/head split at ``cut`` (tensor names), cached."""

@@ -364,3 +364,16 @@ def test_a_dropped_model_is_freed_at_once(tmp_path: Path) -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_release_drops_sessions_and_graphs_and_maps_come_back_the_same(two_outputs: tuple) -> None:
+    model, _, x = two_outputs
+    target = onnxcam.ClassTarget(2, output_index=1)
+    with onnxcam.GradCAM(model, "feat") as cam:
+        first = cam(x, targets=target)
+        assert model._sessions and model.gradient_engine._graphs
+    # Leaving the with-block released them; the next call rebuilds them and computes the same maps.
+    assert not model._sessions and not model.gradient_engine._graphs
+    again = onnxcam.GradCAM(model, "feat")(x, targets=target)
+    assert first.max() > 0
+    np.testing.assert_array_equal(first, again)

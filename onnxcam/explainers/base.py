@@ -241,12 +241,7 @@ class BaseCAM:
 
     def release(self) -> None:
         """Drop the onnxruntime sessions and gradient graphs built so far (they are rebuilt if needed)."""
-        model = self.model
-        engine = getattr(model, "gradient_engine", None)
-        for owner, attr in ((model, "_sessions"), (engine, "_graphs"), (engine, "_straight")):
-            cache = getattr(owner, attr, None)
-            if isinstance(cache, dict):
-                cache.clear()
+        self.model.release()
 
     def __enter__(self) -> BaseCAM:
         return self

@@ -59,7 +59,6 @@ class _ChannelWeightCAM(BaseCAM):
 class GradCAM(_ChannelWeightCAM):
     """Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of the gradients."""
 
-    name = "gradcam"
     elementwise = False
 
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -73,8 +72,6 @@ class GradCAM(_ChannelWeightCAM):
 class GradCAMPlusPlus(_ChannelWeightCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018): higher-order alpha weighting of positive gradients."""
 
-    name = "gradcam++"
-
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return methods.gradcam_plusplus_weights(acts, grads)
 
@@ -84,8 +81,6 @@ class GradCAMPlusPlus(_ChannelWeightCAM):
 ))
 class XGradCAM(_ChannelWeightCAM):
     """XGrad-CAM (Fu et al. 2020): gradients weighted by normalised activations."""
-
-    name = "xgradcam"
 
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         return methods.xgradcam_weights(acts, grads)
@@ -116,7 +111,6 @@ class _ElementWiseCAM(BaseCAM):
 class LayerCAM(_ElementWiseCAM):
     """LayerCAM (Jiang et al. 2021): sum_c relu(dA) * A."""
 
-    name = "layercam"
     kind = "layercam"
 
 
@@ -126,7 +120,6 @@ class LayerCAM(_ElementWiseCAM):
 class HiResCAM(_ElementWiseCAM):
     """HiResCAM (Draelos & Carin 2020): sum_c dA * A, faithful to the model's computation."""
 
-    name = "hirescam"
     kind = "hirescam"
 
 
@@ -136,7 +129,6 @@ class HiResCAM(_ElementWiseCAM):
 class GradCAMElementWise(_ElementWiseCAM):
     """Grad-CAM element-wise (pytorch-grad-cam): sum_c relu(dA * A)."""
 
-    name = "gradcam-elementwise"
     kind = "gradcam_elementwise"
 
 
@@ -147,8 +139,6 @@ class EigenGradCAM(BaseCAM):
     """Eigen-Grad-CAM: first principal component of dA * A."""
 
     prepares = "gradients"
-
-    name = "eigengradcam"
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         g = self.gradients(x, targets)
@@ -177,8 +167,6 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     from its own ``default_rng(seed)``, so its map does not depend on the rest of the batch."""
 
     prepares = "gradients"
-
-    name = "smoothgradcam++"
 
     def __init__(self, *args: object, num_samples: int = 4, std: float = 0.3, seed: int = 0,
                  torchcam_compat: bool = False, **kwargs: object) -> None:

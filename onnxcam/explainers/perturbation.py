@@ -48,8 +48,6 @@ class ScoreCAM(_MaskingCAM):
     by each upsampled, normalised channel. Constant channels are scored once (exact).
     ``max_channels=k``: Faster-Score-CAM, only the k channels of highest variance."""
 
-    name = "scorecam"
-
     def __init__(self, *args: object, max_channels: int | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_channels = max_channels
@@ -81,8 +79,6 @@ class SSCAM(_MaskingCAM):
     ``default_rng(seed)``, so its map does not depend on the rest of the batch. ``max_channels=k``
     scores only the k channels of highest variance (as Score-CAM's)."""
 
-    name = "sscam"
-
     def __init__(self, *args: object, num_samples: int = 35, std: float = 2.0, seed: int = 0,
                  max_channels: int | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -111,8 +107,6 @@ class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): channel weight = relative drop of the target score when
     the channel is ablated. Only the head re-runs, batched over channels."""
 
-    name = "ablationcam"
-    uses_gradients = False
     default_batch_size = 64
 
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:

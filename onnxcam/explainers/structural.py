@@ -24,9 +24,6 @@ class CAM(BaseCAM):
 
     prepares = "activations"
 
-    name = "cam"
-    uses_gradients = False
-
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
         classes = []
@@ -56,9 +53,6 @@ class EigenCAM(BaseCAM):
 
     prepares = "activations"
 
-    name = "eigencam"
-    uses_gradients = False
-
     def raw_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
         acts, resolved, scores, outputs = self.activations(x, targets)
         maps = {k: methods.eigencam(acts[k], self.eigen_sign) for k in self.layers}
@@ -72,8 +66,6 @@ class FullGrad(BaseCAM):
     """FullGrad (Srinivas & Fleuret 2019): |input x input-gradient| plus |bias x gradient| at every
     bias-carrying convolution. It takes no layer: it reads the input and every such layer (a layer
     other than ``"auto"`` is reported, not silently dropped)."""
-
-    name = "fullgrad"
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
