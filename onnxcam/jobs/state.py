@@ -53,6 +53,15 @@ def _clear(folder: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _remove_temp_files(folder: Path) -> None:
+    """The temp files of atomic writes a killed run left behind (``.name.xxxx.tmp``)."""
+    for d in (folder, folder / PARTS, folder / OVERLAYS):
+        if d.is_dir():
+            for p in d.glob(".*.tmp"):
+                with suppress(OSError):
+                    p.unlink()
+
+
 def begin(out: OutputDir, job: dict[str, Any], resume: bool) -> JobState:
     """Open the folder for ``job`` (its fingerprints): continue it (``resume``) or start afresh.
 
@@ -81,6 +90,7 @@ def begin(out: OutputDir, job: dict[str, Any], resume: bool) -> JobState:
                                 "arguments, or drop --resume to start again (its results will be replaced)")
         with suppress(OSError):
             (folder / DONE).unlink()  # first: from here on the folder is an unfinished job
+        _remove_temp_files(folder)
         return JobState(folder, done_chunks(folder), False, created)
     _clear(folder)
     write_json(out.target(JOB_FILE), job)
