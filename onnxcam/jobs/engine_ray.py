@@ -7,8 +7,8 @@ actor (``Worker``), with as many session threads as the actor has CPUs. The acto
 ``ChunkResult``; the driver writes it (``onnxcam.jobs.records.write_chunk``), so the output folder
 only needs to exist where the command runs.
 
-An actor that dies is restarted by Ray and its chunk run again (``max_restarts`` /
-``max_task_retries``); a chunk whose part is already on disk is not written twice, so nothing is lost
+An actor that dies is restarted by Ray and its chunk run again (Ray Data's defaults for actor pools:
+``max_restarts=-1``, ``max_task_retries=-1``); a chunk whose part is already on disk is not written twice, so nothing is lost
 or duplicated. Ray is imported only here, only when ``--engine ray`` is asked for.
 """
 
@@ -97,10 +97,12 @@ def run_ray(spec: JobSpec, source: Source, done: set[int], write: Callable[[Chun
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         del pending
         threads = max(1, int(options.cpus_per_actor))
+        # Ray Data restarts a dead actor and retries its task without limit by default (max_restarts=-1,
+        # max_task_retries=-1): a chunk is never lost, and one done twice is written once (write_chunk).
         mapped = ds.map_batches(
             ChunkActor, fn_constructor_kwargs={"spec": spec, "threads": threads}, batch_size=1,
-            concurrency=options.actors, num_cpus=options.cpus_per_actor,
-            num_gpus=options.gpus_per_actor or None, max_restarts=-1, max_task_retries=-1,
+            compute=ray.data.ActorPoolStrategy(size=options.actors), num_cpus=options.cpus_per_actor,
+            num_gpus=options.gpus_per_actor or None,
         )
         for row in mapped.iter_rows():
             result: ChunkResult = pickle.loads(row["payload"])
