@@ -8,8 +8,8 @@ actor (``Worker``), with as many session threads as the actor has CPUs. The acto
 only needs to exist where the command runs.
 
 An actor that dies is restarted by Ray and its chunk run again (Ray Data's defaults for actor pools:
-``max_restarts=-1``, ``max_task_retries=-1``); a chunk whose part is already on disk is not written twice, so nothing is lost
-or duplicated. Ray is imported only here, only when ``--engine ray`` is asked for.
+``max_restarts=-1``, ``max_task_retries=-1``); a chunk whose part is already on disk is not written
+twice, so nothing is lost or duplicated. Ray is imported only here, only when ``--engine ray`` is asked for.
 """
 
 from __future__ import annotations
