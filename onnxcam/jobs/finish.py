@@ -106,9 +106,12 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
     sample: Sample | None = None
     first: list[dict[str, Any]] = []  # the sanity check's images
     total = 0
+    devices: list[str] = []
     try:
         for part in read_parts(folder):
             total += int(part.get("images", 0))
+            if part.get("device") and part["device"] not in devices:
+                devices.append(part["device"])
             failed += [{"file": f["file"], "error": f["error"]} for f in part["failed"]]
             all_notes += [n for n in part.get("notes", []) if n not in all_notes]
             for record in part["records"]:
@@ -149,10 +152,8 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
         sanity = _run_sanity(w.model, w.cams, x, config, progress)
     pp = config.preprocess
     model_name = Path(spec.model).name
-    w0 = worker() if sanity is not None else None
     report: dict[str, Any] = {
-        "model": spec.model, "model_name": model_name,
-        "device": w0.model.device if w0 is not None else str(spec.load.get("device", "auto")),
+        "model": spec.model, "model_name": model_name, "device": ", ".join(devices),
         "preprocess": f"{pp.layout} {pp.size[0]}x{pp.size[1]} {pp.resize_mode}, mean {list(pp.mean)}, "
                       f"std {list(pp.std)}, scale {pp.scale:g}",
         "methods": methods, "layers": {m: list(v) for m, v in _layers(worker, methods).items()},

@@ -61,8 +61,8 @@ def write_chunk(out: OutputDir, result: ChunkResult) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _write_bytes(dest, data)
     part.parent.mkdir(parents=True, exist_ok=True)
-    write_json(part, {"chunk": result.chunk, "images": result.images, "records": result.records,
-                      "failed": result.failed, "notes": result.notes})
+    write_json(part, {"chunk": result.chunk, "images": result.images, "device": result.device,
+                      "records": result.records, "failed": result.failed, "notes": result.notes})
     return True
 
 

@@ -66,6 +66,7 @@ class ChunkResult:
     failed: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     images: int = 0  # items in the chunk, read or not
+    device: str = ""  # where the chunk ran (cpu, cuda)
 
 
 def overlay_name(index: int, path: str, method: str) -> str:
@@ -106,7 +107,7 @@ class Worker:
         names = self.task.labels
         if names is not None and label in names:
             return names.index(label)
-        if label.strip().lstrip("-").isdigit():
+        if label.strip().isdigit():
             return int(label)
         return item.class_index
 
@@ -138,6 +139,7 @@ class Worker:
         n = len(loaded)
         x = preprocess([img for _, img in loaded], pp)
         outputs = self.model.forward(x, config.batch_size)
+        result.device = self.model.device
         self.task.check(outputs)
         probs = self.task.probabilities(outputs)
         targets = self.task.default_targets(outputs)
