@@ -453,7 +453,11 @@ def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Seq
         parts.append(f"<span class=\"badge\">{esc(flag_text('near_tie'))}</span>")
     if item.get("box") is None and item.get("box_note"):
         parts.append(f"<p class=\"meta\">{esc(item['box_note'])}</p>")
-    parts.append(f"<div class=\"tiles\">{_figures(row[:1], 'input')}{_figures(row[1:], 'overlay')}</div>")
+    if row:
+        parts.append(f"<div class=\"tiles\">{_figures(row[:1], 'input')}{_figures(row[1:], 'overlay')}</div>")
+    else:
+        parts.append(f"<p class=\"meta\">Images left out to keep the report small: see {esc(item['file'])} and "
+                     "its overlays in overlays/.</p>")
     head = "".join(f"<th>{esc(METRIC_INFO[k][0])}</th>" for k in keys)
     rows = []
     for m in methods:

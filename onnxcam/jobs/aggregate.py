@@ -76,7 +76,7 @@ class Sample:
     methods: Sequence[str]
     k: int
     seed: int = 0
-    flagged_limit: int = 100
+    flagged_limit: int = 50
     _worst: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     _best: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     _random: dict[str, list[tuple[int, int]]] = field(default_factory=dict)

@@ -38,6 +38,9 @@ __all__ = ["REPORT_ALL", "finish_job", "metric_keys"]
 
 #: Audits of up to this many images show every image in the report.
 REPORT_ALL = 50
+#: The report's images stop at this many bytes of data URIs (later cards show their numbers only), so the
+#: report stays under 20 MB whatever the number of methods; the sample's picks come first, then flagged images.
+TILE_BUDGET = 15_000_000
 
 
 def metric_keys(spec: JobSpec) -> list[str]:
@@ -135,14 +138,22 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
         raise
     show = sample.indices() if agg.images > REPORT_ALL else None
     images: list[dict[str, Any]] = []
-    tiles: list[list[Tile]] = []
     for part in read_parts(folder):
         for record in part["records"]:
             if show is None or int(record["index"]) in show:
                 record.pop("_curves", None)
                 _reflag(record, margin)
                 images.append(record)
-                tiles.append(_tiles(folder, record, spec, methods))
+    picked = {i for kinds in sample.chosen().values() for ids in kinds.values() for i in ids}
+    by_priority = sorted(range(len(images)), key=lambda j: (int(images[j]["index"]) not in picked, j))
+    tiles: list[list[Tile]] = [[] for _ in images]
+    budget = TILE_BUDGET
+    for j in by_priority:
+        row = _tiles(folder, images[j], spec, methods)
+        size = sum(len(uri) for _, uri in row)
+        if size > budget:
+            break
+        tiles[j], budget = row, budget - size
     sanity = None
     if config.sanity and first:
         if progress is not None:
