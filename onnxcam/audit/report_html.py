@@ -326,7 +326,7 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     body.append(_curve_charts(report))
     body.append(_distributions(report))
     body.append(_sanity(report.get("sanity")))
-    body.append(_flag_index(images))
+    body.append(_flag_index(images, (report.get("sample") or {}).get("flagged_total")))
     body.append("<h2>Images</h2>")
     body.append(_sample_note(report, len(images)))
     for i, (item, row) in enumerate(zip(images, tiles, strict=True)):
@@ -420,15 +420,17 @@ def _sanity(sanity: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def _flag_index(images: Sequence[dict[str, Any]]) -> str:
+def _flag_index(images: Sequence[dict[str, Any]], total: int | None = None) -> str:
     rows = []
     for i, item in enumerate(images):
         flags = _image_flags(item)
         if flags:
             rows.append(f"<li><a href=\"#img-{i}\">{esc(item['name'])}</a>: {esc('; '.join(flags))}</li>")
-    if not rows:
+    if not rows and not total:
         return "<h2>Flags</h2><p class=\"ok\">No image raised a flag.</p>"
-    return f"<h2>Flags ({len(rows)} image(s) to review)</h2><ul class=\"flags\">{''.join(rows)}</ul>"
+    shown = "" if total is None or total == len(rows) else f"; {len(rows)} shown here"
+    return (f"<h2>Flags ({total if total is not None else len(rows)} image(s) to review{shown})</h2>"
+            f"<ul class=\"flags\">{''.join(rows)}</ul>")
 
 
 def _grouped_flags(item: dict[str, Any]) -> list[tuple[str, list[str]]]:
