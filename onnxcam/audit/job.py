@@ -48,6 +48,7 @@ from onnxcam.labels import LabelsSpec
 from onnxcam.model import LayerSpec, Model
 from onnxcam.output import OutputDir
 from onnxcam.overlay import show_cam_on_image
+from onnxcam.registry import get_method
 
 
 @dataclass
@@ -90,9 +91,7 @@ def run_audit(model: Model, paths: Sequence[Path] | Source, out: str | Path, con
         raise ArgumentError(f"--steps must be >= 1, got {config.steps}")
     source = paths if isinstance(paths, Source) else from_paths(list(paths))
     spec = spec_for(model, config, boxed_source=source.boxed, overlays=overlays)
-    worker_check = _audit_task(model, spec.config.labels, "onnxcam audit")
-    names = [_make_cam(model, m, config.layer, config.batch_size, config.method_options, worker_check).name
-             for m in config.methods]
+    names = [get_method(m).name for m in config.methods]
     if len(set(names)) != len(names):
         raise ArgumentError(f"--methods lists a method twice ({', '.join(config.methods)}): give each once")
     box_file = [Path(config.boxes)] if isinstance(config.boxes, (str, Path)) else []

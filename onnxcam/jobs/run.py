@@ -65,9 +65,12 @@ def run_job(spec: JobSpec, source: Source, out: str | Path, *, model: Model | No
         write_chunk(out_dir, result)
 
     try:
+        # Built here for either engine: a bad layer or method option fails now, with onnxcam's own message,
+        # not inside a Ray actor; the sanity check and the report's layers use it later.
+        local = worker()
         report(0, stage="explaining")
         if engine == "local":
-            run_local(worker(), source, state.done, write, report)
+            run_local(local, source, state.done, write, report)
         else:
             run_ray(spec, source, state.done, write, report, ray or RayOptions())
         metrics, files = finish_job(out_dir, spec, worker, sample_k=sample_k, labelled=source.labelled,
