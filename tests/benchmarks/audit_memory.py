@@ -1,12 +1,14 @@
 """Issue #18 (a): peak RSS of `onnxcam audit` on growing image counts stays flat (goal: at most +20 %
-from the first count to the last), and so does the report's size.
+from the first count to the last), and so does the report's size (`--command explain`: the same for
+`onnxcam explain`, its summary.json in the last column).
 
 Images are generated (crops and flips of the photos the tests use, at most 256 px, JPEG) into a temp
 folder; each count runs as its own `onnxcam audit` process, whose peak RSS is read from wait4. A
 cheap audit: Grad-CAM, 8 deletion/insertion steps, no sanity check, on the demo CNN (or --model).
 
     python tests/benchmarks/audit_memory.py --images 100,1000        # ~1 min on 2 cores
-    python tests/benchmarks/audit_memory.py --images 100,1000,10000  # ~10 min
+    python tests/benchmarks/audit_memory.py --images 100,1000,10000  # ~15 min
+    python tests/benchmarks/audit_memory.py --images 100,1000 --command explain
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--images", default="100,1000", help="comma-separated image counts")
     parser.add_argument("--model", default=None, help="model (default: the demo CNN)")
     parser.add_argument("--methods", default="gradcam")
+    parser.add_argument("--command", choices=("audit", "explain"), default="audit")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
@@ -84,15 +87,18 @@ def main() -> None:
             for i in range(n):  # hard links: the first n images, without copying them
                 os.link(root / "images" / f"img{i:06d}.jpg", folder / f"img{i:06d}.jpg")
             out = root / f"out{n}"
-            cmd = [sys.executable, "-m", "onnxcam_cli.main", "audit", model, str(folder), "--out", str(out),
-                   "-m", args.methods, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                   "--no-sanity", "--quiet"]
+            cmd = [sys.executable, "-m", "onnxcam_cli.main", args.command, model, str(folder), "--out", str(out),
+                   "-m", args.methods, "--batch-size", str(args.batch_size), "--quiet"]
+            if args.command == "audit":
+                cmd += ["--steps", str(args.steps), "--no-sanity"]
             rss, seconds = peak_rss_mb(cmd)
-            report = (out / "report.html").stat().st_size / 1e6
+            report = (out / ("report.html" if args.command == "audit" else "summary.json")).stat().st_size / 1e6
             rows.append((n, seconds, rss, report))
     first = rows[0][2]
-    print(f"\naudit peak RSS ({args.methods}, {args.steps} steps, batch {args.batch_size}, model {Path(model).name})")
-    print(f"{'images':>8} {'seconds':>8} {'img/s':>7} {'peak RSS MB':>12} {'vs first':>9} {'report MB':>10}")
+    what = f"{args.steps} steps, " if args.command == "audit" else ""
+    print(f"\n{args.command} peak RSS ({args.methods}, {what}batch {args.batch_size}, model {Path(model).name})")
+    col = "report MB" if args.command == "audit" else "summary MB"
+    print(f"{'images':>8} {'seconds':>8} {'img/s':>7} {'peak RSS MB':>12} {'vs first':>9} {col:>10}")
     for n, seconds, rss, report in rows:
         print(f"{n:>8} {seconds:>8.1f} {n / seconds:>7.1f} {rss:>12.1f} {rss / first - 1:>+9.1%} {report:>10.2f}")
     growth = rows[-1][2] / first - 1
