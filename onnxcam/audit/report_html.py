@@ -328,14 +328,10 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     body.append(_sanity(report.get("sanity")))
     body.append(_flag_index(images, (report.get("sample") or {}).get("flagged_total")))
     body.append("<h2>Images</h2>")
-    body.append(_sample_note(report, len(images)))
+    body.append(_sample_note(report, len(images), sum(1 for item in images if _image_flags(item))))
     for i, (item, row) in enumerate(zip(images, tiles, strict=True)):
         body.append(_audit_image(i, item, row, methods, keys, report.get("insertion_margin")))
     return _page(f"onnxcam audit - {report['model_name']}", body)
-
-
-#: The report lists at most this many flagged images beyond those it shows (the records have them all).
-FLAGGED_LISTED = 5000
 
 
 def _per_class(report: dict[str, Any]) -> str:
@@ -356,7 +352,7 @@ def _per_class(report: dict[str, Any]) -> str:
             f"{''.join(body)}</table>")
 
 
-def _sample_note(report: dict[str, Any], shown: int) -> str:
+def _sample_note(report: dict[str, Any], shown: int, shown_flagged: int) -> str:
     sample = report.get("sample") or {}
     if sample.get("all", True):
         return ""
@@ -368,9 +364,10 @@ def _sample_note(report: dict[str, Any], shown: int) -> str:
     if more:
         items = "".join(f"<li>{esc(m['file'])}: "
                         f"{esc(', '.join(flag_text(c) for c in m['flags']) or flag_text('near_tie'))}</li>"
-                        for m in more[:FLAGGED_LISTED])
-        rest = f"<p class=\"meta\">... and {len(more) - FLAGGED_LISTED} more.</p>" if len(more) > FLAGGED_LISTED else ""
-        parts.append(f"<details><summary>{len(more)} more flagged image(s), not shown</summary>"
+                        for m in more)
+        left = int(sample.get("flagged_total") or 0) - shown_flagged - len(more)
+        rest = f"<p class=\"meta\">... and {left} more (see the records).</p>" if left > 0 else ""
+        parts.append(f"<details><summary>{len(more) + max(left, 0)} more flagged image(s), not shown</summary>"
                      f"<ul class=\"flags\">{items}</ul>{rest}</details>")
     return "".join(parts)
 

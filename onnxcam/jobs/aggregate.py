@@ -77,6 +77,8 @@ class Sample:
     k: int
     seed: int = 0
     flagged_limit: int = 50
+    listed_limit: int = 5000  # flagged images beyond ``flagged_limit`` kept by name (the records have them all)
+    flagged_count: int = 0
     _worst: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     _best: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     _random: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
@@ -96,9 +98,10 @@ class Sample:
             _push(self._random.setdefault(m, []), (-_hash(self.seed, m, index), -index), self.k)
         flags = {c for res in record["methods"].values() for c in res["flags"]}
         if flags or record.get("near_tie"):
+            self.flagged_count += 1
             if len(self.flagged) < self.flagged_limit:
                 self.flagged.append(index)
-            else:
+            elif len(self.flagged_more) < self.listed_limit:
                 self.flagged_more.append({"index": index, "file": record["file"], "flags": sorted(flags)})
 
     def chosen(self) -> dict[str, dict[str, list[int]]]:

@@ -89,7 +89,7 @@ def _tiles(folder: Path, record: dict[str, Any], spec: JobSpec, methods: list[st
 
 
 def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, sample_k: int = 8,
-               labelled: bool = False, notes: list[str] | None = None,
+               labelled: bool = False,
                progress: Callable[..., None] | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Write the record files, metrics.json and report.html from the parts; returns (metrics, files).
 
@@ -103,7 +103,7 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
     keys = metric_keys(spec)
     methods: list[str] = []
     failed: list[dict[str, Any]] = []
-    all_notes: list[str] = list(notes or [])
+    all_notes: list[str] = []
     writers = RecordWriters(out, keys, labelled)
     agg: Aggregates | None = None
     sample: Sample | None = None
@@ -171,8 +171,8 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
         "metric_keys": keys, "deletion_insertion_steps": config.steps,
         "images": images, "images_total": agg.images, "images_listed": total,
         "sample": {"k": sample_k, "all": show is None, "methods": sample.chosen() if show is not None else {},
-                   "flagged_not_shown": sample.flagged_more,
-                   "flagged_total": len(sample.flagged) + len(sample.flagged_more)},
+                   "flagged_not_shown": [m for m in sample.flagged_more if show is None or m["index"] not in show],
+                   "flagged_total": sample.flagged_count},
         "failed": failed, "summary": agg.summary(),
         "flag_counts": dict(agg.flag_counts), "near_ties": agg.near_ties,
         "sanity": sanity, "false_alarm": calibration, "insertion_margin": margin,
