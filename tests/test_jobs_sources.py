@@ -135,3 +135,19 @@ def test_engine_ray_without_ray_names_the_install(model: Path, tmp_path: Path,
                                  "--engine", "ray"])
     assert result.exit_code != 0 and 'pip install "onnxcam[ray]"' in _text(result)
     assert not (tmp_path / "o").exists()
+
+
+def test_rerun_replaces_a_finished_audit_and_keeps_user_files(model: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        _png(tmp_path / "img" / f"{i}.png", i)
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["audit", str(model), str(tmp_path / "img"), "--out", str(out), *ARGS])
+    assert first.exit_code == 0, first.output
+    (out / "overlays" / "mine.jpg").write_bytes(b"a user's file")
+    (out / "parts" / "part-00000099.json").write_text("{}")  # a stale part of an earlier job: not this job's
+    again = runner.invoke(app, ["audit", str(model), str(tmp_path / "img"), "--out", str(out), *ARGS, "--steps", "5"])
+    assert again.exit_code == 0, again.output
+    assert (out / "overlays" / "mine.jpg").read_bytes() == b"a user's file"
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["part-00000000.json"]
+    assert json.loads((out / "metrics.json").read_text())["deletion_insertion_steps"] == 5
+    assert len((out / "records.jsonl").read_text().splitlines()) == 3 and (out / "_DONE").is_file()

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +42,24 @@ def is_finished(folder: str | Path) -> bool:
     return (Path(folder) / DONE).is_file()
 
 
+#: The names a job gives its parts and overlays: only those are removed when a new job starts.
+_OURS = {PARTS: re.compile(r"^(part-\d{8}\.json|\..*\.tmp)$"), OVERLAYS: re.compile(r"^(\d{7}_.*\.jpg|\..*\.tmp)$")}
+
+
 def _clear(folder: Path) -> None:
-    """Remove an earlier job's state and outputs (only the files and folders a job writes)."""
+    """Remove an earlier job's state and outputs: only the files a job writes (a user's file stays)."""
     for name in (DONE, JOB_FILE, *FINAL_FILES):
         with suppress(OSError):
             (folder / name).unlink()
-    for sub in (PARTS, OVERLAYS):
+    for sub, pattern in _OURS.items():
         d = folder / sub
         if d.is_dir() and not d.is_symlink():
-            shutil.rmtree(d, ignore_errors=True)
+            for p in d.iterdir():
+                if pattern.match(p.name) and p.is_file():
+                    with suppress(OSError):
+                        p.unlink()
+            with suppress(OSError):
+                d.rmdir()  # only when emptied
 
 
 def _remove_temp_files(folder: Path) -> None:
