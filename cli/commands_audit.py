@@ -135,9 +135,16 @@ def audit(
         road=road, sanity=sanity, sanity_images=sanity_images,
     )
     ray = RayOptions(ray_address, ray_actors, ray_cpus, ray_gpus)
-    with progress_bar(audit_units(m, source.count(), config), "auditing", enabled=not quiet) as advance:
-        summary = run_audit(m, source, out, config, progress=advance, resume=resume, engine=engine, ray=ray,
-                            overlays=overlays, sample_k=report_sample)
+    try:
+        with progress_bar(audit_units(m, source.count(), config), "auditing", enabled=not quiet) as advance:
+            summary = run_audit(m, source, out, config, progress=advance, resume=resume, engine=engine, ray=ray,
+                                overlays=overlays, sample_k=report_sample)
+    except KeyboardInterrupt:
+        # An audit keeps its finished batches (the generic message says nothing was kept).
+        where = f"{out}" if (out / "job.json").is_file() else ""
+        typer.echo(f"onnxcam: interrupted; run the same command with --resume to continue the audit in {where}"
+                   if where else "onnxcam: interrupted; nothing was written", err=True)
+        raise typer.Exit(130) from None
     _finish(summary, "audited", quiet)
 
 
