@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +156,18 @@ def finish_job(out: OutputDir, spec: JobSpec, worker: Callable[[], Worker], *, s
             break
         tiles[j], budget = row, budget - size
     sanity = None
-    if config.sanity and first:
+    readable = []
+    for item in first if config.sanity else []:
+        # On a cluster the images may not be readable where the command runs: then there is no sanity check.
+        with suppress(ImageError):
+            readable.append(load_image(item["file"]))
+    if readable:
         if progress is not None:
             progress(0, stage="sanity check")
         w = worker()
-        x = preprocess([load_image(item["file"]) for item in first], config.preprocess)
-        sanity = _run_sanity(w.model, w.cams, x, config, progress)
+        sanity = _run_sanity(w.model, w.cams, preprocess(readable, config.preprocess), config, progress)
+    elif config.sanity:
+        all_notes.append("sanity check not run: no image could be read where the command runs")
     pp = config.preprocess
     model_name = Path(spec.model).name
     report: dict[str, Any] = {
