@@ -58,14 +58,14 @@ def test_sigkilled_audit_resumes_to_the_uninterrupted_records(ws: tuple[Path, Pa
     rng = random.Random(18)
     kills = 0
     refused = False
-    for _ in range(12):
+    for _ in range(6):
         proc = subprocess.Popen(_cmd(model, images, out, "--resume"), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         # Wait until this run has written a chunk, then kill it at a random point after that.
         before, t0 = _parts(out), time.monotonic()
         while proc.poll() is None and _parts(out) == before and time.monotonic() - t0 < 60:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.6))
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
             break
