@@ -18,11 +18,13 @@ from .progress import progress_bar
 if TYPE_CHECKING:
     from onnxcam.audit.job import JobSummary
 
-AUDIT_HELP = """Audit CAM explanations of MODEL on IMAGES (files, folders or globs) before deployment.
+AUDIT_HELP = """Audit CAM explanations of MODEL on IMAGES (files, folders, globs, a --manifest or a tree of
+class folders) before deployment.
 
-Writes report.html (one self-contained file: overlays per method side by side, top-3 predictions,
-per-image metrics, a summary with mean +- std per method, flags to review, and the cascading
-randomisation sanity check), plus metrics.json and metrics.csv with every number.
+Streams: per-image records go to records.parquet, records.jsonl and metrics.csv, one overlay per image
+and method to overlays/, and report.html (self-contained: the summary, curves, the sanity check, and
+the worst, best and random images per method plus the flagged ones) with metrics.json; _DONE is
+written last. An interrupted audit continues with --resume. --engine ray runs it on a Ray cluster.
 
 boxes.json maps file names to labelled boxes in original-image pixels:
 {"cat.jpg": {"box": [x0, y0, x1, y1]}}; with it the report adds pointing game, energy pointing
@@ -33,6 +35,10 @@ Examples:
     onnxcam audit model.onnx photos/ --methods gradcam,scorecam --labels labels.txt --out audit/
 
     onnxcam audit model.onnx photos/ --boxes boxes.json --no-sanity --road
+
+    onnxcam audit model.onnx val/ --class-folders --labels imagenet --out audit/ --resume
+
+    onnxcam audit model.onnx --manifest val.csv --engine ray --ray-actors 8 --out audit/
 """
 
 COMPARE_HELP = """Compare the explanations of two versions of a model (fp32 vs int8 QDQ, an optimised export) on IMAGES.
@@ -58,16 +64,35 @@ def _finish(summary: JobSummary, what: str, quiet: bool) -> None:
     report_skipped(summary.failed)
     notes.print_notes(summary.notes)
     if not quiet:
-        typer.echo(f"{what} {len(summary.report['images'])} image(s) in {summary.seconds:.1f} s"
+        n = summary.report.get("images_total", len(summary.report["images"]))
+        records = "records.parquet, metrics.csv" if "records" in summary.report else "metrics.json, metrics.csv"
+        typer.echo(f"{what} {n} image(s) in {summary.seconds:.1f} s"
                    f"{notes.skipped_suffix(summary.failed)}; open "
-                   f"{summary.out_dir / 'report.html'} (numbers in metrics.json, metrics.csv)")
+                   f"{summary.out_dir / 'report.html'} (numbers in {records})")
 
 
 @friendly
 def audit(
     model: Path = typer.Argument(..., help="The .onnx model file.", show_default=False),
-    images: list[str] = typer.Argument(..., help="Image files, folders or glob patterns.", show_default=False),
+    images: list[str] | None = typer.Argument(None, help="Image files, folders or glob patterns (or --manifest).",
+                                              show_default=False),
     boxes: Path | None = typer.Option(None, "--boxes", help="boxes.json with labelled boxes (original-image pixels)."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="CSV/JSONL listing the images: path, optional "
+                                         "label and box (instead of IMAGES).", show_default=False),
+    class_folders: bool = typer.Option(False, "--class-folders", help="IMAGES is one folder of class folders "
+                                       "(ImageNet style): labels from the folder names, accuracy per class."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted audit in --out (same arguments)."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data; "
+                               'pip install "onnxcam[ray]").'),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, "
+                                           "else a local one).", show_default=False),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="Ray: actors (model copies) running at once."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="Ray: CPUs per actor (= onnxruntime threads)."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="Ray: GPUs per actor (with --device cuda)."),
+    report_sample: int = typer.Option(8, "--report-sample", help="Report: worst, best and random K images per "
+                                      "method (every image up to 50)."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write one overlay JPEG per image and "
+                                  "method (overlays/)."),
     methods: str = opt.methods_option(),
     layer: str = typer.Option("auto", "--layer", "-l", help=opt.LAYER_HELP),
     labels: Path | None = typer.Option(None, "--labels", help="Text file with one class name per line, or 'imagenet'."),
@@ -93,21 +118,33 @@ def audit(
 ) -> None:
     notes.install()
     from onnxcam.audit.job import AuditConfig, audit_units, run_audit
-    from onnxcam.image import expand_image_paths
+    from onnxcam.jobs.engine_ray import RayOptions, import_ray
+    from onnxcam.jobs.sources import open_source
     from onnxcam.model import load
     from onnxcam.pipeline import read_labels
 
     chosen = opt.choose_methods(methods, option, max_channels, samples, noise_std)
+    if engine == "ray":
+        import_ray()  # before any work: a missing Ray is a one-line error naming the install
+    source = open_source(images or [], manifest, class_folders)
     m = load(model, device=device, input_size=parse_size(size) if size else None, layout=opt.layout_arg(layout))
-    paths = expand_image_paths(images)
     config = AuditConfig(
         preprocess=preprocessing(m, preset, mean, std, center_crop, opt.channel_order_arg(channel_order)),
         methods=chosen.methods, layer=resolve_layer_arg(m, layer), method_options=chosen.options,
         labels=read_labels(labels) if labels else None, boxes=boxes, batch_size=batch_size, steps=steps,
         road=road, sanity=sanity, sanity_images=sanity_images,
     )
-    with progress_bar(audit_units(m, len(paths), config), "auditing", enabled=not quiet) as advance:
-        summary = run_audit(m, paths, out, config, progress=advance)
+    ray = RayOptions(ray_address, ray_actors, ray_cpus, ray_gpus)
+    try:
+        with progress_bar(audit_units(m, source.count(), config), "auditing", enabled=not quiet) as advance:
+            summary = run_audit(m, source, out, config, progress=advance, resume=resume, engine=engine, ray=ray,
+                                overlays=overlays, sample_k=report_sample)
+    except KeyboardInterrupt:
+        # An audit keeps its finished batches (the generic message says nothing was kept).
+        where = f"{out}" if (out / "job.json").is_file() else ""
+        typer.echo(f"onnxcam: interrupted; run the same command with --resume to continue the audit in {where}"
+                   if where else "onnxcam: interrupted; nothing was written", err=True)
+        raise typer.Exit(130) from None
     _finish(summary, "audited", quiet)
 
 

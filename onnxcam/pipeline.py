@@ -5,6 +5,9 @@ Images are decoded and run in batches; an unreadable image is reported and skipp
 for the others, but a run in which no image could be read is an error and writes nothing.
 Everything is written through one output transaction, so an error or Ctrl-C leaves no
 half-written output behind, and a re-run into the same folder replaces the previous run's files.
+Per-image records are streamed to a temp file as batches finish (``RecordLog``) and ``summary.json``
+is written from it at the end (one image per line), so a run holds one batch in memory whatever the
+number of images; ``ExplainSummary.images`` reads them back from summary.json when asked.
 
 Overlays are drawn on the original image (its resolution and aspect; images above
 ``DISPLAY_MAX_SIDE`` pixels are shrunk for display), the map placed on the region the model saw:
@@ -17,13 +20,18 @@ image indices replaced by file names.
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import re
+import secrets
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, overload
 
 import cv2
 import numpy as np
@@ -74,10 +82,106 @@ class ExplainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=_plain, indent=indent)
+
+
+_IMAGES_OPEN = '  "images": ['
+
+
+class RecordLog(Sequence[dict[str, Any]]):
+    """Per-image records appended to a JSON Lines file as they are produced, read back from it on demand;
+    once summary.json is written (``_write_summary``: an image per line), read back from there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._n = 0
+        self._in_summary = False
+        self._file: IO[str] | None = open(path, "w", encoding="utf-8")
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.path} is closed")
+        self._file.write(_dumps(record) + "\n")
+        self._n += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def read_from_summary(self, summary: Path) -> None:
+        """The records are in ``summary`` now: drop the log and read them from there."""
+        self.discard()
+        self.path, self._in_summary = summary, True
+
+    def discard(self) -> None:
+        self.close()
+        with suppress(OSError):
+            self.path.unlink()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._file is not None:
+            self._file.flush()
+        with open(self.path, encoding="utf-8") as f:
+            if not self._in_summary:
+                for line in itertools.islice(f, self._n):
+                    yield json.loads(line)
+                return
+            for line in f:
+                if line.rstrip("\n") == _IMAGES_OPEN:
+                    break
+            for line in itertools.islice(f, self._n):
+                yield json.loads(line.strip().rstrip(","))
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        k = i + self._n if i < 0 else i
+        if not 0 <= k < self._n:
+            raise IndexError(f"record {i} of {self._n}")
+        return next(itertools.islice(iter(self), k, None))
+
+
+def _write_summary(dest: Path, head: dict[str, Any], images: RecordLog, tail: dict[str, Any]) -> None:
+    """summary.json streamed from the record log (one image per line), atomically."""
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(_dumps(head, indent=2)[:-2] + ",\n" + _IMAGES_OPEN)
+            for k, record in enumerate(images):
+                f.write(("," if k else "") + "\n    " + _dumps(record))
+            f.write("\n  ],\n" + _dumps(tail, indent=2)[2:] + "\n")
+        os.replace(tmp, dest)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 @dataclass
 class ExplainSummary:
     out_dir: Path
-    images: list[dict[str, Any]]
+    images: Sequence[dict[str, Any]]  # a RecordLog over records.jsonl: read from disk, not held in memory
     failed: list[dict[str, str]]
     seconds: float
     device: str
@@ -181,7 +285,6 @@ def explain_images(
     start = time.perf_counter()
     job = _Job(model, config)
     out_dir = OutputDir(out, inputs=[*paths, model.path, *input_folders])
-    images_out: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     notes: list[str] = []
     stems: dict[str, int] = {}
@@ -200,45 +303,55 @@ def explain_images(
         return _Loaded(p, display, hw, (x0 * sx, y0 * sy, x1 * sx, y1 * sy)), tensor
 
     with out_dir.transaction(replace_previous=True) as tx, Prefetcher(paths, read, config.batch_size) as batches:
-        # Sessions and gradient graphs are built while the first images decode on the workers.
-        report(0, stage="building sessions")
-        job.prepare(min(len(paths), config.batch_size))
-        report(0, stage="explaining")
-        for batch in batches:
-            loaded: list[_Loaded] = []
-            tensors: list[np.ndarray] = []
-            for p, item in batch:
-                if isinstance(item, ImageError):
-                    failed.append({"file": str(p), "error": str(item)})
-                    report(1)
-                else:
-                    loaded.append(item[0])
-                    tensors.append(item[1])
-            if loaded:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    _explain_batch(job, loaded, np.stack(tensors), tx, images_out, stems, batches.map, report)
-                notes += [n for n in warning_notes(caught, [str(item.path) for item in loaded]) if n not in notes]
-        if not images_out:
-            first = f"; {failed[0]['file']}: {failed[0]['error']}" if failed else ""
-            raise ImageError(f"no image could be read ({len(failed)} of {len(paths)} failed){first}; nothing was "
-                             "written")
-        hint = _labels_hint(job, images_out)
-        if hint:
-            notes.append(hint)
-        notes[:0] = [n for n in job.task.notes() if n not in notes]  # which score the maps explain
-        summary = {
-            "model": str(model.path),
-            "device": model.device,
-            "methods": [c.name for c in job.cams],
-            "layers": {c.name: list(c.layers) for c in job.cams},
-            "images": images_out,
-            "failed": failed,
-            "notes": notes,
-        }
-        tx.write_json("summary.json", summary)
+        images_out = RecordLog(out_dir.target(f".records.{secrets.token_hex(4)}.tmp"))
+        try:
+            _run_batches(job, batches, tx, images_out, failed, notes, stems, report, len(paths))
+            hint = _labels_hint(job, images_out)
+            if hint:
+                notes.append(hint)
+            notes[:0] = [n for n in job.task.notes() if n not in notes]  # which score the maps explain
+            head = {
+                "model": str(model.path),
+                "device": model.device,
+                "methods": [c.name for c in job.cams],
+                "layers": {c.name: list(c.layers) for c in job.cams},
+            }
+            # Through the transaction's writer, so that an error or Ctrl-C still removes it.
+            summary = tx._write("summary.json", lambda p: _write_summary(p, head, images_out, {"failed": failed,
+                                                                                                "notes": notes}))
+        except BaseException:
+            images_out.discard()
+            raise
+        images_out.read_from_summary(summary)
         files = list(tx.written)
     return ExplainSummary(Path(out), images_out, failed, time.perf_counter() - start, model.device, files, notes)
+
+
+def _run_batches(job: _Job, batches: Any, tx: Any, images_out: RecordLog, failed: list[dict[str, str]],
+             notes: list[str], stems: dict[str, int], report: Progress, n_paths: int) -> None:
+    # Sessions and gradient graphs are built while the first images decode on the workers.
+    report(0, stage="building sessions")
+    job.prepare(min(n_paths, job.config.batch_size))
+    report(0, stage="explaining")
+    for batch in batches:
+        loaded: list[_Loaded] = []
+        tensors: list[np.ndarray] = []
+        for p, item in batch:
+            if isinstance(item, ImageError):
+                failed.append({"file": str(p), "error": str(item)})
+                report(1)
+            else:
+                loaded.append(item[0])
+                tensors.append(item[1])
+        if loaded:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _explain_batch(job, loaded, np.stack(tensors), tx, images_out, stems, batches.map, report)
+            notes += [n for n in warning_notes(caught, [str(item.path) for item in loaded]) if n not in notes]
+    if not images_out:
+        first = f"; {failed[0]['file']}: {failed[0]['error']}" if failed else ""
+        raise ImageError(f"no image could be read ({len(failed)} of {n_paths} failed){first}; nothing was "
+                         "written")
 
 
 def _shrink(img: np.ndarray, side: int) -> np.ndarray:
@@ -249,7 +362,7 @@ def _shrink(img: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA))
 
 
-def _labels_hint(job: _Job, images: list[dict[str, Any]]) -> str | None:
+def _labels_hint(job: _Job, images: RecordLog) -> str | None:
     if not isinstance(job.task, ClassificationTask) or not images or not images[0]["predictions"]:
         return None
     shape = job.model.output_shapes[job.task.output]  # per image: (K,) for class scores
@@ -285,7 +398,7 @@ def _probability(task: Task, probs: np.ndarray | None, i: int, target: Target) -
 
 
 def _explain_batch(job: _Job, loaded: list[_Loaded], x: np.ndarray, tx: Any,
-                   images_out: list[dict[str, Any]], stems: dict[str, int],
+                   images_out: RecordLog, stems: dict[str, int],
                    parallel_map: Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]],
                    report: Progress) -> None:
     """Explain one batch; ``parallel_map`` renders the overlays on the reader's worker threads."""

@@ -281,7 +281,7 @@ def _distributions(report: dict[str, Any]) -> str:
         lo = min(0.0, min(finite, default=0.0))
         title, better, _ = METRIC_INFO.get(k, (k, "", ""))
         charts.append(svg_strips(title, rows, (lo, hi), f"{title} ({better} is better)"))
-    return ("<h2>Metric distributions</h2><p class=\"meta\">One dot per image, the bar at the mean.</p>"
+    return ("<h2>Metric distributions</h2><p class=\"meta\">One dot per image shown, the bar at the mean.</p>"
             f"<div class=\"charts\">{''.join(charts)}</div>")
 
 
@@ -296,8 +296,9 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
     keys: list[str] = report["metric_keys"]
     methods: list[str] = report["methods"]
     images: list[dict[str, Any]] = report["images"]
+    total = report.get("images_total", len(images))
     body = [f"<h1>onnxcam audit: {esc(report['model_name'])}</h1>",
-            f"<p class=\"meta\">{len(images)} image(s), methods {esc(', '.join(methods))}, layer(s) "
+            f"<p class=\"meta\">{total} image(s), methods {esc(', '.join(methods))}, layer(s) "
             f"{esc('; '.join(f'{m}: ' + ', '.join(v) for m, v in report['layers'].items()))}, device "
             f"{esc(report['device'])}, preprocessing {esc(report['preprocess'])}</p>"]
     if report.get("failed"):
@@ -321,14 +322,54 @@ def render_audit(report: dict[str, Any], tiles: Sequence[Sequence[Tile]]) -> str
                 f"{fmt(base.get('std'))}. Near-ties (top-2 gap &lt; {NEAR_TIE_GAP}): {report['near_ties']} "
                 "image(s).</p>")
     body.append(_false_alarm(report))
+    body.append(_per_class(report))
     body.append(_curve_charts(report))
     body.append(_distributions(report))
     body.append(_sanity(report.get("sanity")))
-    body.append(_flag_index(images))
+    body.append(_flag_index(images, (report.get("sample") or {}).get("flagged_total")))
     body.append("<h2>Images</h2>")
+    body.append(_sample_note(report, len(images), sum(1 for item in images if _image_flags(item))))
     for i, (item, row) in enumerate(zip(images, tiles, strict=True)):
         body.append(_audit_image(i, item, row, methods, keys, report.get("insertion_margin")))
     return _page(f"onnxcam audit - {report['model_name']}", body)
+
+
+def _per_class(report: dict[str, Any]) -> str:
+    rows = report.get("per_class")
+    if not rows:
+        return ""
+    methods: list[str] = report["methods"]
+    head = "".join(f"<th>{esc(m)} insertion AUC</th><th>{esc(m)} deletion AUC</th>" for m in methods)
+    body = []
+    for r in rows:
+        cells = "".join(f"<td>{fmt(r['metrics'][m].get('insertion_auc'))}</td>"
+                        f"<td>{fmt(r['metrics'][m].get('deletion_auc'))}</td>" for m in methods)
+        body.append(f"<tr><td class=\"l\">{esc(r['label'])}</td><td>{fmt(r['class'])}</td><td>{r['images']}</td>"
+                    f"<td>{fmt(r['accuracy'])}</td>{cells}</tr>")
+    return (f"<h2>Accuracy and per-class metrics</h2><p class=\"meta\">Top-1 accuracy against the labels: "
+            f"{fmt(report.get('accuracy'))}. Mean AUCs per true class.</p>"
+            f"<table><tr><th class=\"l\">Label</th><th>Class</th><th>Images</th><th>Accuracy</th>{head}</tr>"
+            f"{''.join(body)}</table>")
+
+
+def _sample_note(report: dict[str, Any], shown: int, shown_flagged: int) -> str:
+    sample = report.get("sample") or {}
+    if sample.get("all", True):
+        return ""
+    parts = [f"<p class=\"meta\">Showing {shown} of {report.get('images_total', shown)} images: per method the "
+             f"{sample.get('k')} worst and best by insertion AUC over the image's random-map baseline, "
+             f"{sample.get('k')} at random, and flagged images. Every image's numbers are in records.parquet, "
+             "records.jsonl and metrics.csv; its overlays in overlays/.</p>"]
+    more = sample.get("flagged_not_shown") or []
+    if more:
+        items = "".join(f"<li>{esc(m['file'])}: "
+                        f"{esc(', '.join(flag_text(c) for c in m['flags']) or flag_text('near_tie'))}</li>"
+                        for m in more)
+        left = int(sample.get("flagged_total") or 0) - shown_flagged - len(more)
+        rest = f"<p class=\"meta\">... and {left} more (see the records).</p>" if left > 0 else ""
+        parts.append(f"<details><summary>{len(more) + max(left, 0)} more flagged image(s), not shown</summary>"
+                     f"<ul class=\"flags\">{items}</ul>{rest}</details>")
+    return "".join(parts)
 
 
 def _false_alarm(report: dict[str, Any]) -> str:
@@ -376,15 +417,17 @@ def _sanity(sanity: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def _flag_index(images: Sequence[dict[str, Any]]) -> str:
+def _flag_index(images: Sequence[dict[str, Any]], total: int | None = None) -> str:
     rows = []
     for i, item in enumerate(images):
         flags = _image_flags(item)
         if flags:
             rows.append(f"<li><a href=\"#img-{i}\">{esc(item['name'])}</a>: {esc('; '.join(flags))}</li>")
-    if not rows:
+    if not rows and not total:
         return "<h2>Flags</h2><p class=\"ok\">No image raised a flag.</p>"
-    return f"<h2>Flags ({len(rows)} image(s) to review)</h2><ul class=\"flags\">{''.join(rows)}</ul>"
+    shown = "" if total is None or total == len(rows) else f"; {len(rows)} shown here"
+    return (f"<h2>Flags ({total if total is not None else len(rows)} image(s) to review{shown})</h2>"
+            f"<ul class=\"flags\">{''.join(rows)}</ul>")
 
 
 def _grouped_flags(item: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -409,7 +452,11 @@ def _audit_image(i: int, item: dict[str, Any], row: Sequence[Tile], methods: Seq
         parts.append(f"<span class=\"badge\">{esc(flag_text('near_tie'))}</span>")
     if item.get("box") is None and item.get("box_note"):
         parts.append(f"<p class=\"meta\">{esc(item['box_note'])}</p>")
-    parts.append(f"<div class=\"tiles\">{_figures(row[:1], 'input')}{_figures(row[1:], 'overlay')}</div>")
+    if row:
+        parts.append(f"<div class=\"tiles\">{_figures(row[:1], 'input')}{_figures(row[1:], 'overlay')}</div>")
+    else:
+        parts.append(f"<p class=\"meta\">Images left out to keep the report small: see {esc(item['file'])} and "
+                     "its overlays in overlays/.</p>")
     head = "".join(f"<th>{esc(METRIC_INFO[k][0])}</th>" for k in keys)
     rows = []
     for m in methods:
