@@ -199,7 +199,8 @@ def expand_image_paths(items: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _is_image_name(path: Path) -> bool:
+def is_image_name(path: Path) -> bool:
+    """An image by its extension, and not a hidden file (editors' and macOS's ``._`` companions)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
@@ -208,7 +209,7 @@ def _expand_one(item: str) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        found = sorted((c for c in p.iterdir() if c.is_file() and _is_image_name(c)), key=str)
+        found = sorted((c for c in p.iterdir() if c.is_file() and is_image_name(c)), key=str)
         if not found:
             raise ImageError(
                 f"folder {item!r} holds no image files (looked for "
@@ -218,7 +219,7 @@ def _expand_one(item: str) -> list[Path]:
     if any(ch in item for ch in "*?["):
         matches = [Path(m) for m in sorted(glob.glob(item))]
         files = [m for m in matches if m.is_file()]
-        images = [m for m in files if _is_image_name(m)]
+        images = [m for m in files if is_image_name(m)]
         if not images:
             detail = f"it matched {len(files)} file(s), none with an image extension" if files else "it matched nothing"
             raise ImageError(f"glob pattern {item!r} found no image files: {detail}")

@@ -387,7 +387,9 @@ class OutputTransaction:
             ) from exc
         self._backups.append((dest, backup))
 
-    def _write(self, name: str | Path, writer: Callable[[Path], None]) -> Path:
+    def write_with(self, name: str | Path, writer: Callable[[Path], None]) -> Path:
+        """Write ``name`` with ``writer(path)`` (which must write atomically, e.g. streamed to a temporary
+        file then renamed), under the transaction's checks and rollback."""
         dest = self._prepare(name)
         try:
             writer(dest)
@@ -407,20 +409,20 @@ class OutputTransaction:
 
     def write_png(self, name: str | Path, rgb: np.ndarray) -> Path:
         """``write_png`` to ``name`` inside the folder; returns the path written."""
-        return self._write(name, lambda p: write_png(p, rgb))
+        return self.write_with(name, lambda p: write_png(p, rgb))
 
     def write_bytes(self, name: str | Path, data: bytes) -> Path:
         """``data`` as the file ``name`` inside the folder (e.g. from ``encode_png``); returns the path written."""
-        return self._write(name, lambda p: _atomic_write(p, lambda f: f.write(data)))
+        return self.write_with(name, lambda p: _atomic_write(p, lambda f: f.write(data)))
 
     def write_npy(self, name: str | Path, array: np.ndarray) -> Path:
         """``write_npy`` to ``name`` inside the folder; returns the path written."""
-        return self._write(name, lambda p: write_npy(p, array))
+        return self.write_with(name, lambda p: write_npy(p, array))
 
     def write_json(self, name: str | Path, obj: Any) -> Path:
         """``write_json`` to ``name`` inside the folder; returns the path written."""
-        return self._write(name, lambda p: write_json(p, obj))
+        return self.write_with(name, lambda p: write_json(p, obj))
 
     def write_text(self, name: str | Path, text: str) -> Path:
         """``write_text`` to ``name`` inside the folder; returns the path written."""
-        return self._write(name, lambda p: write_text(p, text))
+        return self.write_with(name, lambda p: write_text(p, text))

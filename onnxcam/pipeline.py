@@ -317,7 +317,7 @@ def explain_images(
                 "layers": {c.name: list(c.layers) for c in job.cams},
             }
             # Through the transaction's writer, so that an error or Ctrl-C still removes it.
-            summary = tx._write("summary.json", lambda p: _write_summary(p, head, images_out, {"failed": failed,
+            summary = tx.write_with("summary.json", lambda p: _write_summary(p, head, images_out, {"failed": failed,
                                                                                                 "notes": notes}))
         except BaseException:
             images_out.discard()

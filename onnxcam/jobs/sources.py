@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxcam.errors import ArgumentError, ImageError
-from onnxcam.image import IMAGE_EXTENSIONS, expand_image_paths
+from onnxcam.image import expand_image_paths, is_image_name
 
 __all__ = ["Item", "Source", "class_tree", "from_paths", "manifest", "open_source"]
 
@@ -179,15 +179,11 @@ def class_tree(root: str | Path) -> Source:
     def walk() -> Iterator[Item]:
         i = 0
         for k, name in enumerate(classes):
-            for f in sorted((c for c in (top / name).iterdir() if c.is_file() and _is_image_name(c)), key=str):
+            for f in sorted((c for c in (top / name).iterdir() if c.is_file() and is_image_name(c)), key=str):
                 yield Item(i, str(f), name, k)
                 i += 1
 
     return Source("class-tree", f"{len(classes)} class folder(s) in {top}", [top], True, False, walk)
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def open_source(inputs: Sequence[str], manifest_path: str | Path | None = None,
