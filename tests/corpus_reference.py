@@ -143,7 +143,8 @@ def inference_ops() -> list[type]:
                  is_test: int | None = None, spatial: int | None = None) -> tuple[np.ndarray]:
             shape = (1, -1) + (1,) * (x.ndim - 2)
             eps = 1e-5 if epsilon is None else float(epsilon)
-            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+            y = y * scale.reshape(shape) + bias.reshape(shape)
             return (y.astype(x.dtype),)
 
     return [BatchNormalization]
