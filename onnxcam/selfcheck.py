@@ -88,10 +88,9 @@ def _directions(a: np.ndarray, k: int, rng: np.random.Generator, per_channel: bo
     a token tensor's prefix tokens)."""
     n = a.shape[0]
     view = view or FeatureView()
-    shape = view.map_shape(a.shape)
+    shape = tuple(int(v) for v in view.map_shape(a.shape))  # type: ignore[call-overload]
     if per_channel and len(shape) == 4:
-        c = int(shape[1])  # type: ignore[call-overload]
-        maps = np.broadcast_to(rng.standard_normal((k * n, c, 1, 1)), (k * n, *shape[1:]))  # type: ignore[misc]
+        maps = np.broadcast_to(rng.standard_normal((k * n, shape[1], 1, 1)), (k * n, *shape[1:]))
         return np.asarray(view.to_tensor(np.ascontiguousarray(maps), np.zeros((k * n, *a.shape[1:]))))
     d = rng.standard_normal((k * n, *a.shape[1:]))
     return d if untied is None else d * np.tile(untied, (k,) + (1,) * (a.ndim - 1))
