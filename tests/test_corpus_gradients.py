@@ -38,6 +38,7 @@ CORPUS: dict[str, tuple[tuple[int, int] | None, str, str]] = {
     "paddle_ocr_rec": ((48, 160), "paddle", TORCH),
     "keras_mobilenetv2": (None, "tf", TORCH),
     "keras_small_cnn": (None, "tf", TORCH),
+    "keras_resnet50": (None, "tf", TORCH),
     # int8 copies (onnxruntime.quantization) of EfficientNet-Lite0: the reference differentiates the
     # clipped straight-through surrogate, the function the int8 gradients are exact for.
     "efficientnet_lite0_int8": (None, "imagenet", TORCH),
