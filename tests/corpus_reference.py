@@ -1,9 +1,12 @@
 """Independent float64 references for onnxcam's gradients on exported models (corpus tests).
 
 At the same activations onnxcam's body produced, the head of the split is differentiated by
-- torch autograd on an onnx2torch conversion of the head, in float64, where it converts;
+- torch autograd on an onnx2torch conversion of the head (of an int8 head's clipped straight-through
+  surrogate), in float64, where it converts;
 - otherwise float64 central differences along per-channel directions, with onnx's reference
-  evaluator running a float64 copy of the head.
+  evaluator running a float64 copy of the head (its BatchNormalization replaced by the inference op:
+  see ``inference_ops``).
+Which of the two a model gets is the caller's fixed choice; neither depends on test order.
 
 What is compared is what CAM methods consume: per channel, the sum of the gradients (Grad-CAM's
 weights up to a constant) and the sum of activations x gradients. Both are directional derivatives

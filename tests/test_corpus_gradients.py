@@ -1,5 +1,6 @@
 """The corpus of real-world exports: PyTorch at opsets 11-20, Paddle (the PP-OCR models inside the
-rapidocr wheel, real weights), Keras via tf2onnx. On each, at the auto layer and a middle layer, the
+rapidocr wheel, real weights), Keras via tf2onnx, the QDQ / dynamic / QOperator int8 copies of
+EfficientNet-Lite0. On each, at the auto layer and a middle layer, the
 channel sums of gradients and of activations x gradients onnxcam computes agree with an independent
 float64 reference (torch autograd on onnx2torch's conversion of the head, or float64 central
 differences on onnx's reference evaluator where it does not convert): median over photos <= 1e-4.
