@@ -29,6 +29,7 @@ from onnxcam.gradients.reference import Float64Runner
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.model import Model
 from onnxcam.targets import TargetSpec, output_seeds
+from onnxcam.views import FeatureView
 
 # The float32 gradient graph agrees with float64 differences to ~1e-6..1e-4 on deep heads; a wrong
 # rule is off by O(1e-1) or more. Gradients that are themselves float32 finite differences (the
@@ -81,11 +82,16 @@ def _untied(a: np.ndarray) -> np.ndarray:
 
 
 def _directions(a: np.ndarray, k: int, rng: np.random.Generator, per_channel: bool,
-                untied: np.ndarray | None = None) -> np.ndarray:
-    """``(k * N, ...)`` standard normal directions, row ``j`` for image ``j % N``."""
+                untied: np.ndarray | None = None, view: FeatureView | None = None) -> np.ndarray:
+    """``(k * N, ...)`` standard normal directions in ``a``'s layout, row ``j`` for image ``j % N``;
+    per channel: one value per channel of ``view``'s feature map, spread over its positions (zero on
+    a token tensor's prefix tokens)."""
     n = a.shape[0]
-    if per_channel and a.ndim == 4:
-        return np.broadcast_to(rng.standard_normal((k * n, a.shape[1], 1, 1)), (k * n, *a.shape[1:])).copy()
+    view = view or FeatureView()
+    shape = tuple(int(v) for v in view.map_shape(a.shape))  # type: ignore[call-overload]
+    if per_channel and len(shape) == 4:
+        maps = np.broadcast_to(rng.standard_normal((k * n, shape[1], 1, 1)), (k * n, *shape[1:]))
+        return np.asarray(view.to_tensor(np.ascontiguousarray(maps), np.zeros((k * n, *a.shape[1:]))))
     d = rng.standard_normal((k * n, *a.shape[1:]))
     return d if untied is None else d * np.tile(untied, (k,) + (1,) * (a.ndim - 1))
 
@@ -122,12 +128,14 @@ def check_gradients(
     ``directions`` random directions per image of each kind (per channel and per element).
 
     ``tolerance``: a fixed bound instead of the one derived from the measured noise."""
-    name = model.layer(layer).name
+    chosen = model.layer(layer)
+    name, view = chosen.name, chosen.view
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", OnnxCamWarning)
         try:
-            g = model.gradients(x, name, targets)
+            # In the tensor's own layout: the head is fed perturbed copies of that very tensor.
+            g = model.gradients_at(x, [name], targets)
         except TargetError as exc:
             return GradientCheck(name, float("nan"), float("nan"), "none", directions, status="unchecked",
                                  reason=f"the target does not depend on this layer ({exc})")
@@ -178,7 +186,7 @@ def check_gradients(
         notes.append(f"element-wise directions leave the {1 - untied.mean():.1%} of values that repeat exactly (ReLU "
                      "zeros, clip limits: ties of a downstream max or clip, where any subgradient is right) still")
     for kind in ("channel", "element"):
-        d = _directions(a, directions, rng, kind == "channel", untied)
+        d = _directions(a, directions, rng, kind == "channel", untied, view)
         samples = np.tile(np.arange(n), directions)
         fd = _central(scorer, a, d, samples, h, batch)
         fd2 = _central(scorer, a, d, samples, 2 * h, batch)

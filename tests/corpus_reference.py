@@ -1,9 +1,12 @@
 """Independent float64 references for onnxcam's gradients on exported models (corpus tests).
 
 At the same activations onnxcam's body produced, the head of the split is differentiated by
-- torch autograd on an onnx2torch conversion of the head, in float64, where it converts;
+- torch autograd on an onnx2torch conversion of the head (of an int8 head's clipped straight-through
+  surrogate), in float64, where it converts;
 - otherwise float64 central differences along per-channel directions, with onnx's reference
-  evaluator running a float64 copy of the head.
+  evaluator running a float64 copy of the head (its BatchNormalization replaced by the inference op:
+  see ``inference_ops``).
+Which of the two a model gets is the caller's fixed choice; neither depends on test order.
 
 What is compared is what CAM methods consume: per channel, the sum of the gradients (Grad-CAM's
 weights up to a constant) and the sum of activations x gradients. Both are directional derivatives
@@ -20,18 +23,16 @@ import onnx
 
 from onnxcam.model import Model
 from onnxcam.targets import Target, output_seeds
+from onnxcam.views import FeatureView
 
 
-def _tv_stub() -> None:
+def _torchvision_stub() -> None:
+    """onnx2torch imports ``torchvision`` (for its NMS and RoiAlign converters only): always the
+    same stand-in, whatever an earlier test left in ``sys.modules``, so what converts does not
+    depend on test order."""
     from models import torchvision_stub
 
     torchvision_stub.install()
-    import sys
-
-    ops = sys.modules["torchvision.ops"]
-    for name in ("roi_align", "nms", "batched_nms"):
-        if not hasattr(ops, name):
-            setattr(ops, name, lambda *a, **k: None)
 
 
 def channel_sums(acts: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,17 +81,35 @@ def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def surrogate(head: onnx.ModelProto) -> onnx.ModelProto:
+    """The function an int8 head's gradients are exact for: its quantisers replaced by clips to
+    their range and integer ops by float ops on the dequantised weights (onnxcam's graph pass, tested
+    node by node on hand-built graphs in test_int8_formats), with the weights' DequantizeLinear
+    folded into float weights. A float head comes back unchanged."""
+    from onnxcam.gradients.reference import float64_model
+    from onnxcam.gradients.straight_through import straight_through
+
+    copy, replaced = straight_through(head)
+    if not replaced:
+        return head
+    folded = float64_model(copy)  # folds constant DequantizeLinear; torch runs it in float64 anyway
+    for v in list(folded.graph.input) + list(folded.graph.output):
+        if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE:
+            v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return folded
+
+
 def torch_reference(model: Model, layer: str, x: np.ndarray, targets: Sequence[Target]) -> np.ndarray:
     """``(N, C, ...)`` float64 gradient of the targets' scores w.r.t. ``layer``, by torch autograd
     on onnx2torch's conversion of the head. Raises whatever onnx2torch raises when it cannot convert."""
-    _tv_stub()
+    _torchvision_stub()
     import onnx2torch
     import torch
 
     cut = (layer,)
     split = model.split(cut)
     feeds, seeds = _seed_weights(model, layer, x, targets)
-    head = constants_as_initializers(model.static_head(cut, x.shape[0]))
+    head = constants_as_initializers(surrogate(model.static_head(cut, x.shape[0])))
     module = onnx2torch.convert(head).double().eval()
     inputs = [torch.tensor(np.asarray(feeds[n], dtype=np.float64), requires_grad=(n == layer))
               for n in split.head_inputs]
@@ -116,12 +135,6 @@ def float64_head(head: onnx.ModelProto) -> onnx.ModelProto:
             arr = onnx.numpy_helper.to_array(init).astype(np.float64)
             g.initializer[i].CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     for node in g.node:
-        if node.op_type == "BatchNormalization":
-            # onnx's reference BatchNormalization-9 uses batch statistics whenever ``momentum`` is set
-            # (Paddle sets it); at inference momentum means nothing, so drop it.
-            kept = [a for a in node.attribute if a.name != "momentum"]
-            del node.attribute[:]
-            node.attribute.extend(kept)
         for attr in node.attribute:
             if node.op_type == "Cast" and attr.name == "to" and attr.i == f32:
                 attr.i = f64
@@ -134,34 +147,63 @@ def float64_head(head: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def inference_ops() -> list[type]:
+    """Reference-evaluator ops with inference semantics where onnx's stock ones differ.
+
+    onnx's BatchNormalization-9 normalises with the *batch's* statistics whenever ``momentum`` is
+    set, and fills an absent ``momentum`` with the schema's default 0.9, so it always does at
+    opsets 9-13 (PyTorch and Paddle exports carry BN-9): in a finite-difference batch each row then
+    depends on the others. onnxruntime and every exporter mean the running statistics."""
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):  # the class name is the op it replaces, at every version
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                 epsilon: float | None = None, momentum: float | None = None, training_mode: int | None = None,
+                 is_test: int | None = None, spatial: int | None = None) -> tuple[np.ndarray]:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            eps = 1e-5 if epsilon is None else float(epsilon)
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+            y = y * scale.reshape(shape) + bias.reshape(shape)
+            return (y.astype(x.dtype),)
+
+    return [BatchNormalization]
+
+
 def finite_reference(model: Model, layer: str, x: np.ndarray, targets: Sequence[Target],
-                     eps: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, C)`` float64 channel sums of gradients and of activations x gradients by central
-    differences along per-channel directions, the head run in float64 by onnx's reference evaluator."""
+                     view: FeatureView | None = None, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, C)`` float64 channel sums of gradients and of activations x gradients (over the
+    positions of ``view``'s map) by central differences along per-channel directions, the head run
+    in float64 by onnx's reference evaluator. The step is ``eps`` of the activations' largest value:
+    in float64 its rounding noise is ~1e-16 / eps, its truncation error ~eps^2."""
     from onnx.reference import ReferenceEvaluator
 
+    view = view or FeatureView()
     cut = (layer,)
     split = model.split(cut)
     feeds, seeds = _seed_weights(model, layer, x, targets)
     a_all = np.asarray(feeds[layer], dtype=np.float64)
-    n, c = a_all.shape[:2]
+    maps = view.to_map(a_all)
+    n, c = maps.shape[:2]
     rows = 4 * c  # per channel: +/- along ones, +/- along the activations
-    session = ReferenceEvaluator(float64_head(model.static_head(cut, rows)))
+    session = ReferenceEvaluator(float64_head(model.static_head(cut, rows)), new_ops=inference_ops())
     sums = np.zeros((n, c)), np.zeros((n, c))
     for i in range(n):
-        a = a_all[i]
-        scale = max(float(np.abs(a).max()), 1e-3)
-        batch = np.repeat(a[None], rows, axis=0)
+        m = maps[i]
+        scale = max(float(np.abs(m).max()), 1e-3)
+        batch = np.repeat(m[None], rows, axis=0)
         steps = np.zeros((2, c))
         for k in range(c):
-            for j, direction in enumerate((np.ones_like(a[k]), a[k])):
+            for j, direction in enumerate((np.ones_like(m[k]), m[k])):
                 h = eps * scale / max(float(np.abs(direction).max()), 1e-12)
                 steps[j, k] = h
                 batch[4 * k + 2 * j, k] += h * direction
                 batch[4 * k + 2 * j + 1, k] -= h * direction
+        tensor = view.to_tensor(batch, np.repeat(a_all[i:i + 1], rows, axis=0))
         others = {name: np.repeat(np.asarray(v[i:i + 1], dtype=np.float64), rows, axis=0)
                   for name, v in feeds.items() if name != layer}
-        outs = session.run(list(split.head_outputs), {**others, layer: batch})
+        outs = session.run(list(split.head_outputs), {**others, layer: tensor})
         score = np.zeros(rows)
         for name, o in zip(split.head_outputs, outs):
             if name in seeds:

@@ -108,7 +108,9 @@ def float64_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _float64_ops() -> list[type]:
-    """Reference ops whose stock implementation rounds to float32 (onnx 1.23's Erf), in float64."""
+    """Reference ops whose stock implementation rounds to float32 (onnx 1.23's Erf) or is not the
+    inference op (BatchNormalization-9 fills an absent ``momentum`` with 0.9 and then normalises with
+    the batch's statistics: each row of a difference batch would depend on the others)."""
     import math
 
     from onnx.reference.op_run import OpRun
@@ -121,7 +123,18 @@ def _float64_ops() -> list[type]:
         def _run(self, x: np.ndarray) -> tuple[np.ndarray]:
             return (erf(x).astype(x.dtype),)
 
-    return [Erf]
+    class BatchNormalization(OpRun):  # every version, with the running statistics
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                 epsilon: float | None = None, momentum: float | None = None, training_mode: int | None = None,
+                 is_test: int | None = None, spatial: int | None = None) -> tuple[np.ndarray]:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            eps = 1e-5 if epsilon is None else float(epsilon)
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+            return ((y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype),)
+
+    return [Erf, BatchNormalization]
 
 
 class Float64Runner:
