@@ -59,6 +59,7 @@ _OUTPUT_OPS = frozenset({
     "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Resize", "Upsample", "Sigmoid", "Softmax",
     "LogSoftmax", "Relu", "Clip", "Tanh", "Cast", "DequantizeLinear", "QuantizeLinear", "ArgMax", "TopK",
 })
+_AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
 def _output_maps(model: onnx.ModelProto, dynamic: set[str]) -> set[str]:
@@ -71,8 +72,16 @@ def _output_maps(model: onnx.ModelProto, dynamic: set[str]) -> set[str]:
             continue
         found.add(name)
         node = producers.get(name)
-        if node is not None and node.op_type in _OUTPUT_OPS:
+        if node is None:
+            continue
+        if node.op_type in _OUTPUT_OPS:
             frontier.extend(n for n in node.input[:1] if n in dynamic)
+        elif node.op_type in _AFFINE_OPS:
+            # A bias or scale by a constant (exporters split ConvTranspose + bias this way) leaves
+            # the map the output it was; a residual sum of two computed tensors does not.
+            moving = [n for n in node.input if n in dynamic]
+            if len(moving) == 1:
+                frontier.append(moving[0])
     return found
 
 
@@ -145,8 +154,10 @@ def candidate_layers(
 
 
 def _wide(layer: Layer) -> bool:
+    # A text recognizer's last maps are one row high (N, C, 1, W/4): a map along the line, which
+    # is what its CAM should show. Only pooled (1, 1) maps carry no place.
     spatial = layer.spatial
-    return spatial is not None and spatial[0] > 1 and spatial[1] > 1
+    return spatial is not None and spatial[0] * spatial[1] > 1
 
 
 def auto_layer(layers: Sequence[Layer], model_name: str = "model") -> Layer:

@@ -64,14 +64,12 @@ def photo_batch(model: onnxcam.Model, preset: str) -> np.ndarray:
 
 
 def auto_layer(model: onnxcam.Model) -> str:
-    """The auto layer; where it still picks a model output (a segmentation map's own output: the
-    auto layer's rule is being taught to skip outputs), the last candidate before it."""
+    """The auto layer, which is never a model output nor what only activates or biases into one
+    (issue 13 item 9: a DBNet's ConvTranspose + bias + Sigmoid map)."""
     auto = model.layer("auto").name
     sources = {o.source for o in model.explained.outputs} | set(model.outputs)
-    if auto not in sources:
-        return auto
-    names = [layer.name for layer in nchw_layers(model) if layer.name not in sources]
-    return names[-1]
+    assert auto not in sources, f"{model.name}: the auto layer {auto!r} is an output"
+    return auto
 
 
 def nchw_layers(model: onnxcam.Model) -> list:
