@@ -5,6 +5,7 @@ cascading randomisation, and fp32 vs int8 QDQ compares end to end."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -77,7 +78,14 @@ def test_compare_fp32_vs_int8_ranks_images_by_explanation_change(effnet, photos,
     run_compare(effnet, int8, paths, out, CompareConfig(preprocess=pp))
     report = json.loads((out / "metrics.json").read_text())
     assert report["summary"]["images"] == len(PHOTOS)
-    assert 0.5 <= report["summary"]["top1_agreement"] <= 1.0
+    # Which classes int8 keeps depends on the CPU's int8 kernels and calibration: hold the bookkeeping,
+    # not the count. Model A's top-1 is fp32's own argmax; the agreement is the mean of the per-image flags.
+    x = onnxcam.preprocess([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths], pp)
+    fp32_top = effnet.forward(x)[0].argmax(axis=1)
+    rows = {Path(item["file"]).name: item for item in report["images"]}
+    assert [rows[p.name]["top1_a"] for p in paths] == fp32_top.tolist()
+    assert all(rows[p.name]["top1_agree"] == (rows[p.name]["top1_a"] == rows[p.name]["top1_b"]) for p in paths)
+    assert report["summary"]["top1_agreement"] == pytest.approx(np.mean([rows[p.name]["top1_agree"] for p in paths]))
     changes = [report["images"][i]["change"] for i in report["ranking"]]
     assert changes == sorted(changes, reverse=True) and len(set(report["ranking"])) == len(PHOTOS)
     assert (out / "report.html").stat().st_size > 10_000
