@@ -31,7 +31,7 @@ from onnxcam.graph.protos import make_model, opset_version
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.registry import get_method
 from onnxcam.tasks import ClassificationTask
-from onnxcam.views import ViewSpec
+from onnxcam.views import FeatureView, ViewSpec
 
 ExportTarget = Literal["top1", "input"]
 
@@ -58,9 +58,14 @@ class ExportedExplainer:
     inputs: tuple[str, ...]
     maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
     class_output: str
-    layer: str | None  # the tensor explained (None for FullGrad alone, which reads every bias layer)
+    layers: tuple[str, ...]  # the tensors explained (none for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
     external_data: bool
+
+    @property
+    def layer(self) -> str | None:
+        """The first explained layer (the only one unless several were fused)."""
+        return self.layers[0] if self.layers else None
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -97,9 +102,11 @@ def export_explainer(
     Outputs: the model's outputs unchanged, ``cam_<method>`` ``(N, H, W)`` float32 in [0, 1] at the
     input size, and ``explained_class`` ``(N,)`` int64. ``target="top1"`` explains each image's top
     class (as onnxcam's default); ``"input"`` adds an int64 input ``target`` ``(N,)`` with the class
-    to explain per image. ``layer``: one layer (name or ``"auto"``); ``view``: its layout (NCHW or
-    NHWC). The batch size stays dynamic when the model's is. The file is written atomically; the
-    weights are stored once, in a side file ``<name>.data`` when the model is over ~1.8 GB.
+    to explain per image. ``layer``: a layer (name or ``"auto"``) or a list of layers, whose maps
+    are fused as the Python path fuses them (mean of the per-layer normalised maps); ``view``: their
+    layout (NCHW, NHWC, tokens; see ``onnxcam.views``). The batch size stays dynamic when the
+    model's is. The file is written atomically; the weights are stored once, in a side file
+    ``<name>.data`` when the model is over ~1.8 GB.
     """
     if target not in ("top1", "input"):
         raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
@@ -126,7 +133,7 @@ def export_explainer(
         with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
             src = _logit_model(m, out, logits, Path(tmp))
             proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
-    explained = None if names == ["fullgrad"] else m.resolve_layers(layer, view)[0]
+    explained = () if names == ["fullgrad"] else m.resolve_layers(layer, view)
     return _save(proto, Path(path), m, names, explained)
 
 
@@ -145,14 +152,27 @@ def _logit_model(m: Model, out: str, logits: str, tmp: Path) -> Model:
     return load(file, device="cpu", input_size=m.input.size, layout=m.input.layout)
 
 
-def _layer(src: Model, layer: LayerSpec, view: ViewSpec) -> tuple[str, str]:
-    chosen = src.select_layers(layer, view)
-    if len(chosen) != 1:
-        raise ArgumentError(f"export explains one layer, got {[c.name for c in chosen]}: pass a single layer")
-    lay = chosen[0].view.layout
-    if lay not in ("NCHW", "NHWC"):
-        raise LayerError(f"export reads NCHW or NHWC feature maps; layer {chosen[0].name!r} is seen as {lay}")
-    return chosen[0].name, lay
+@dataclass(frozen=True)
+class _Feature:
+    """One explained layer: its tensor, how it is seen as a map, the map's ``(C, h, w)``."""
+
+    name: str
+    view: FeatureView
+    dims: tuple[int, int, int]
+
+
+def _features(src: Model, layer: LayerSpec, view: ViewSpec) -> list[_Feature]:
+    found = []
+    for chosen in src.select_layers(layer, view):
+        shape = chosen.shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise LayerError(f"{src.name}: layer {chosen.name!r} is seen as a map of shape {shape}; export needs a "
+                             "static (C, h, w)")
+        if chosen.view.is_tokens and chosen.view.grid is None:
+            raise LayerError(f"{src.name}: layer {chosen.name!r} is a token sequence without a known grid; pass "
+                             "view='tokens:<prefix>' with the model's input size fixed")
+        found.append(_Feature(chosen.name, chosen.view, (int(shape[1]), int(shape[2]), int(shape[3]))))  # type: ignore[arg-type]
+    return found
 
 
 def _gradient_graph(src: Model, wrt: tuple[str, ...], seeded: str) -> tuple[onnx.GraphProto, str, dict[str, str],
@@ -176,12 +196,19 @@ def _as_nchw(w: GraphWriter, name: str, layout: str) -> str:
     return name if layout == "NCHW" else w.op("Transpose", [name], perm=[0, 3, 1, 2])
 
 
-def _map_dims(src: Model, name: str, layout: str) -> tuple[int, int, int]:
-    shape = src.tensor_info(name).shape
-    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise LayerError(f"{src.name}: layer {name!r} has shape {shape}; export needs a static (C, h, w)")
-    c, h, wd = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-    return int(c), int(h), int(wd)  # type: ignore[arg-type]
+def _as_map(w: GraphWriter, name: str, feature: _Feature) -> str:
+    """``FeatureView.to_map`` in ONNX ops: the tensor as ``(N, C, h, w)``.
+
+    Tokens ``(N, prefix + h*w, D)``: the prefix tokens (class, distillation, registers) are sliced
+    off and the patch tokens, row-major over the grid, reshaped to ``(N, h, w, D)`` and transposed.
+    """
+    view = feature.view
+    if not view.is_tokens:
+        return _as_nchw(w, name, view.layout)
+    c, h, wd = feature.dims
+    patches = w.slice(name, view.prefix, view.prefix + h * wd, axis=1)
+    grid = w.op("Reshape", [patches, w.ints([0, h, wd, c])])
+    return w.op("Transpose", [grid], perm=[0, 3, 1, 2])
 
 
 def _classifier_rows(w: GraphWriter, base: onnx.ModelProto, fc: np.ndarray, category: str) -> str:
@@ -230,43 +257,24 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
         return seed
 
     per_layer = [k for k in names if k != "fullgrad"]
-    acts = grads = ""
-    if per_layer:
-        lname, layout = _layer(src, layer, view)
-        c, h, wd = _map_dims(src, lname, layout)
-        acts = _as_nchw(maps, lname, layout)
-        if any(k in _AT_LAYER_GRADIENT for k in per_layer):
-            graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, (lname,), seeded)
-            bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
-            rename = spliced.splice(graph, bind, "grad")
-            grads = _as_nchw(maps, rename[grad_outputs[lname]], layout)
+    features = _features(src, layer, view) if per_layer else []
+    acts = {f.name: _as_map(maps, f.name, f) for f in features}
+    grads: dict[str, str] = {}
+    if any(k in _AT_LAYER_GRADIENT for k in per_layer):
+        # one gradient graph for every layer (as the Python path: one backward, cut at their frontier)
+        wrt = tuple(f.name for f in features)
+        graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
+        bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
+        rename = spliced.splice(graph, bind, "grad")
+        grads = {f.name: _as_map(maps, rename[grad_outputs[f.name]], f) for f in features}
     for k in names:
-        raw: str
         if k == "fullgrad":
             raw = _fullgrad(m, src, spliced, maps, seeded, get_seed)
-            ar.finish(maps, raw, size, size, output_name(k))
+            ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
-        if k == "gradcam":
-            raw = ar.weighted_sum(maps, acts, ar.gradcam_weights(maps, grads))
-        elif k == "gradcam++":
-            raw = ar.weighted_sum(maps, acts, ar.gradcam_plusplus_weights(maps, acts, grads))
-        elif k == "xgradcam":
-            raw = ar.weighted_sum(maps, acts, ar.xgradcam_weights(maps, acts, grads))
-        elif k == "layercam":
-            raw = ar.layercam(maps, acts, grads)
-        elif k == "hirescam":
-            raw = ar.hirescam(maps, acts, grads)
-        elif k == "gradcam-elementwise":
-            raw = ar.gradcam_elementwise(maps, acts, grads)
-        elif k == "cam":
-            if layout != "NCHW":
-                raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {layout}: use "
-                                         "gradcam")
-            fc = linear_head_weights(src.proto, lname, seeded, m.name)
-            raw = ar.weighted_sum(maps, acts, _classifier_rows(maps, base, fc, CLASS_OUTPUT))
-        else:  # eigencam
-            raw = eigencam(maps, acts, c, h, wd)
-        ar.finish(maps, raw, (h, wd), size, output_name(k))
+        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), src, base, seeded, m.name), f.dims[1:])
+                for f in features]
+        ar.finish(maps, raws, size, output_name(k))
 
     g = base.graph
     inputs = list(g.input)
@@ -285,6 +293,30 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
     for prop in base.metadata_props:
         proto.metadata_props.add().CopyFrom(prop)
     return proto
+
+
+def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, src: Model, base: onnx.ModelProto,
+             seeded: str, model_name: str) -> str:
+    """Method ``k``'s raw map ``(N, h, w)`` at one layer (``acts``, ``grads``: its ``(N, C, h, w)`` maps)."""
+    if k == "gradcam":
+        return ar.weighted_sum(w, acts, ar.gradcam_weights(w, grads))
+    if k == "gradcam++":
+        return ar.weighted_sum(w, acts, ar.gradcam_plusplus_weights(w, acts, grads))
+    if k == "xgradcam":
+        return ar.weighted_sum(w, acts, ar.xgradcam_weights(w, acts, grads))
+    if k == "layercam":
+        return ar.layercam(w, acts, grads)
+    if k == "hirescam":
+        return ar.hirescam(w, acts, grads)
+    if k == "gradcam-elementwise":
+        return ar.gradcam_elementwise(w, acts, grads)
+    if k == "cam":
+        if f.view.layout != "NCHW":
+            raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {f.view.describe()} "
+                                     f"({f.name!r}): use gradcam")
+        fc = linear_head_weights(src.proto, f.name, seeded, model_name)
+        return ar.weighted_sum(w, acts, _classifier_rows(w, base, fc, CLASS_OUTPUT))
+    return eigencam(w, acts, *f.dims)
 
 
 def _batch_dim(m: Model) -> int | str:
@@ -306,14 +338,15 @@ def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seede
     gx = _as_nchw(w, rename[grad_outputs[inp]], m.input.layout)
     total = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [gx, x])]))
     for name, bias in terms:
-        _, h, wd = _map_dims(src, name, "NCHW")
+        shape = src.tensor_info(name).shape
+        h, wd = int(shape[2]), int(shape[3])  # type: ignore[index, arg-type]  # bias_layers: 4-D NCHW candidates
         b = w.const(bias.astype(np.float32).reshape(1, -1, 1, 1))
         term = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [b, rename[grad_outputs[name]]])]))
         total = w.op("Add", [total, ar.resize(w, term, (h, wd), size)])
     return total
 
 
-def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer: str | None) -> ExportedExplainer:
+def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layers: tuple[str, ...]) -> ExportedExplainer:
     path = path.expanduser()
     if path.resolve() == m.path.resolve():
         raise ArgumentError(f"refusing to overwrite the model itself ({m.path}): choose another output path")
@@ -339,7 +372,7 @@ def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer:
             if leftover.exists():
                 leftover.unlink()
     inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
-    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layer,
+    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layers,
                              tuple(m.outputs), external)
 
 
