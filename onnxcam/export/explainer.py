@@ -9,9 +9,8 @@ Any ONNX runtime runs it; no Python, no onnxcam at serving time.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, Output
 from onnxcam.export import arithmetic as ar
 from onnxcam.export._graph import GraphWriter
 from onnxcam.export.eigen import eigencam
-from onnxcam.export.seed import explained_class, final_softmax, one_hot_seed
+from onnxcam.export.seed import explained_class, one_hot_seed
 from onnxcam.export.splice import SpliceTarget
 from onnxcam.gradients.dynamic import build_batch_agnostic
 from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
@@ -61,6 +60,9 @@ class ExportedExplainer:
     layers: tuple[str, ...]  # the tensors explained (none for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
     external_data: bool
+    # tensor of the model -> the tensor of the exported graph holding d(score)/d(it) (the explained
+    # layers; for FullGrad the input and every bias layer): make them outputs to read what a runtime computed
+    gradients: dict[str, str] = field(default_factory=dict)
 
     @property
     def layer(self) -> str | None:
@@ -118,38 +120,16 @@ def export_explainer(
             f"{m.name}: export explains class scores (N, K) or class maps (N, K, H, W); this model's task is "
             f"{task.name}"
         )
-    out = m.outputs[task.output]
-    info = m.tensor_info(out)
+    # The score the Python path differentiates: the logits where the model ends in Softmax / Sigmoid
+    # (onnxcam.graph.outputs adds them to the explained graph), the class picked from the same scores.
+    score = m.outputs[task.score_output]
+    info = m.tensor_info(score)
     if info.shape is None or len(info.shape) < 2 or not isinstance(info.shape[1], int):
         raise UnsupportedModelError(
-            f"{m.name}: output {out!r} has shape {info.shape}; export needs a known class count (axis 1)")
-    rank, classes = len(info.shape), int(info.shape[1])
-    logits = final_softmax(m.proto, out)
-    if logits is None:
-        proto = _assemble(m, m, names, layer, view, target, out, out, rank, classes)
-    else:
-        # A Softmax output is explained at its logits: the gradient graph is built on the model cut
-        # below the Softmax (the raw score Grad-CAM is defined on), loaded from a scratch copy.
-        with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
-            src = _logit_model(m, out, logits, Path(tmp))
-            proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
+            f"{m.name}: output {score!r} has shape {info.shape}; export needs a known class count (axis 1)")
+    proto, gradients = _assemble(m, names, layer, view, target, score, len(info.shape), int(info.shape[1]))
     explained = () if names == ["fullgrad"] else m.resolve_layers(layer, view)
-    return _save(proto, Path(path), m, names, explained)
-
-
-def _logit_model(m: Model, out: str, logits: str, tmp: Path) -> Model:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(m.proto)
-    g = proto.graph
-    keep = [n for n in g.node if out not in n.output]
-    del g.node[:]
-    g.node.extend(keep)
-    for o in g.output:
-        if o.name == out:
-            o.name = logits
-    file = tmp / "logits.onnx"
-    onnx.save_model(proto, str(file))
-    return load(file, device="cpu", input_size=m.input.size, layout=m.input.layout)
+    return _save(proto, Path(path), m, names, explained, gradients)
 
 
 @dataclass(frozen=True)
@@ -230,9 +210,19 @@ def _channel_scaled_sum(w: GraphWriter, terms: str) -> str:
     return w.reduce("ReduceSum", ar.normalize(w, terms, (2, 3)), [1], keepdims=0)
 
 
-def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: ViewSpec, target: ExportTarget,
-              out: str, seeded: str, rank: int, classes: int) -> onnx.ModelProto:
-    base = m.proto
+def _explained_base(m: Model) -> onnx.ModelProto:
+    """The model's explained graph (its nodes, with the logits behind a final activation) returning
+    the model's own outputs, unchanged."""
+    base = onnx.ModelProto()
+    base.CopyFrom(m.graph)
+    del base.graph.output[:]
+    base.graph.output.extend(m.proto.graph.output)
+    return base
+
+
+def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, target: ExportTarget,
+              seeded: str, rank: int, classes: int) -> tuple[onnx.ModelProto, dict[str, str]]:
+    base = _explained_base(m)
     opset = opset_version(base)
     size = m.input.size
     spliced = SpliceTarget(base)
@@ -242,7 +232,7 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
             raise OutputError(f"{m.name} already has a tensor named {name!r}; export cannot add its own of that name")
 
     head = GraphWriter("target", opset)
-    category = explained_class(head, out, rank, TARGET_INPUT if target == "input" else None)
+    category = explained_class(head, seeded, rank, TARGET_INPUT if target == "input" else None)
     head.op("Identity", [category], out=CLASS_OUTPUT)
     pre_nodes = list(head.nodes)
     maps = GraphWriter("maps", opset)
@@ -257,22 +247,24 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
         return seed
 
     per_layer = [k for k in names if k != "fullgrad"]
-    features = _features(src, layer, view) if per_layer else []
+    features = _features(m, layer, view) if per_layer else []
     acts = {f.name: _as_map(maps, f.name, f) for f in features}
     grads: dict[str, str] = {}
+    gradients: dict[str, str] = {}  # tensor of the model -> its gradient's tensor in the exported graph
     if any(k in _AT_LAYER_GRADIENT for k in per_layer):
         # one gradient graph for every layer (as the Python path: one backward, cut at their frontier)
         wrt = tuple(f.name for f in features)
-        graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
+        graph, seed_input, grad_outputs, head_inputs = _gradient_graph(m, wrt, seeded)
         bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
         rename = spliced.splice(graph, bind, "grad")
-        grads = {f.name: _as_map(maps, rename[grad_outputs[f.name]], f) for f in features}
+        gradients.update({f.name: rename[grad_outputs[f.name]] for f in features})
+        grads = {f.name: _as_map(maps, gradients[f.name], f) for f in features}
     for k in names:
         if k == "fullgrad":
-            raw = _fullgrad(m, src, spliced, maps, seeded, get_seed)
+            raw = _fullgrad(m, spliced, maps, seeded, get_seed, gradients)
             ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
-        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), src, base, seeded, m.name), f.dims[1:])
+        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), base, seeded, m.name), f.dims[1:])
                 for f in features]
         ar.finish(maps, raws, size, output_name(k))
 
@@ -292,10 +284,10 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
     proto.producer_name = "onnxcam"
     for prop in base.metadata_props:
         proto.metadata_props.add().CopyFrom(prop)
-    return proto
+    return proto, gradients
 
 
-def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, src: Model, base: onnx.ModelProto,
+def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, base: onnx.ModelProto,
              seeded: str, model_name: str) -> str:
     """Method ``k``'s raw map ``(N, h, w)`` at one layer (``acts``, ``grads``: its ``(N, C, h, w)`` maps)."""
     if k == "gradcam":
@@ -314,7 +306,7 @@ def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, src: Mo
         if f.view.layout != "NCHW":
             raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {f.view.describe()} "
                                      f"({f.name!r}): use gradcam")
-        fc = linear_head_weights(src.proto, f.name, seeded, model_name)
+        fc = linear_head_weights(base, f.name, seeded, model_name)
         return ar.weighted_sum(w, acts, _classifier_rows(w, base, fc, CLASS_OUTPUT))
     return eigencam(w, acts, *f.dims)
 
@@ -324,21 +316,22 @@ def _batch_dim(m: Model) -> int | str:
     return batch if batch is not None else "N"
 
 
-def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,
-              get_seed: object) -> str:
+def _fullgrad(m: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,
+              get_seed: object, gradients: dict[str, str]) -> str:
     inp = m.input.name
-    candidates = {layer.name: layer for layer in src.layers()}
-    terms = bias_layers(src.proto, candidates)
+    candidates = {layer.name: layer for layer in m.layers()}
+    terms = bias_layers(m.proto, candidates)
     wrt = (inp, *(name for name, _ in terms))
-    graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
+    graph, seed_input, grad_outputs, head_inputs = _gradient_graph(m, wrt, seeded)
     bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}  # type: ignore[operator]
     rename = spliced.splice(graph, bind, "fullgrad", reuse=False)
+    gradients.update({name: rename[grad_outputs[name]] for name in wrt})
     size = m.input.size
     x = _as_nchw(w, inp, m.input.layout)
     gx = _as_nchw(w, rename[grad_outputs[inp]], m.input.layout)
     total = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [gx, x])]))
     for name, bias in terms:
-        shape = src.tensor_info(name).shape
+        shape = m.tensor_info(name).shape
         h, wd = int(shape[2]), int(shape[3])  # type: ignore[index, arg-type]  # bias_layers: 4-D NCHW candidates
         b = w.const(bias.astype(np.float32).reshape(1, -1, 1, 1))
         term = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [b, rename[grad_outputs[name]]])]))
@@ -346,7 +339,8 @@ def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seede
     return total
 
 
-def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layers: tuple[str, ...]) -> ExportedExplainer:
+def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layers: tuple[str, ...],
+          gradients: dict[str, str]) -> ExportedExplainer:
     path = path.expanduser()
     if path.resolve() == m.path.resolve():
         raise ArgumentError(f"refusing to overwrite the model itself ({m.path}): choose another output path")
@@ -373,7 +367,7 @@ def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layers
                 leftover.unlink()
     inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
     return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layers,
-                             tuple(m.outputs), external)
+                             tuple(m.outputs), external, gradients)
 
 
 def _relocate(file: Path, old: str, new: str) -> None:
