@@ -116,9 +116,11 @@ def export_explainer(
     m = model if isinstance(model, Model) else load(model, device="cpu")
     task = m.task
     if not isinstance(task, ClassificationTask):
+        hint = (" (maps for a detector's top detections are not exportable yet: explain them with `onnxcam "
+                "explain`, which picks the detections in Python)") if task.name == "detect" else ""
         raise UnsupportedModelError(
             f"{m.name}: export explains class scores (N, K) or class maps (N, K, H, W); this model's task is "
-            f"{task.name}"
+            f"{task.name}{hint}"
         )
     # The score the Python path differentiates: the logits where the model ends in Softmax / Sigmoid
     # (onnxcam.graph.outputs adds them to the explained graph), the class picked from the same scores.
@@ -264,7 +266,7 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
             raw = _fullgrad(m, spliced, maps, seeded, get_seed, gradients)
             ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
-        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), base, seeded, m.name), f.dims[1:])
+        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
                 for f in features]
         ar.finish(maps, raws, size, output_name(k))
 
@@ -287,8 +289,8 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
     return proto, gradients
 
 
-def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, base: onnx.ModelProto,
-             seeded: str, model_name: str) -> str:
+def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, m: Model, base: onnx.ModelProto,
+             seeded: str) -> str:
     """Method ``k``'s raw map ``(N, h, w)`` at one layer (``acts``, ``grads``: its ``(N, C, h, w)`` maps)."""
     if k == "gradcam":
         return ar.weighted_sum(w, acts, ar.gradcam_weights(w, grads))
@@ -306,7 +308,8 @@ def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, base: o
         if f.view.layout != "NCHW":
             raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {f.view.describe()} "
                                      f"({f.name!r}): use gradcam")
-        fc = linear_head_weights(base, f.name, seeded, model_name)
+        # the explained graph: the logits behind a final activation are one of its outputs
+        fc = linear_head_weights(m.graph, f.name, seeded, m.name)
         return ar.weighted_sum(w, acts, _classifier_rows(w, base, fc, CLASS_OUTPUT))
     return eigencam(w, acts, *f.dims)
 

@@ -11,6 +11,7 @@ ratio (target <= 1.1) and the file size ratio (target <= 1.05).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def main() -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     args = p.parse_args()
     rows = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             spec = MODELS[name]
@@ -63,6 +65,8 @@ def main() -> int:
                     t_exp, t_plain = best_pair(lambda f=feeds, r=exported: r(f),  # type: ignore[misc]
                                                lambda f=feeds, r=plain: r(f), args.repeats)  # type: ignore[misc]
                     rows.append((name, runtime, n, t_plain * 1e3, t_exp * 1e3, t_exp / t_plain, size))
+    # the ratios are only as steady as the host: a load above the core count means other jobs ran too
+    print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
     print(f"{'model':20} {'runtime':12} {'batch':>5} {'forward ms':>11} {'+Grad-CAM ms':>13} {'ratio':>6} {'size':>6}")
     for name, runtime, n, a, b, r, s in rows:
         print(f"{name:20} {runtime:12} {n:5d} {a:11.1f} {b:13.1f} {r:6.3f} {s:6.3f}")
