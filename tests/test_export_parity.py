@@ -178,13 +178,15 @@ def run_ort(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[st
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
-def ov_compile(path: Path, m: onnxcam.Model, batch: int | None = None):  # type: ignore[no-untyped-def]
-    """OpenVINO's CPU plugin running ``path``; ``batch``: compiled for that batch size only."""
+def ov_compile(path: Path, m: onnxcam.Model, bounded: bool = False):  # type: ignore[no-untyped-def]
+    """OpenVINO's CPU plugin running ``path``; ``bounded``: a batch of at most max(BATCHES)."""
     ov = pytest.importorskip("openvino")
     core = ov.Core()
     model = core.read_model(str(path))
-    if batch is not None:
-        model.reshape({m.input.name: m.input.shape(batch)})
+    if bounded and not isinstance(m.input.batch, int):
+        # OpenVINO 2026.4 (CPU) runs the exported int8 EfficientNet wrongly with an unbounded batch (logits
+        # off by up to 7.5 against the plain model in OpenVINO, measured) and right with a bounded one.
+        model.reshape({m.input.name: ov.PartialShape([ov.Dimension(1, max(BATCHES)), *m.input.shape(1)[1:]])})
     # f32: OpenVINO's CPU plugin otherwise computes in bf16 where the CPU has it.
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
@@ -246,27 +248,45 @@ def reference_gradients(c: Case, outs: dict[str, np.ndarray], classes: np.ndarra
 
 def test_export_matches_python_in_openvino(case: Case) -> None:
     m, result = case.m, case.result
-    run = ov_compile(case.diagnostic, m)
+    # The exported file itself, and where a like-for-like check needs the runtime's own gradients, the
+    # diagnostic copy (its extra outputs change how OpenVINO fuses the graph: each file is checked on its own).
+    run = ov_compile(result.path, m, bounded=m.quantized)
+    diagnostic = ov_compile(case.diagnostic, m, bounded=m.quantized) if "fullgrad" in case.refs or m.quantized \
+        else None
+    plain = ov_compile(m.path, m, bounded=True) if m.quantized else None
     for n in case.batches():
         x = case.x[:n]
         outs = run({m.input.name: x})
+        diag = diagnostic({m.input.name: x}) if diagnostic is not None else {}
         what = f"{m.name} batch {n} (OpenVINO)"
         if "fullgrad" in case.refs:
-            check_maps(outs[result.maps["fullgrad"]], fullgrad_like_for_like(case, x, outs), 1e-3,
+            check_maps(diag[result.maps["fullgrad"]], fullgrad_like_for_like(case, x, diag), 1e-3,
                        f"{what} fullgrad vs its arithmetic on OpenVINO's gradients")
         if m.quantized:
-            classes = outs[CLASS_OUTPUT]
-            np.testing.assert_array_equal(classes, m.task.class_scores([outs[m.outputs[m.task.score_output]]])
-                                          .argmax(axis=1))
-            acts = {name: outs[name] for name in result.layers}
-            grads = {name: outs[result.gradients[name]] for name in result.layers}
+            assert plain is not None
+            # The model's outputs as OpenVINO computes the model alone, within a few steps of the output's
+            # quantisation: OpenVINO's int8 kernels round differently with the graph around them (measured:
+            # 40 % of the logits one step apart, at most 4 steps), a wrong run by far more (125 steps,
+            # measured with an unbounded batch).
+            want_outs = plain({m.input.name: x})
+            for o in m.proto.graph.output:
+                step = float(np.diff(np.unique(want_outs[o.name])).min())
+                for got_outs, which in ((outs, "exported"), (diag, "diagnostic copy")):
+                    off = float(np.abs(got_outs[o.name] - want_outs[o.name]).max())
+                    assert off <= 16 * step, f"{what} {which}: output {o.name} {off / step:.1f} quantisation steps off"
+            for got_outs in (outs, diag):
+                np.testing.assert_array_equal(got_outs[CLASS_OUTPUT], m.task.class_scores(
+                    [got_outs[m.outputs[m.task.score_output]]]).argmax(axis=1))
+            classes = diag[CLASS_OUTPUT]
+            acts = {name: diag[name] for name in result.layers}
+            grads = {name: diag[result.gradients[name]] for name in result.layers}
             # onnxcam's straight-through gradients at OpenVINO's activations, up to a positive factor per
             # image: at batch 1 and 3 OpenVINO 2026.4 returns them 0.925 times the gradient graph run in
             # onnxruntime at the same activations (uniformly over every element; equal at batch 16; cause
             # not isolated: with the gradient's intermediate tensors made outputs too, OpenVINO's equal
             # onnxruntime's). Every method but Grad-CAM++ (whose 1e-6 in a denominator sees the scale) is
             # invariant to it through the min-max normalisation.
-            want = reference_gradients(case, outs, classes)
+            want = reference_gradients(case, diag, classes)
             for name in result.layers:
                 got, ref = grads[name], want[name]
                 scale = np.abs(got).reshape(n, -1).max(axis=1) / np.abs(ref).reshape(n, -1).max(axis=1)
@@ -275,8 +295,15 @@ def test_export_matches_python_in_openvino(case: Case) -> None:
                                            atol=1e-6 * float(np.abs(got).max()), err_msg=what)
             for k in case.refs:
                 if k != "fullgrad":
-                    check_maps(outs[result.maps[k]], layer_maps_at(case, k, acts, grads, classes), 1e-3,
+                    check_maps(diag[result.maps[k]], layer_maps_at(case, k, acts, grads, classes), 1e-3,
                                f"{what} {k} vs onnxcam at OpenVINO's activations and gradients")
+            # The exported file's own maps: measured equal to the diagnostic copy's (0.0 apart, every method
+            # and batch, with a bounded batch), not asserted: how OpenVINO rounds int8 depends on the graph
+            # around it and on the CPU.
+            for k in case.refs:
+                got = outs[result.maps[k]]
+                assert got.shape == (n, *m.input.size) and np.all(np.isfinite(got))
+                assert got.min() >= 0.0 and got.max() <= 1.0
             continue
         np.testing.assert_array_equal(outs[CLASS_OUTPUT], case.classes[:n])
         for k, ref in case.refs.items():
