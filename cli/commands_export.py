@@ -10,7 +10,7 @@ from onnxcam.errors import ArgumentError
 
 from . import options as opt
 from .errors import friendly
-from .parsing import parse_size
+from .parsing import parse_size, resolve_layer_arg
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +24,8 @@ def export_cmd(
     model: Path = typer.Argument(..., help="The .onnx model file (read, never modified).", show_default=False),
     method: str = opt.methods_option(help="Method(s), comma-separated: gradcam, gradcam++, xgradcam, layercam, "
                                           "hirescam, gradcam-elementwise, fullgrad, cam, eigencam."),
-    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor to explain at."),
+    layer: str = typer.Option("auto", "--layer", "-l", help="Feature tensor(s) to explain at: a name, '#row' of "
+                              "`onnxcam layers`, or several comma-separated (their maps are fused)."),
     target: str = typer.Option("top1", "--target", help="top1: each image's top class; input: an int64 input "
                                "'target' (N,) names the class per image."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the exported .onnx file.",
@@ -37,8 +38,9 @@ def export_cmd(
     if target not in ("top1", "input"):
         raise ArgumentError(f"--target must be top1 or input, got {target!r}")
     m = load(model, device="cpu", input_size=parse_size(size) if size else None)
-    result = export_explainer(m, method, layer, path=output, target=target)  # type: ignore[arg-type]
+    result = export_explainer(m, method, resolve_layer_arg(m, layer), path=output,
+                              target=target)  # type: ignore[arg-type]
     extra = f" + {result.path.name}.data" if result.external_data else ""
-    at = f" at layer {result.layer}" if result.layer else ""
+    at = f" at layer{'s' if len(result.layers) > 1 else ''} {', '.join(result.layers)}" if result.layers else ""
     typer.echo(f"wrote {result.path}{extra}{at}: inputs {', '.join(result.inputs)}; outputs "
                f"{', '.join(result.model_outputs)}, {result.class_output}, {', '.join(result.maps.values())}")

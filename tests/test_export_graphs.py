@@ -157,3 +157,51 @@ def test_cli_export(tmp_path: Path) -> None:
     np.testing.assert_allclose(eigen, onnxcam.EigenCAM(str(path))(x), atol=1e-4)
     bad = runner.invoke(app, ["export", str(path), "--method", "sscam", "-o", str(tmp_path / "bad.onnx")])
     assert bad.exit_code != 0 and "exportable methods" in bad.output
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "vit_tiny"])
+def test_several_layers_are_fused_as_the_python_path(tmp_path: Path, build_model, name: str) -> None:  # type: ignore[no-untyped-def]
+    m = onnxcam.load(build_model(name), device="cpu")
+    # two feature layers of the last stage; for the ViT two attention blocks' inputs (token sequences:
+    # prefix dropped, grid reshaped; its last tokens get no gradient, the class token alone is read)
+    blocks = [la.name for la in m.layers() if la.block_input]
+    picked = [la.name for la in m.layers() if la.shape[2:] == m.layer("auto").shape[2:] and not la.output_map][-4:]
+    layers = blocks[-2:] if blocks else [picked[0], picked[-1]]
+    methods = ["gradcam", "gradcam++", "layercam", "eigencam"]
+    result = export_explainer(m, methods, layers, path=tmp_path / "fused.onnx")
+    assert result.layers == tuple(layers)
+    x = np.random.default_rng(5).normal(size=m.input.shape(3)).astype(np.float32)
+    sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {m.input.name: x})))
+    for k in methods:
+        ref = onnxcam.get_method(k)(m, layer=layers)(x)
+        single = onnxcam.get_method(k)(m, layer=layers[-1])(x)
+        assert np.abs(ref - single).max() > 1e-2, f"{k}: the fused map must differ from one layer's"
+        np.testing.assert_allclose(outs[result.maps[k]], ref, atol=1e-4, err_msg=f"{name} {k}")
+
+
+def test_cli_export_several_layers(tmp_path: Path) -> None:
+    from onnxcam_cli.main import app
+
+    path = save(residual_net(), tmp_path / "r.onnx")
+    out = tmp_path / "r_cam.onnx"
+    ok = CliRunner().invoke(app, ["export", str(path), "--method", "gradcam", "--layer", "b,e", "-o", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "at layers b, e" in ok.output
+    x = np.random.default_rng(6).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam_gradcam"], {"x": x})[0]
+    np.testing.assert_allclose(got, onnxcam.GradCAM(str(path), layer=["b", "e"])(x), atol=1e-5)
+
+
+def test_detectors_are_refused_with_the_way_out(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
+    from onnxcam.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="top detections are not exportable yet.*onnxcam explain"):
+        export_explainer(build_model("yolov8n_det"), "gradcam", path=tmp_path / "det_cam.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fullgrad_through_a_class_token_needs_a_fixed_batch(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BatchDependenceError, match="Expand.*export at a fixed batch size"):
+        export_explainer(build_model("vit_tiny"), "fullgrad", path=tmp_path / "vit_cam.onnx")
+    assert list(tmp_path.iterdir()) == []

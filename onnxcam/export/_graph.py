@@ -65,6 +65,12 @@ class GraphWriter:
             return self.op("Squeeze", [x, self.ints(axes)])
         return self.op("Squeeze", [x], axes=list(axes))
 
+    def slice(self, x: str, start: int, end: int, axis: int) -> str:
+        """``x[start:end]`` along ``axis``: starts / ends are inputs from opset 10."""
+        if self.opset >= 10:
+            return self.op("Slice", [x, self.ints([start]), self.ints([end]), self.ints([axis])])
+        return self.op("Slice", [x], starts=[start], ends=[end], axes=[axis])
+
     def batch(self, x: str) -> str:
         """``(1,)`` int64: the first dim of ``x`` at run time."""
         if self.opset >= 15:

@@ -7,6 +7,8 @@ Every function takes tensor names and returns the name of the result; feature ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from onnxcam.export._graph import GraphWriter
@@ -78,8 +80,16 @@ def resize(w: GraphWriter, maps: str, map_size: tuple[int, int], size: tuple[int
     return w.squeeze(resized, [1])
 
 
-def finish(w: GraphWriter, raw: str, map_size: tuple[int, int], size: tuple[int, int], out: str) -> str:
-    """ReLU -> normalise -> resize -> normalise into ``out`` (``layer_to_image`` then ``finish_single``)."""
-    layer_map = resize(w, normalize(w, w.op("Relu", [raw])), map_size, size)
-    final = normalize(w, layer_map)
+def finish(w: GraphWriter, raws: Sequence[tuple[str, tuple[int, int]]], size: tuple[int, int], out: str) -> str:
+    """Per layer ReLU -> normalise -> resize (``layer_to_image``), then into ``out``: one layer
+    normalised once more (``finish_single``), several averaged and normalised (``fuse_layers``)."""
+    layer_maps = [resize(w, normalize(w, w.op("Relu", [raw])), map_size, size) for raw, map_size in raws]
+    if len(layer_maps) == 1:
+        final = normalize(w, layer_maps[0])
+    else:
+        # numpy's mean over the layer axis: the sum in layer order, divided by the count
+        total = layer_maps[0]
+        for more in layer_maps[1:]:
+            total = w.op("Add", [total, more])
+        final = normalize(w, w.op("Div", [total, w.f32(float(len(layer_maps)))]))
     return w.op("Identity", [final], out=out)

@@ -9,9 +9,8 @@ Any ONNX runtime runs it; no Python, no onnxcam at serving time.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +22,7 @@ from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, Output
 from onnxcam.export import arithmetic as ar
 from onnxcam.export._graph import GraphWriter
 from onnxcam.export.eigen import eigencam
-from onnxcam.export.seed import explained_class, final_softmax, one_hot_seed
+from onnxcam.export.seed import explained_class, one_hot_seed
 from onnxcam.export.splice import SpliceTarget
 from onnxcam.gradients.dynamic import build_batch_agnostic
 from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
@@ -31,7 +30,7 @@ from onnxcam.graph.protos import make_model, opset_version
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.registry import get_method
 from onnxcam.tasks import ClassificationTask
-from onnxcam.views import ViewSpec
+from onnxcam.views import FeatureView, ViewSpec
 
 ExportTarget = Literal["top1", "input"]
 
@@ -58,9 +57,17 @@ class ExportedExplainer:
     inputs: tuple[str, ...]
     maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
     class_output: str
-    layer: str | None  # the tensor explained (None for FullGrad alone, which reads every bias layer)
+    layers: tuple[str, ...]  # the tensors explained (none for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
     external_data: bool
+    # tensor of the model -> the tensor of the exported graph holding d(score)/d(it) (the explained
+    # layers; for FullGrad the input and every bias layer): make them outputs to read what a runtime computed
+    gradients: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> str | None:
+        """The first explained layer (the only one unless several were fused)."""
+        return self.layers[0] if self.layers else None
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -97,9 +104,11 @@ def export_explainer(
     Outputs: the model's outputs unchanged, ``cam_<method>`` ``(N, H, W)`` float32 in [0, 1] at the
     input size, and ``explained_class`` ``(N,)`` int64. ``target="top1"`` explains each image's top
     class (as onnxcam's default); ``"input"`` adds an int64 input ``target`` ``(N,)`` with the class
-    to explain per image. ``layer``: one layer (name or ``"auto"``); ``view``: its layout (NCHW or
-    NHWC). The batch size stays dynamic when the model's is. The file is written atomically; the
-    weights are stored once, in a side file ``<name>.data`` when the model is over ~1.8 GB.
+    to explain per image. ``layer``: a layer (name or ``"auto"``) or a list of layers, whose maps
+    are fused as the Python path fuses them (mean of the per-layer normalised maps); ``view``: their
+    layout (NCHW, NHWC, tokens; see ``onnxcam.views``). The batch size stays dynamic when the
+    model's is. The file is written atomically; the weights are stored once, in a side file
+    ``<name>.data`` when the model is over ~1.8 GB.
     """
     if target not in ("top1", "input"):
         raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
@@ -107,52 +116,45 @@ def export_explainer(
     m = model if isinstance(model, Model) else load(model, device="cpu")
     task = m.task
     if not isinstance(task, ClassificationTask):
+        hint = (" (maps for a detector's top detections are not exportable yet: explain them with `onnxcam "
+                "explain`, which picks the detections in Python)") if task.name == "detect" else ""
         raise UnsupportedModelError(
             f"{m.name}: export explains class scores (N, K) or class maps (N, K, H, W); this model's task is "
-            f"{task.name}"
+            f"{task.name}{hint}"
         )
-    out = m.outputs[task.output]
-    info = m.tensor_info(out)
+    # The score the Python path differentiates: the logits where the model ends in Softmax / Sigmoid
+    # (onnxcam.graph.outputs adds them to the explained graph), the class picked from the same scores.
+    score = m.outputs[task.score_output]
+    info = m.tensor_info(score)
     if info.shape is None or len(info.shape) < 2 or not isinstance(info.shape[1], int):
         raise UnsupportedModelError(
-            f"{m.name}: output {out!r} has shape {info.shape}; export needs a known class count (axis 1)")
-    rank, classes = len(info.shape), int(info.shape[1])
-    logits = final_softmax(m.proto, out)
-    if logits is None:
-        proto = _assemble(m, m, names, layer, view, target, out, out, rank, classes)
-    else:
-        # A Softmax output is explained at its logits: the gradient graph is built on the model cut
-        # below the Softmax (the raw score Grad-CAM is defined on), loaded from a scratch copy.
-        with tempfile.TemporaryDirectory(prefix="onnxcam-export-") as tmp:
-            src = _logit_model(m, out, logits, Path(tmp))
-            proto = _assemble(m, src, names, layer, view, target, out, logits, rank, classes)
-    explained = None if names == ["fullgrad"] else m.resolve_layers(layer, view)[0]
-    return _save(proto, Path(path), m, names, explained)
+            f"{m.name}: output {score!r} has shape {info.shape}; export needs a known class count (axis 1)")
+    proto, gradients = _assemble(m, names, layer, view, target, score, len(info.shape), int(info.shape[1]))
+    explained = () if names == ["fullgrad"] else m.resolve_layers(layer, view)
+    return _save(proto, Path(path), m, names, explained, gradients)
 
 
-def _logit_model(m: Model, out: str, logits: str, tmp: Path) -> Model:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(m.proto)
-    g = proto.graph
-    keep = [n for n in g.node if out not in n.output]
-    del g.node[:]
-    g.node.extend(keep)
-    for o in g.output:
-        if o.name == out:
-            o.name = logits
-    file = tmp / "logits.onnx"
-    onnx.save_model(proto, str(file))
-    return load(file, device="cpu", input_size=m.input.size, layout=m.input.layout)
+@dataclass(frozen=True)
+class _Feature:
+    """One explained layer: its tensor, how it is seen as a map, the map's ``(C, h, w)``."""
+
+    name: str
+    view: FeatureView
+    dims: tuple[int, int, int]
 
 
-def _layer(src: Model, layer: LayerSpec, view: ViewSpec) -> tuple[str, str]:
-    chosen = src.select_layers(layer, view)
-    if len(chosen) != 1:
-        raise ArgumentError(f"export explains one layer, got {[c.name for c in chosen]}: pass a single layer")
-    lay = chosen[0].view.layout
-    if lay not in ("NCHW", "NHWC"):
-        raise LayerError(f"export reads NCHW or NHWC feature maps; layer {chosen[0].name!r} is seen as {lay}")
-    return chosen[0].name, lay
+def _features(src: Model, layer: LayerSpec, view: ViewSpec) -> list[_Feature]:
+    found = []
+    for chosen in src.select_layers(layer, view):
+        shape = chosen.shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise LayerError(f"{src.name}: layer {chosen.name!r} is seen as a map of shape {shape}; export needs a "
+                             "static (C, h, w)")
+        if chosen.view.is_tokens and chosen.view.grid is None:
+            raise LayerError(f"{src.name}: layer {chosen.name!r} is a token sequence without a known grid; pass "
+                             "view='tokens:<prefix>' with the model's input size fixed")
+        found.append(_Feature(chosen.name, chosen.view, (int(shape[1]), int(shape[2]), int(shape[3]))))  # type: ignore[arg-type]
+    return found
 
 
 def _gradient_graph(src: Model, wrt: tuple[str, ...], seeded: str) -> tuple[onnx.GraphProto, str, dict[str, str],
@@ -176,12 +178,19 @@ def _as_nchw(w: GraphWriter, name: str, layout: str) -> str:
     return name if layout == "NCHW" else w.op("Transpose", [name], perm=[0, 3, 1, 2])
 
 
-def _map_dims(src: Model, name: str, layout: str) -> tuple[int, int, int]:
-    shape = src.tensor_info(name).shape
-    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise LayerError(f"{src.name}: layer {name!r} has shape {shape}; export needs a static (C, h, w)")
-    c, h, wd = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-    return int(c), int(h), int(wd)  # type: ignore[arg-type]
+def _as_map(w: GraphWriter, name: str, feature: _Feature) -> str:
+    """``FeatureView.to_map`` in ONNX ops: the tensor as ``(N, C, h, w)``.
+
+    Tokens ``(N, prefix + h*w, D)``: the prefix tokens (class, distillation, registers) are sliced
+    off and the patch tokens, row-major over the grid, reshaped to ``(N, h, w, D)`` and transposed.
+    """
+    view = feature.view
+    if not view.is_tokens:
+        return _as_nchw(w, name, view.layout)
+    c, h, wd = feature.dims
+    patches = w.slice(name, view.prefix, view.prefix + h * wd, axis=1)
+    grid = w.op("Reshape", [patches, w.ints([0, h, wd, c])])
+    return w.op("Transpose", [grid], perm=[0, 3, 1, 2])
 
 
 def _classifier_rows(w: GraphWriter, base: onnx.ModelProto, fc: np.ndarray, category: str) -> str:
@@ -203,9 +212,19 @@ def _channel_scaled_sum(w: GraphWriter, terms: str) -> str:
     return w.reduce("ReduceSum", ar.normalize(w, terms, (2, 3)), [1], keepdims=0)
 
 
-def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: ViewSpec, target: ExportTarget,
-              out: str, seeded: str, rank: int, classes: int) -> onnx.ModelProto:
-    base = m.proto
+def _explained_base(m: Model) -> onnx.ModelProto:
+    """The model's explained graph (its nodes, with the logits behind a final activation) returning
+    the model's own outputs, unchanged."""
+    base = onnx.ModelProto()
+    base.CopyFrom(m.graph)
+    del base.graph.output[:]
+    base.graph.output.extend(m.proto.graph.output)
+    return base
+
+
+def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, target: ExportTarget,
+              seeded: str, rank: int, classes: int) -> tuple[onnx.ModelProto, dict[str, str]]:
+    base = _explained_base(m)
     opset = opset_version(base)
     size = m.input.size
     spliced = SpliceTarget(base)
@@ -215,7 +234,7 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
             raise OutputError(f"{m.name} already has a tensor named {name!r}; export cannot add its own of that name")
 
     head = GraphWriter("target", opset)
-    category = explained_class(head, out, rank, TARGET_INPUT if target == "input" else None)
+    category = explained_class(head, seeded, rank, TARGET_INPUT if target == "input" else None)
     head.op("Identity", [category], out=CLASS_OUTPUT)
     pre_nodes = list(head.nodes)
     maps = GraphWriter("maps", opset)
@@ -230,43 +249,26 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
         return seed
 
     per_layer = [k for k in names if k != "fullgrad"]
-    acts = grads = ""
-    if per_layer:
-        lname, layout = _layer(src, layer, view)
-        c, h, wd = _map_dims(src, lname, layout)
-        acts = _as_nchw(maps, lname, layout)
-        if any(k in _AT_LAYER_GRADIENT for k in per_layer):
-            graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, (lname,), seeded)
-            bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
-            rename = spliced.splice(graph, bind, "grad")
-            grads = _as_nchw(maps, rename[grad_outputs[lname]], layout)
+    features = _features(m, layer, view) if per_layer else []
+    acts = {f.name: _as_map(maps, f.name, f) for f in features}
+    grads: dict[str, str] = {}
+    gradients: dict[str, str] = {}  # tensor of the model -> its gradient's tensor in the exported graph
+    if any(k in _AT_LAYER_GRADIENT for k in per_layer):
+        # one gradient graph for every layer (as the Python path: one backward, cut at their frontier)
+        wrt = tuple(f.name for f in features)
+        graph, seed_input, grad_outputs, head_inputs = _gradient_graph(m, wrt, seeded)
+        bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}
+        rename = spliced.splice(graph, bind, "grad")
+        gradients.update({f.name: rename[grad_outputs[f.name]] for f in features})
+        grads = {f.name: _as_map(maps, gradients[f.name], f) for f in features}
     for k in names:
-        raw: str
         if k == "fullgrad":
-            raw = _fullgrad(m, src, spliced, maps, seeded, get_seed)
-            ar.finish(maps, raw, size, size, output_name(k))
+            raw = _fullgrad(m, spliced, maps, seeded, get_seed, gradients)
+            ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
-        if k == "gradcam":
-            raw = ar.weighted_sum(maps, acts, ar.gradcam_weights(maps, grads))
-        elif k == "gradcam++":
-            raw = ar.weighted_sum(maps, acts, ar.gradcam_plusplus_weights(maps, acts, grads))
-        elif k == "xgradcam":
-            raw = ar.weighted_sum(maps, acts, ar.xgradcam_weights(maps, acts, grads))
-        elif k == "layercam":
-            raw = ar.layercam(maps, acts, grads)
-        elif k == "hirescam":
-            raw = ar.hirescam(maps, acts, grads)
-        elif k == "gradcam-elementwise":
-            raw = ar.gradcam_elementwise(maps, acts, grads)
-        elif k == "cam":
-            if layout != "NCHW":
-                raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {layout}: use "
-                                         "gradcam")
-            fc = linear_head_weights(src.proto, lname, seeded, m.name)
-            raw = ar.weighted_sum(maps, acts, _classifier_rows(maps, base, fc, CLASS_OUTPUT))
-        else:  # eigencam
-            raw = eigencam(maps, acts, c, h, wd)
-        ar.finish(maps, raw, (h, wd), size, output_name(k))
+        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
+                for f in features]
+        ar.finish(maps, raws, size, output_name(k))
 
     g = base.graph
     inputs = list(g.input)
@@ -284,7 +286,32 @@ def _assemble(m: Model, src: Model, names: list[str], layer: LayerSpec, view: Vi
     proto.producer_name = "onnxcam"
     for prop in base.metadata_props:
         proto.metadata_props.add().CopyFrom(prop)
-    return proto
+    return proto, gradients
+
+
+def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, m: Model, base: onnx.ModelProto,
+             seeded: str) -> str:
+    """Method ``k``'s raw map ``(N, h, w)`` at one layer (``acts``, ``grads``: its ``(N, C, h, w)`` maps)."""
+    if k == "gradcam":
+        return ar.weighted_sum(w, acts, ar.gradcam_weights(w, grads))
+    if k == "gradcam++":
+        return ar.weighted_sum(w, acts, ar.gradcam_plusplus_weights(w, acts, grads))
+    if k == "xgradcam":
+        return ar.weighted_sum(w, acts, ar.xgradcam_weights(w, acts, grads))
+    if k == "layercam":
+        return ar.layercam(w, acts, grads)
+    if k == "hirescam":
+        return ar.hirescam(w, acts, grads)
+    if k == "gradcam-elementwise":
+        return ar.gradcam_elementwise(w, acts, grads)
+    if k == "cam":
+        if f.view.layout != "NCHW":
+            raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {f.view.describe()} "
+                                     f"({f.name!r}): use gradcam")
+        # the explained graph: the logits behind a final activation are one of its outputs
+        fc = linear_head_weights(m.graph, f.name, seeded, m.name)
+        return ar.weighted_sum(w, acts, _classifier_rows(w, base, fc, CLASS_OUTPUT))
+    return eigencam(w, acts, *f.dims)
 
 
 def _batch_dim(m: Model) -> int | str:
@@ -292,28 +319,31 @@ def _batch_dim(m: Model) -> int | str:
     return batch if batch is not None else "N"
 
 
-def _fullgrad(m: Model, src: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,
-              get_seed: object) -> str:
+def _fullgrad(m: Model, spliced: SpliceTarget, w: GraphWriter, seeded: str,
+              get_seed: object, gradients: dict[str, str]) -> str:
     inp = m.input.name
-    candidates = {layer.name: layer for layer in src.layers()}
-    terms = bias_layers(src.proto, candidates)
+    candidates = {layer.name: layer for layer in m.layers()}
+    terms = bias_layers(m.proto, candidates)
     wrt = (inp, *(name for name, _ in terms))
-    graph, seed_input, grad_outputs, head_inputs = _gradient_graph(src, wrt, seeded)
+    graph, seed_input, grad_outputs, head_inputs = _gradient_graph(m, wrt, seeded)
     bind = {hi: hi for hi in head_inputs} | {seed_input: get_seed()}  # type: ignore[operator]
     rename = spliced.splice(graph, bind, "fullgrad", reuse=False)
+    gradients.update({name: rename[grad_outputs[name]] for name in wrt})
     size = m.input.size
     x = _as_nchw(w, inp, m.input.layout)
     gx = _as_nchw(w, rename[grad_outputs[inp]], m.input.layout)
     total = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [gx, x])]))
     for name, bias in terms:
-        _, h, wd = _map_dims(src, name, "NCHW")
+        shape = m.tensor_info(name).shape
+        h, wd = int(shape[2]), int(shape[3])  # type: ignore[index, arg-type]  # bias_layers: 4-D NCHW candidates
         b = w.const(bias.astype(np.float32).reshape(1, -1, 1, 1))
         term = _channel_scaled_sum(w, w.op("Abs", [w.op("Mul", [b, rename[grad_outputs[name]]])]))
         total = w.op("Add", [total, ar.resize(w, term, (h, wd), size)])
     return total
 
 
-def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer: str | None) -> ExportedExplainer:
+def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layers: tuple[str, ...],
+          gradients: dict[str, str]) -> ExportedExplainer:
     path = path.expanduser()
     if path.resolve() == m.path.resolve():
         raise ArgumentError(f"refusing to overwrite the model itself ({m.path}): choose another output path")
@@ -339,8 +369,8 @@ def _save(proto: onnx.ModelProto, path: Path, m: Model, names: list[str], layer:
             if leftover.exists():
                 leftover.unlink()
     inputs = tuple(i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer})
-    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layer,
-                             tuple(m.outputs), external)
+    return ExportedExplainer(path, inputs, {k: output_name(k) for k in names}, CLASS_OUTPUT, layers,
+                             tuple(m.outputs), external, gradients)
 
 
 def _relocate(file: Path, old: str, new: str) -> None:

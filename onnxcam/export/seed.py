@@ -2,8 +2,8 @@
 
 As the Python path (``ClassificationTask.default_targets`` and ``ClassTarget``): the class is the
 argmax of the class scores (a class map's mean over its pixels), or the ``target`` input; the seed
-is its one-hot, over every pixel of a class map. A model whose output is a Softmax is explained at
-the logits below it (``final_softmax``), the raw score Grad-CAM is defined on.
+is its one-hot, over every pixel of a class map. The scores are the task's ``score_output``: the
+logits below a final Softmax / Sigmoid, the raw score Grad-CAM is defined on.
 """
 
 from __future__ import annotations
@@ -12,36 +12,6 @@ import numpy as np
 import onnx
 
 from onnxcam.export._graph import GraphWriter
-from onnxcam.gradients._emit import attr
-
-
-def final_softmax(model: onnx.ModelProto, output: str) -> str | None:
-    """The input of the Softmax that produces ``output`` over its class axis, or None.
-
-    Only a Softmax over axis 1 (or -1 of a 2-D output) qualifies: the logits below it have the
-    output's shape, so the class index and the one-hot seed carry over unchanged.
-    """
-    producer = next((n for n in model.graph.node if output in n.output), None)
-    if producer is None or producer.op_type not in ("Softmax", "LogSoftmax") or producer.domain not in ("", "ai.onnx"):
-        return None
-    axis = attr(producer, "axis", -1 if _opset(model) >= 13 else 1)
-    rank = _rank(model, output)
-    if axis == 1 or (axis == -1 and rank == 2):
-        return str(producer.input[0])
-    return None
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    from onnxcam.graph.protos import opset_version
-
-    return opset_version(model)
-
-
-def _rank(model: onnx.ModelProto, name: str) -> int | None:
-    for vi in list(model.graph.output) + list(model.graph.value_info):
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return len(vi.type.tensor_type.shape.dim)
-    return None
 
 
 def explained_class(w: GraphWriter, scores: str, rank: int, target_input: str | None) -> str:

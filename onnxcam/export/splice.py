@@ -53,8 +53,10 @@ class SpliceTarget:
 
         OpenVINO (2026.4, CPU) computes a ConvTranspose wrongly when its weight is the very constant a
         Conv of the model also reads (an in-place layout change of the shared constant, as far as
-        measured: an Identity is folded away and fails too). A product with a value only known at run
-        time cannot be folded into it; it costs one pass over the weight per run.
+        measured: an Identity is folded away and fails too), and a MatMul whose weight is the Transpose
+        of a constant another MatMul reads as is (the backward of a Swin block's linear layers: gradients
+        off by 40 %, measured). A product with a value only known at run time cannot be folded into
+        either; it costs one pass over the weight per run.
         """
         one = f"{prefix}runtime_one"
         if one not in self._made:
@@ -98,6 +100,8 @@ class SpliceTarget:
             inputs = [rename[i] if i else "" for i in node.input]
             if node.op_type == "ConvTranspose" and len(inputs) > 1 and inputs[1] in self._inits:
                 inputs[1] = self._unshared(inputs[1], next(iter(bind.values())), prefix)
+            if node.op_type == "Transpose" and inputs[0] in self._inits:
+                inputs[0] = self._unshared(inputs[0], next(iter(bind.values())), prefix)
             has_graph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
             sig = _signature(node, inputs)
             same = None if has_graph or not reuse else self._seen.get(sig)
