@@ -77,9 +77,9 @@ def best(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
     return min(times)
 
 
-def best_pair(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Minimum wall times of ``fn`` and ``ref`` run alternately (after one warm-up each), so a ratio
-    of the two is not skewed by the machine speeding up or slowing down between measurements."""
+def alternate(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall times of ``fn`` and ``ref`` run alternately (after one warm-up each), so the two see the
+    same machine: one that speeds up or slows down between measurements moves both alike."""
     fn()
     ref()
     a, b = [], []
@@ -90,4 +90,10 @@ def best_pair(fn: Callable[[], object], ref: Callable[[], object], repeats: int)
         t = time.perf_counter()
         ref()
         b.append(time.perf_counter() - t)
+    return a, b
+
+
+def best_pair(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Minimum wall times of ``fn`` and ``ref`` run alternately (see ``alternate``)."""
+    a, b = alternate(fn, ref, repeats)
     return min(a), min(b)

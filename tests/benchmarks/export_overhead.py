@@ -14,30 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import THREADS, photos, preprocess
+from _common import THREADS, alternate, photos, preprocess
 
 import onnxcam  # noqa: E402
 from models.build import MODELS, build  # noqa: E402
 
 
 def paired(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """``fn`` and ``ref`` run alternately (one warm-up each): their best times and the median of the
-    per-pair ratios. On a loaded host the best times are luck (one quiet moment each), the median of
-    ratios of neighbouring runs is not: it is the ratio reported."""
-    fn()
-    ref()
-    a, b = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        a.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ref()
-        b.append(time.perf_counter() - t)
+    """``fn`` and ``ref`` run alternately: their best times and the median of the per-pair ratios. On a
+    loaded host the best times are luck (one quiet moment each), the median of ratios of neighbouring
+    runs is not: it is the ratio reported."""
+    a, b = alternate(fn, ref, repeats)
     ratios = sorted(x / y for x, y in zip(a, b))
     return min(a), min(b), ratios[len(ratios) // 2]
 
