@@ -344,9 +344,10 @@ class Model:
         return self._infos[name]
 
     def release(self) -> None:
-        """Drop every onnxruntime session and gradient graph built so far (rebuilt when next needed):
-        frees their memory between jobs without reloading the model."""
+        """Drop every onnxruntime session, split and gradient graph built so far (rebuilt when next
+        needed): frees their memory between jobs without reloading the model."""
         self._sessions.clear()
+        self._splits.clear()
         self.gradient_engine.release()
 
     # -- splits and sessions ----------------------------------------------------------------------

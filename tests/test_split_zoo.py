@@ -48,6 +48,7 @@ def test_every_layer_split_reproduces_outputs(zoo):
         for a, b in zip(head, ref):
             if _diff(a, b) > worst:
                 worst, where = _diff(a, b), layer.name
+        zoo.release()  # a session and a split per layer would otherwise stay: GBs over the zoo
     assert worst <= TOL, f"{zoo.name}: worst body->head difference {worst:.2e} at {where}"
 
 
