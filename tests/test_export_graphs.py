@@ -205,3 +205,29 @@ def test_fullgrad_through_a_class_token_needs_a_fixed_batch(tmp_path: Path, buil
     with pytest.raises(BatchDependenceError, match="Expand.*export at a fixed batch size"):
         export_explainer(build_model("vit_tiny"), "fullgrad", path=tmp_path / "vit_cam.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet_small"])
+def test_gradcam_over_a_pooled_linear_head_reads_the_classifier_row(tmp_path: Path, build_model, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Layer -> global average pool -> linear: Grad-CAM's weights are the explained class's row / (h w),
+    read in place; no gradient graph is spliced in (it is, for a method that needs the full gradient),
+    and the maps equal the Python path's, for the top class and for given ones."""
+    m = onnxcam.load(build_model(name), device="cpu")
+    x = np.random.default_rng(3).normal(size=m.input.shape(3)).astype(np.float32)
+    alone = tmp_path / "gradcam.onnx"
+    export_explainer(m, "gradcam", path=alone, target="input")
+    nodes = onnx.load(str(alone)).graph.node
+    assert not [n.name for n in nodes if "onnxcam_export/grad/" in n.name]
+    sess = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    classes = np.array([2, 0, 5], np.int64)
+    (got,) = sess.run(["cam_gradcam"], {m.input.name: x, TARGET_INPUT: classes})
+    want = onnxcam.GradCAM(m)(x, list(classes))
+    assert want.max() > 0.5
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    both = tmp_path / "both.onnx"
+    export_explainer(m, "gradcam,layercam", path=both)
+    assert [n.name for n in onnx.load(str(both)).graph.node if "onnxcam_export/grad/" in n.name]
+    sess = ort.InferenceSession(str(both), providers=["CPUExecutionProvider"])
+    cls, gradcam, layercam = sess.run([CLASS_OUTPUT, "cam_gradcam", "cam_layercam"], {m.input.name: x})
+    np.testing.assert_allclose(gradcam, onnxcam.GradCAM(m)(x, list(cls)), atol=1e-4)
+    np.testing.assert_allclose(layercam, onnxcam.LayerCAM(m)(x, list(cls)), atol=1e-4)

@@ -207,6 +207,17 @@ def _classifier_rows(w: GraphWriter, base: onnx.ModelProto, fc: np.ndarray, cate
     return w.op("Gather", [w.const(fc.astype(np.float32)), category], axis=0)
 
 
+def _pooled_linear_rows(m: Model, features: list[_Feature], seeded: str) -> np.ndarray | None:
+    """The ``(K, C)`` classifier weights when the one explained layer is an NCHW map read only through
+    global average pooling and a linear layer into ``seeded``; else None (the gradient graph is used)."""
+    if len(features) != 1 or not features[0].view.is_identity or m.quantized:
+        return None
+    try:
+        return linear_head_weights(m.graph, features[0].name, seeded, m.name)
+    except HeadStructureError:
+        return None
+
+
 def _channel_scaled_sum(w: GraphWriter, terms: str) -> str:
     """``methods.fullgrad._channel_scaled_sum``: per-channel min-max (eps 1e-7), summed over channels."""
     return w.reduce("ReduceSum", ar.normalize(w, terms, (2, 3)), [1], keepdims=0)
@@ -253,7 +264,16 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
     acts = {f.name: _as_map(maps, f.name, f) for f in features}
     grads: dict[str, str] = {}
     gradients: dict[str, str] = {}  # tensor of the model -> its gradient's tensor in the exported graph
-    if any(k in _AT_LAYER_GRADIENT for k in per_layer):
+    pooled = _pooled_linear_rows(m, features, seeded)
+    pooled_weights = ""
+    if pooled is not None:
+        # Layer -> global average pool -> linear: the logit's gradient is the classifier row / (h w)
+        # at every position, so Grad-CAM's weights are that row, read in place, and no gradient graph
+        # runs for them (the Python path's arithmetic up to rounding).
+        h, wd = features[0].dims[1:]
+        rows = _classifier_rows(maps, base, pooled, CLASS_OUTPUT)
+        pooled_weights = maps.op("Mul", [rows, maps.f32(1.0 / (h * wd))])
+    if any(k in _AT_LAYER_GRADIENT and not (k == "gradcam" and pooled is not None) for k in per_layer):
         # one gradient graph for every layer (as the Python path: one backward, cut at their frontier)
         wrt = tuple(f.name for f in features)
         graph, seed_input, grad_outputs, head_inputs = _gradient_graph(m, wrt, seeded)
@@ -266,8 +286,11 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
             raw = _fullgrad(m, spliced, maps, seeded, get_seed, gradients)
             ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
-        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
-                for f in features]
+        if k == "gradcam" and pooled is not None:
+            raws = [(ar.weighted_sum(maps, acts[features[0].name], pooled_weights), features[0].dims[1:])]
+        else:
+            raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
+                    for f in features]
         ar.finish(maps, raws, size, output_name(k))
 
     g = base.graph
