@@ -8,7 +8,6 @@ this torch.)"""
 from __future__ import annotations
 
 import copy
-import warnings
 from functools import cache
 from typing import Any
 
@@ -23,12 +22,12 @@ from models.torchvision_stub import install as _stub_torchvision  # noqa: E402
 _stub_torchvision()
 pgc = pytest.importorskip("pytorch_grad_cam")
 
+from detection_checks import assert_every_method_runs  # noqa: E402
+
 import onnxcam  # noqa: E402
 from models.build import build  # noqa: E402
 from models.detectors import PAIR_STAGES, box_score_net  # noqa: E402
 from onnxcam.detection import DecodeOptions, DetectionScoreTarget, DetectionTask, decode, pre_nms  # noqa: E402
-from onnxcam.errors import TargetError  # noqa: E402
-from onnxcam.registry import get_method, methods_for  # noqa: E402
 
 TOL = 1e-4
 MIN_PEARSON = 0.999
@@ -85,19 +84,7 @@ def test_every_method_runs_on_one_detection():
     x = _image()
     dets = _top(model, x)[0]
     assert len(dets) >= 2
-    kwargs: dict[str, dict[str, Any]] = {"scorecam": {"max_channels": 8},
-                                         "sscam": {"max_channels": 4, "num_samples": 2}}
-    for name in methods_for(model):  # what the model has (no attention), read from the method specs
-        cls = get_method(name)
-        if name == "cam":
-            with pytest.raises(TargetError, match="class logits"):
-                cls(model)(x)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e = cls(model, **kwargs.get(name, {})).explain(x)
-        assert e.maps.shape == (1, 256, 256) and np.isfinite(e.maps).all(), name
-        assert float(e.scores[0]) == pytest.approx(dets[0].score, abs=1e-5), name
+    assert_every_method_runs(model, x, dets[0].score, (256, 256))
 
 
 def _autograd(x: np.ndarray, score_fn: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -20,12 +20,12 @@ from models.torchvision_stub import install as _stub_torchvision  # noqa: E402
 _stub_torchvision()
 pgc = pytest.importorskip("pytorch_grad_cam")
 
+from detection_checks import assert_every_method_runs  # noqa: E402
+
 import onnxcam  # noqa: E402
 from models.build import build  # noqa: E402
 from models.detectors import yolov8n  # noqa: E402
 from onnxcam.detection import DecodeOptions, DetectionScoreTarget, DetectionTask, DRiseTarget, decode  # noqa: E402
-from onnxcam.errors import TargetError  # noqa: E402
-from onnxcam.registry import get_method, methods_for  # noqa: E402
 
 HEAD_MODULES = ("h15", "h18", "h21")  # the neck's C2f outputs at strides 8, 16, 32
 TOL = 1e-4
@@ -86,19 +86,7 @@ def test_every_method_runs_on_one_detection():
     x = _image()
     dets = model.task.detections(model.forward(x))[0]  # type: ignore[attr-defined]
     assert len(dets) >= 2
-    kwargs: dict[str, dict[str, Any]] = {"scorecam": {"max_channels": 8},
-                                         "sscam": {"max_channels": 4, "num_samples": 2}}
-    for name in methods_for(model):  # what the model has (no attention), read from the method specs
-        cls = get_method(name)
-        if name == "cam":
-            with pytest.raises(TargetError, match="class logits"):
-                cls(model)(x)
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            e = cls(model, **kwargs.get(name, {})).explain(x)
-        assert e.maps.shape == (1, 320, 320) and np.isfinite(e.maps).all(), name
-        assert float(e.scores[0]) == pytest.approx(dets[0].score, abs=1e-5), name
+    assert_every_method_runs(model, x, dets[0].score, (320, 320))
     # The D-RISE target drives the perturbation methods too.
     drise = DRiseTarget(model.task.layout, dets[1].box, dets[1].category)  # type: ignore[attr-defined]
     with warnings.catch_warnings():
