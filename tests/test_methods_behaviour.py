@@ -25,12 +25,16 @@ CHEAP: dict[str, dict[str, Any]] = {
 }
 
 
+# Every method these CNNs can run, read from the specs: those requiring something (attention) are
+# left out here; their one-line refusal on a CNN is tested in test_robust_properties.
+CNN_METHODS = sorted(name for name in onnxcam.METHODS if not spec_of(name).requires)
+
+
 def _applicable(model: onnxcam.Model, method: str) -> type[onnxcam.BaseCAM]:
-    """The class of ``method``; the test is skipped when the model lacks what the method's spec
-    requires (the attention methods on these CNNs: their refusal is tested in test_registry_specs)."""
+    """The class of ``method``, which must apply to ``model`` (a method without requirements applies
+    to every model)."""
     cls = onnxcam.METHODS[method]
-    if not applies(cls, model):
-        pytest.skip(f"{method} does not apply to {model.name}: it needs {spec_of(method).applies_to}")
+    assert applies(cls, model), f"{method} refuses {model.name}, though its spec requires nothing"
     return cls
 
 
@@ -73,7 +77,7 @@ def _one_by_one(method: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", [1, 3, 16])
-@pytest.mark.parametrize("method", sorted(onnxcam.METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_batched_maps_equal_one_by_one(method: str, n: int) -> None:
     model, x, layers = _resnet()
     targets = [i % 10 for i in range(n)]
@@ -118,7 +122,7 @@ def _tiny_model(path: str, conv_bias: float, zero_class_row: bool) -> str:
     return path
 
 
-GRADIENT_METHODS = sorted(name for name, cls in onnxcam.METHODS.items() if cls.uses_gradients) + ["cam"]
+GRADIENT_METHODS = sorted(name for name in CNN_METHODS if onnxcam.METHODS[name].uses_gradients) + ["cam"]
 
 
 def _assert_blank_with_warning(model: onnxcam.Model, method: str, x: np.ndarray, targets: Any) -> None:
@@ -133,7 +137,7 @@ def _assert_blank_with_warning(model: onnxcam.Model, method: str, x: np.ndarray,
     assert not any(issubclass(w.category, RuntimeWarning) for w in caught), [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("method", sorted(onnxcam.METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_all_zero_activations_give_zero_maps_and_a_warning(method: str, tmp_path: Any) -> None:
     model = onnxcam.load(_tiny_model(str(tmp_path / "dead.onnx"), -10.0, False), device="cpu")
     x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
@@ -171,7 +175,7 @@ def _effnet() -> tuple[onnxcam.Model, np.ndarray, str]:
     return onnxcam.load(build("efficientnet_lite0"), device="cpu"), x, MODELS["efficientnet_lite0"].layers["last"][1]
 
 
-@pytest.mark.parametrize("method", sorted(onnxcam.METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_efficientnet_map_peaks_on_the_object(method: str) -> None:
     model, x, layer = _effnet()
     classes = [c for c, _ in PHOTOS.values()]
