@@ -19,10 +19,19 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import onnx
 
-from onnxcam.errors import ArgumentError, GradientError, OnnxCamWarning, TargetError, UnsupportedOpError
+from onnxcam.crops import CropGradients
+from onnxcam.errors import (
+    ArgumentError,
+    GradientError,
+    OnnxCamWarning,
+    TargetError,
+    UnsupportedModelError,
+    UnsupportedOpError,
+)
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
+from onnxcam.graph.local import local_region
 from onnxcam.graph.prune import prune_to_outputs
-from onnxcam.graph.shapes import make_value_info
+from onnxcam.graph.shapes import make_value_info, tensor_infos
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.scoring import HeadScorer
 from onnxcam.targets import Target, TargetSpec, output_seeds, target_scores
@@ -40,6 +49,11 @@ GradientKind = Literal["elementwise", "channel-mean"]
 # Padding a batch up to an already built gradient graph is worth it while the padded rows cost at
 # most this many images' worth of the whole model (building another graph and session costs more).
 PAD_BUDGET_IMAGES = 1.0
+
+# A head whose local region (convolutions down to a cheap decoder, see onnxcam.graph.local) leaves at
+# most this share of its multiply-accumulates to the tail is differentiated in two parts, the region
+# on crops around each row's gradient support.
+LOCAL_TAIL_SHARE = 0.2
 
 # Element-wise differences cost 2 head runs per activation value; above this many values per image
 # only channel-wise directional derivatives are taken (exact for Grad-CAM-type channel weights).
@@ -80,6 +94,17 @@ class GradientGraph:
 GraphKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], int]
 
 
+@dataclass(frozen=True)
+class LocalPlan:
+    """How a head with a local region is differentiated: the body is cut at ``cut`` (the head's
+    inputs, the layers and the region's ``boundary``); the tail's gradient graph gives the gradients
+    at ``boundary``, ``crops`` carries them back through the region."""
+
+    cut: tuple[str, ...]
+    boundary: tuple[str, ...]
+    crops: CropGradients
+
+
 class GradientEngine:
     """Gradients for one ``Model``; ``model.gradient_engine`` is the instance every method shares."""
 
@@ -90,12 +115,16 @@ class GradientEngine:
         self._graphs: dict[GraphKey, GradientGraph] = {}
         self._straight: dict[tuple[str, ...], ort.InferenceSession] = {}
         self._repeated: weakref.ref[np.ndarray] | None = None
+        self._local: dict[tuple[tuple[str, ...], tuple[str, ...]], LocalPlan | None] = {}
+        # Set False to differentiate every head as one graph (what the crop path is checked against).
+        self.local_crops = True
 
     # -- public -----------------------------------------------------------------------------------
     def release(self) -> None:
         """Drop the gradient graphs' sessions built so far; they are rebuilt when next needed."""
         self._graphs.clear()
         self._straight.clear()
+        self._local.clear()
 
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
                 batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
@@ -106,7 +135,8 @@ class GradientEngine:
         names = tuple(dict.fromkeys(layers))
         cut = model.frontier(names)
         split = model.split(cut)
-        feeds, outputs = self._run_body(x, cut, batch_size)
+        local = self.local_plan(cut, names) if mode != "finite" else None
+        feeds, outputs = self._run_body(x, local.cut if local is not None else cut, batch_size)
         resolved = task.resolve(targets, outputs)
         for t in resolved:
             self._check_reads(t, split, len(outputs))
@@ -116,7 +146,10 @@ class GradientEngine:
         seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
         if mode != "finite":
             try:
-                acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
+                if local is not None:
+                    acts, grads = self._local_gradients(local, names, seeded, seeds, feeds, batch_size)
+                else:
+                    acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
                 note = straight_through_note(split.head)
                 return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
             except UnsupportedOpError as exc:
@@ -156,15 +189,29 @@ class GradientEngine:
         names = tuple(dict.fromkeys(layers))
         cut = model.frontier(names)
         split = model.split(cut)
-        model.session("body", cut)
+        local = self.local_plan(cut, names)
+        model.session("body", local.cut if local is not None else cut)
         seeded = tuple(split.model_outputs[k] for k in sorted(set(reads))
                        if 0 <= k < len(split.model_outputs) and split.model_outputs[k] in split.head_outputs)
         if not seeded:
             return
         try:
-            self.graph(cut, names, seeded, min(model.batch_limit(batch_size), n))
+            if local is not None:
+                self.graph(local.cut, local.boundary, seeded, min(model.batch_limit(batch_size), n))
+            else:
+                self.graph(cut, names, seeded, min(model.batch_limit(batch_size), n))
         except UnsupportedOpError:
             return
+
+    def local_plan(self, cut: tuple[str, ...], names: tuple[str, ...]) -> LocalPlan | None:
+        """How the head at ``cut`` is differentiated on crops (see ``LocalPlan``), or None where it is
+        one gradient graph: no local region, layers outside it, a heavy tail, a quantised head."""
+        if not self.local_crops:
+            return None
+        key = (cut, names)
+        if key not in self._local:
+            self._local[key] = self._plan_local(cut, names)
+        return self._local[key]
 
     def graph(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int) -> GradientGraph:
         """The cached gradient graph of the head at ``cut`` for batch ``n`` (built on first use)."""
@@ -231,6 +278,41 @@ class GradientEngine:
                           feeds, outputs)
 
     # -- internals --------------------------------------------------------------------------------
+    def _plan_local(self, cut: tuple[str, ...], names: tuple[str, ...]) -> LocalPlan | None:
+        model = self.model
+        split = model.split(cut)
+        if straight_through_note(split.head) is not None:
+            return None
+        try:
+            head = model.static_head(cut, 1)
+        except UnsupportedModelError:
+            return None
+        infos = tensor_infos(head)
+        region = local_region(head, split.head_inputs, infos, model.input.size)
+        if region is None or not all(w in region.strides for w in names):
+            return None
+        whole = tuple(dict.fromkeys(split.head_inputs + names + region.boundary))
+        if model.head_share(whole) > LOCAL_TAIL_SHARE * model.head_share(cut):
+            return None
+        what = f"local gradient graph of {model.name}"
+        crops = CropGradients(region, head, infos, names, lambda proto: model.new_session(proto, what))
+        return LocalPlan(whole, region.boundary, crops)
+
+    def _local_gradients(self, local: LocalPlan, names: tuple[str, ...], seeded: tuple[str, ...],
+                         seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
+                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        model = self.model
+        tail = model.split(local.cut)
+        seeded_tail = tuple(o for o in seeded if o in tail.head_outputs)
+        seeds_tail = {k: v for k, v in seeds.items() if tail.model_outputs[k] in seeded_tail}
+        # The boundary gradients are screened where they end up: in the crops' gradients (a NaN seed
+        # position is part of a crop's support) and in what passes straight through.
+        _, boundary = self._graph_gradients(local.cut, local.boundary, seeded_tail, seeds_tail, feeds, batch_size,
+                                            check=False)
+        grads = local.crops.gradients(feeds, boundary, model.batch_limit(batch_size), f"local gradient graph of "
+                                      f"{model.name}", check=lambda g: _check_gradients(g, model.name))
+        return {w: feeds[w] for w in names}, grads
+
     def _run_body(self, x: np.ndarray, cut: tuple[str, ...],
                   batch_size: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
         """``model.run_body``, once per distinct image for a batch made by ``repeat``."""
@@ -260,7 +342,7 @@ class GradientEngine:
 
     def _graph_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
                          seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
-                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                         batch_size: int, check: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         model = self.model
         split = model.split(cut)
         total = next(iter(feeds.values())).shape[0]
@@ -281,10 +363,8 @@ class GradientEngine:
                                                   for i in range(len(fetch))]
         grads = {w: joined[i] for i, w in enumerate(names)}
         acts = {w: feeds[w] if w in cut else joined[len(names) + inner.index(w)] for w in names}
-        for w, g in grads.items():
-            if not np.isfinite(g.sum()) and not np.all(np.isfinite(g)):  # the sum screens in one cheap pass
-                raise GradientError(f"gradients at {w!r} of {model.name} contain NaN/Inf: the head is numerically "
-                                    "unstable there; try another layer or gradient mode 'finite'")
+        if check:
+            _check_gradients(grads, model.name)
         return acts, grads
 
     def _graph_batch(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int,
@@ -339,6 +419,13 @@ class GradientEngine:
         return {layer: a}, {layer: grads}, "channel-mean", [
             f"channel-wise central differences ({per_image} values per image > {ELEMENTWISE_LIMIT}): each channel's "
             "gradient is its spatial mean, exact for Grad-CAM weights only", *notes]
+
+
+def _check_gradients(grads: dict[str, np.ndarray], model_name: str) -> None:
+    for w, g in grads.items():
+        if not np.isfinite(g.sum()) and not np.all(np.isfinite(g)):  # the sum screens in one cheap pass
+            raise GradientError(f"gradients at {w!r} of {model_name} contain NaN/Inf: the head is numerically "
+                                "unstable there; try another layer or gradient mode 'finite'")
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:

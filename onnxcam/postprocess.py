@@ -50,8 +50,16 @@ def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
             f"layer maps must share one shape (N, H, W) to be fused, got {sorted(shapes)}; "
             "resize each with layer_to_image(raw, (H, W)) first"
         )
-    cube = np.maximum(np.stack(stacked, axis=1), np.float32(0))
-    return normalize_maps(np.mean(cube, axis=1))
+    # Summed in place, layer after layer, as the mean over a stacked axis adds them (no (N, L, H, W)
+    # cube: with a map per detection at full image size it cost more than the gradients).
+    dtype = np.result_type(*stacked)
+    total = np.maximum(stacked[0], dtype.type(0)).astype(dtype, copy=False)
+    scratch = np.empty_like(total)
+    for m in stacked[1:]:
+        np.maximum(m, dtype.type(0), out=scratch)
+        total += scratch
+    total /= dtype.type(len(stacked))
+    return normalize_maps(total)
 
 
 def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> np.ndarray:
