@@ -39,7 +39,7 @@ from onnxcam.method_specs import MethodOption, MethodSpec, Requirement, method_s
 from onnxcam.methods.attention import HeadFusion, fold_tokens, readout, token_places, unfolded_patch
 from onnxcam.model import LayerSpec, Model
 from onnxcam.runtime import chunks, run, run_batched
-from onnxcam.targets import TargetSpec, output_seeds, target_scores
+from onnxcam.targets import Target, TargetSpec, output_seeds, target_scores
 from onnxcam.views import FeatureView, view_for
 
 
@@ -100,7 +100,8 @@ class _Unfolding:
 
 class _Attention:
     """A model's attention probabilities: the softmaxes, a session returning them with the outputs,
-    and (after the first run) the trailing run of global blocks and their token view."""
+    and (after the first run) the trailing run of global blocks and their token view, or where the
+    tokens of unfolded patches sit (``unfolding``)."""
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -109,6 +110,7 @@ class _Attention:
         self.chosen: tuple[str, ...] | None = None
         self.view: FeatureView | None = None
         self.unfolding: _Unfolding | None = None
+        self._unfold_failure = ""
         self.refusal = ""
 
     def session(self) -> Any:
@@ -147,8 +149,7 @@ class _Attention:
                 chosen = list(reversed(self._unfolded(n, attentions)))
                 last = attentions[self.softmaxes[-1]]
                 if not chosen and not self.refusal:
-                    failure = self.unfolding.failure if self.unfolding is not None else ""
-                    why = f" ({failure})" if failure else ""
+                    why = f" ({self._unfold_failure})" if self._unfold_failure else ""
                     self.refusal = (
                         f"{self.model.name}'s last attention {self.softmaxes[-1]!r} has probabilities of shape "
                         f"{tuple(last.shape)} for a batch of {n}: it attends within windows or patches, not over the "
@@ -173,13 +174,14 @@ class _Attention:
         while first > 0 and (blocks[self.softmaxes[first - 1]].tokens_from == source
                              and attentions[self.softmaxes[first - 1]].shape == shape):
             first -= 1
-        self.unfolding = unfolding = _Unfolding(self.model, source)
+        unfolding = _Unfolding(self.model, source)
         places = unfolding.places(n)
         if places is None:
+            self._unfold_failure = unfolding.failure
             return ()
         if places.shape != (shape[0], shape[2]):
-            unfolding.failure = (f"its {shape[0]} sequences of {shape[2]} tokens are not the {places.shape[0]} x "
-                                 f"{places.shape[1]} tokens unfolded from {source.source!r}")
+            self._unfold_failure = (f"its {shape[0]} sequences of {shape[2]} tokens are not the {places.shape[0]} x "
+                                    f"{places.shape[1]} tokens unfolded from {source.source!r}")
             return ()
         patch = unfolded_patch(places, (n, unfolding.h, unfolding.w))
         if patch is None:
@@ -188,6 +190,7 @@ class _Attention:
                             "patches that span the map")
             return ()
         unfolding.patch = patch
+        self.unfolding = unfolding
         return self.softmaxes[first:]
 
 
@@ -366,19 +369,32 @@ class GradientAttention(_AttentionCAM):
                               *g.notes])
 
     def unfolded_maps(self, x: np.ndarray, targets: TargetSpec) -> RawMaps:
-        """Gradient-weighted attention over unfolded patches.
+        """Gradient-weighted attention over unfolded patches, per batch the model runs."""
+        unfolding = self.attention.unfolding
+        assert unfolding is not None
+        batches, resolved, outputs = self.unfolded_gradients(x, targets)
+        maps = [unfolding.fold(readout(methods.gradient_attention(atts, grads), 0))[:m] for m, atts, grads in batches]
+        return RawMaps({self.layers[0]: np.concatenate(maps)}, resolved, target_scores(resolved, outputs), outputs,
+                       notes=["gradients: gradient graph",
+                              self.notes_on("gradient-weighted attention", len(batches[0][1]))])
+
+    def unfolded_gradients(self, x: np.ndarray, targets: TargetSpec) -> tuple[
+            list[tuple[int, list[np.ndarray], list[np.ndarray]]], list[Target], list[np.ndarray]]:
+        """Per batch the model runs (see ``chunks``): its count of real images, the attention
+        probabilities ``(rows, heads, T, T)`` of the chosen blocks and the gradients of each image's
+        target score w.r.t. them; then the resolved targets and the model outputs.
 
         The gradients come from the engine's gradient graph of the head cut at the unfolded map: the
-        attention probabilities are inside that head, and their gradients are outputs of the graph.
-        The graph is run here, per batch the model runs, because the probabilities have ``P`` rows per
-        image where the engine's ``gradients_at`` keeps one (it cuts its outputs to the image count);
-        there is no finite-difference fallback.
+        probabilities are inside that head, and their gradients are outputs of the graph. The graph is
+        run here because the probabilities have ``P`` rows per image where the engine's ``gradients_at``
+        keeps one per image (it cuts its outputs to the image count); no finite-difference fallback.
         """
         unfolding = self.attention.unfolding
         assert unfolding is not None and self._global is not None
         if self.gradient_mode == "finite":
             raise ArgumentError(f"{self.name} over unfolded patches needs the gradient graph; use gradient mode "
                                 "auto or graph")
+        x = self.model.check_input(x)
         model, chosen = self.model, self._global
         names = (unfolding.source.source, *chosen)
         cut = model.frontier(names)
@@ -393,7 +409,7 @@ class GradientAttention(_AttentionCAM):
         seeds = {split.model_outputs[k]: v for k, v in output_seeds(resolved, outputs).items()
                  if split.model_outputs[k] in split.head_outputs}
         seeded = tuple(name for name in split.model_outputs if name in seeds)
-        maps, start = [], 0
+        batches, start = [], 0
         for part, m in self.chunks(x):
             graph = model.gradient_engine.graph(cut, names, seeded, len(part))
             sl = slice(start, start + m)
@@ -403,11 +419,8 @@ class GradientAttention(_AttentionCAM):
                          for out, seed in graph.seed_inputs.items()})
             fetched = run(graph.session, feed, [graph.grad_outputs[s] for s in chosen] + list(chosen),
                           f"gradient graph of {model.name}")
-            relevance = methods.gradient_attention(fetched[len(chosen):], fetched[: len(chosen)])
-            maps.append(unfolding.fold(readout(relevance, 0))[:m])
-        return RawMaps({self.layers[0]: np.concatenate(maps)}, resolved, target_scores(resolved, outputs), outputs,
-                       notes=["gradients: gradient graph",
-                              self.notes_on("gradient-weighted attention", len(chosen))])
+            batches.append((m, fetched[len(chosen):], fetched[: len(chosen)]))
+        return batches, resolved, outputs
 
 
 def _padded(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:
