@@ -336,22 +336,15 @@ def test_gradient_attention_matches_autograd_reference(name: str) -> None:
     assert np.abs(raw - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_attention_methods_refuse_windowed_attention() -> None:
-    c = case("mobilevit_xxs")
-    with pytest.raises(UnsupportedModelError, match=r"rollout needs self-attention.*methods that work on it: gradcam"):
-        AttentionRollout(c.model)(c.x)
-
-
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_method_runs_without_options(name: str) -> None:
     c = case(name)
     x = c.x[:1]
     # What applies is read from the specs: every method but the attention ones needs only a feature map;
-    # those need global attention, which MobileViT (attention over unfolded patches only) lacks.
+    # those need global attention, which every one of these has (MobileViT's over unfolded patches).
     applicable = methods_for(c.model)
-    attention = {"rollout", "gradattention"}
-    assert set(applicable) == (set(METHODS) - attention if name == "mobilevit_xxs" else set(METHODS))
-    assert attention <= set(METHODS)
+    assert {"rollout", "gradattention"} <= set(applicable)
+    assert set(applicable) == set(METHODS)
     for method in applicable:
         kw: dict[str, Any] = {"num_samples": 2} if method == "sscam" else {}  # 35 x C forwards by default
         if method == "cam":  # needs a GAP -> linear head over a map: tested below

@@ -13,6 +13,13 @@ An attention block is found from its ``Softmax`` (scores ``(..., T, T)`` whose p
 ``MatMul``): the nearest normalisation upstream of it takes the block's input ``x``, and the
 residual ``Add`` of ``x`` closes it. Tensors strictly between the two (heads split off, scores,
 windows) mix heads, tokens and batch: they are *inside attention* and never a feature map.
+
+A block's tokens may have been cut out of a 4-D feature map by rearranging ops alone (MobileViT's
+unfolding of a map into patches): up the residual stream from ``x`` (through each ``Add`` whose
+other input is computed from it), a chain of ``Reshape`` / ``Transpose`` / ``Flatten`` /
+``Squeeze`` / ``Unsqueeze`` / ``Identity`` back to a 4-D tensor is that block's ``TokenSource``.
+Which place of the map each token holds is not guessed from shapes: ``rearrangement_model`` is the
+chain as a model of its own, which callers run on an index-coded map.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Literal
 
 import onnx
 
+from onnxcam.graph.protos import make_model
 from onnxcam.graph.shapes import Dim, TensorInfo
 
 Layout = Literal["NCHW", "NHWC", "NTD", "NCT"]
@@ -46,15 +54,31 @@ class TensorLayout:
     guessed: bool = False
 
 
+# Ops that only move elements: a chain of them from a map to tokens makes each token some place's values.
+_REARRANGING = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """The 4-D tensor ``source`` whose elements the token tensor ``tokens`` ``(rows, T, D)`` holds,
+    rearranged by the nodes producing ``steps`` (their outputs, from ``source`` to ``tokens``)."""
+
+    source: str
+    tokens: str
+    steps: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class AttentionBlock:
     """One attention: its ``softmax`` node's output, the block input ``x`` (None when no normalisation
     precedes it) and the tensors between ``x`` and the residual ``Add`` (token tensors among them, such as
-    the normalised input, are still feature maps: callers keep those whose layout is known)."""
+    the normalised input, are still feature maps: callers keep those whose layout is known).
+    ``tokens_from``: the map its tokens were rearranged from, when they were (see the module docstring)."""
 
     softmax: str
     x: str | None
     inside: frozenset[str]
+    tokens_from: TokenSource | None = None
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
@@ -258,8 +282,94 @@ def attention_blocks(model: onnx.ModelProto, infos: Mapping[str, TensorInfo]) ->
                 inside = _between(x, residual, producers)
         inside.add(sm.output[0])
         inside.discard(x or "")
-        blocks.append(AttentionBlock(sm.output[0], x, frozenset(inside)))
+        source = _token_source(x, producers, infos) if x is not None else None
+        blocks.append(AttentionBlock(sm.output[0], x, frozenset(inside), source))
     return blocks
+
+
+def _feeds(a: str, b: str, producers: Mapping[str, onnx.NodeProto], limit: int = 4096) -> bool:
+    """Whether tensor ``a`` is upstream of ``b`` (a bounded search)."""
+    frontier, seen = [b], set[str]()
+    while frontier and len(seen) < limit:
+        name = frontier.pop()
+        if name == a:
+            return True
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is not None:
+            frontier.extend(n for n in node.input if n)
+    return False
+
+
+def _token_source(x: str, producers: Mapping[str, onnx.NodeProto],
+                  infos: Mapping[str, TensorInfo]) -> TokenSource | None:
+    """The map ``x``'s tokens were rearranged from (see the module docstring), if any."""
+    stream = x
+    for _ in range(256):  # up the residual stream: Add(s, f(s)) carries s's tokens
+        node = producers.get(stream)
+        if node is None or node.op_type != "Add" or len(node.input) != 2:
+            break
+        a, b = node.input
+        if _feeds(a, b, producers):
+            stream = a
+        elif _feeds(b, a, producers):
+            stream = b
+        else:
+            break
+    steps: list[str] = []
+    name = stream
+    while (node := producers.get(name)) is not None and node.op_type in _REARRANGING and node.input:
+        steps.append(name)
+        name = node.input[0]
+    src, tokens = _shape(infos, name), _shape(infos, stream)
+    if not steps or src is None or tokens is None or len(src) != 4 or len(tokens) != 3:
+        return None
+    return TokenSource(name, stream, tuple(reversed(steps)))
+
+
+def rearrangement_model(model: onnx.ModelProto, source: TokenSource) -> onnx.ModelProto | None:
+    """``source.steps`` as a model of their own: input ``source.source``, output ``source.tokens``, both
+    int64 (the rearranging ops take any element type, so an index-coded map comes out as the tokens'
+    indices, exactly). The shape arithmetic the steps read is copied in; None when it reads anything
+    but the source's shape and constants (a shape taken elsewhere in the model)."""
+    producers = _producers(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input} - set(inits)
+    nodes: dict[int, onnx.NodeProto] = {}
+    needed: list[str] = []
+    for step in source.steps:
+        made_by = producers[step]
+        nodes[id(made_by)] = made_by
+        needed.extend(n for n in made_by.input[1:] if n)
+    made = {source.source, *source.steps}
+    used_inits: set[str] = set()
+    seen: set[str] = set()
+    while needed:
+        name = needed.pop()
+        if name in seen or name == source.source:
+            continue
+        seen.add(name)
+        if name in inits:
+            used_inits.add(name)
+            continue
+        node = producers.get(name)
+        if node is None or name in inputs:
+            return None
+        if node.op_type in ("Shape", "Size"):
+            if node.input[0] not in made:
+                return None
+        else:
+            needed.extend(n for n in node.input if n)
+        nodes[id(node)] = node
+    order = {id(node): k for k, node in enumerate(model.graph.node)}
+    graph = onnx.helper.make_graph(
+        sorted(nodes.values(), key=lambda node: order[id(node)]), "token_rearrangement",
+        [onnx.helper.make_tensor_value_info(source.source, onnx.TensorProto.INT64, ["n", "a", "b", "c"])],
+        [onnx.helper.make_tensor_value_info(source.tokens, onnx.TensorProto.INT64, ["rows", "t", "d"])],
+        [inits[name] for name in sorted(used_inits)])
+    return make_model(graph, model.opset_import, ir_version=model.ir_version)
 
 
 def _block_input(sm: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto]) -> str | None:

@@ -9,6 +9,13 @@ tokens are ``prefix`` tokens (class, distillation, registers) then an ``h x w`` 
   ``R = I``; per block ``R += mean_h((dS/dA * A)^+) @ R``.
 
 A map is the readout token's row of the result over the patch columns (``token_map``).
+
+Attention over unfolded patches (MobileViT) runs on ``rows = N x P`` sequences of an ``h x w`` map cut
+into ``ph x pw`` patches: sequence ``(n, o)`` holds the ``T = (h / ph) (w / pw)`` places of image ``n`` at
+offset ``o`` inside their patch. Each sequence is rolled out on its own, exactly as above (there is
+no prefix token, so the readout is the mean of the query rows, as ``token_map`` reads a pooled
+transformer); ``fold_tokens`` puts every token's value back at its place on the map. Which place each
+token holds is read from the model (``token_places``), never assumed.
 """
 
 from __future__ import annotations
@@ -76,12 +83,66 @@ def gradient_attention(attentions: Sequence[np.ndarray], gradients: Sequence[np.
     return r
 
 
-def token_map(relevance: np.ndarray, prefix: int, grid: tuple[int, int]) -> np.ndarray:
-    """The patch columns of the readout row(s) of ``relevance`` ``(N, T, T)`` as maps ``(N, h, w)``.
+def readout(relevance: np.ndarray, prefix: int) -> np.ndarray:
+    """The readout row(s) of ``relevance`` ``(N, T, T)`` over the patch columns: ``(N, T - prefix)``.
 
     The readout is the first token (the class token) when there is a prefix; without one (pooled
-    transformers) every token reads out, so the rows are averaged.
+    transformers, unfolded patches) every token reads out, so the rows are averaged.
     """
-    n = relevance.shape[0]
     rows = relevance[:, 0, :] if prefix > 0 else relevance.mean(axis=1)
-    return rows[:, prefix:].reshape(n, grid[0], grid[1]).astype(np.float32)
+    return rows[:, prefix:]
+
+
+def token_map(relevance: np.ndarray, prefix: int, grid: tuple[int, int]) -> np.ndarray:
+    """The patch columns of the readout row(s) of ``relevance`` ``(N, T, T)`` (see ``readout``) as maps
+    ``(N, h, w)``."""
+    n = relevance.shape[0]
+    return readout(relevance, prefix).reshape(n, grid[0], grid[1]).astype(np.float32)
+
+
+def token_places(coded: np.ndarray, places: int) -> np.ndarray:
+    """Which place of the map each token holds: ``(rows, T)`` indices ``(n h + y) w + x``.
+
+    ``coded`` ``(rows, T, D)``: the tokens made from a map whose every channel at each place held that
+    place's index (the model's rearrangement run on index codes). Raises ValueError unless every token
+    holds one place and every place ``0 .. places - 1`` is in exactly one token.
+    """
+    if coded.ndim != 3 or coded.shape[2] == 0:
+        raise ValueError(f"tokens must be (rows, T, D), got {coded.shape}")
+    held = coded[:, :, 0]
+    if not np.array_equal(coded, np.broadcast_to(held[:, :, None], coded.shape)):
+        raise ValueError("a token mixes several places of the map")
+    if held.size != places or not np.array_equal(np.sort(held, axis=None), np.arange(places)):
+        raise ValueError(f"the {held.size} tokens do not hold each of the map's {places} places once")
+    return held.astype(np.int64)
+
+
+def unfolded_patch(places: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, int] | None:
+    """The patch ``(ph, pw)`` when each row of ``places`` ``(rows, T)`` (see ``token_places``) is one
+    image's places ``(oy + ph i, ox + pw j)`` for every ``i < h / ph``, ``j < w / pw``: a sequence that
+    spans the whole ``(n, h, w)`` map, the same patch in every row. None otherwise, e.g. for windows
+    (contiguous tiles that each cover a part of the map)."""
+    _, h, w = shape
+    image, y, x = places // (h * w), places // w % h, places % w
+    if not np.array_equal(image, np.broadcast_to(image[:, :1], image.shape)):
+        return None
+    patch: tuple[int, int] | None = None
+    for ys, xs in zip(y, x):
+        steps = []
+        for along, size in ((np.unique(ys), h), (np.unique(xs), w)):
+            step = size // len(along)
+            if len(along) * step != size or not np.array_equal(along, along[0] + step * np.arange(len(along))):
+                return None
+            steps.append(step)
+        if len(np.unique(ys)) * len(np.unique(xs)) != len(ys) or (patch is not None and patch != tuple(steps)):
+            return None
+        patch = (steps[0], steps[1])
+    return patch
+
+
+def fold_tokens(values: np.ndarray, places: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Per-token ``values`` ``(rows, T)`` put back at their ``places`` (see ``token_places``): maps ``shape``
+    ``(n, h, w)``."""
+    out = np.empty(int(np.prod(shape)), dtype=np.float32)
+    out[places.ravel()] = values.ravel()
+    return out.reshape(shape)
