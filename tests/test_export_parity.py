@@ -51,10 +51,7 @@ MODELS = (*DEFAULT, "vit_tiny", "deit_tiny_distilled", "vit_registers", "swin_ti
 # same sum in float64), so no float32 graph can agree with it to 1e-4. XGrad-CAM divides by each
 # channel's spatial sum of a LayerNorm'd residual stream, as small as 6e-6 of its sum of magnitudes
 # (ViT with registers: 5.8e-4 apart in onnxruntime, 4.4e-3 in OpenVINO on one image of 16).
-# FullGrad differentiates from the input, through the class token's Expand over the batch, which the
-# gradient builder folds into a (N, 1, D) constant: refused for a dynamic batch (BatchDependenceError,
-# pinned in test_export_graphs).
-_VIT = ("hirescam", "xgradcam", "fullgrad")
+_VIT = ("hirescam", "xgradcam")
 EXCLUDED = {"vit_tiny": _VIT, "deit_tiny_distilled": _VIT, "vit_registers": _VIT}
 # FullGrad against the Python maps (see the module docstring): the median image within the bound,
 # every image within this one.
