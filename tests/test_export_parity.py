@@ -6,7 +6,8 @@ OpenVINO, at batch 1, 3 and 16 from one file (dynamic batch). Each runtime compi
 model: onnxruntime the exported file itself, OpenVINO a copy that also returns the explained layers,
 their gradients and the head's inputs (one compile serves every check).
 
-Two comparisons are like for like rather than against the Python maps, for measured reasons:
+Three comparisons are like for like rather than against the Python maps, for measured reasons (the
+third, HiResCAM and XGrad-CAM on the ViTs, is explained above LIKE_FOR_LIKE_ORT):
 - FullGrad normalises every channel of every bias term (thousands) by its own min-max range. A
   pre-activation within float32 rounding of a ReLU6 kink (measured: -3.0e-7 at one pixel of
   EfficientNet-Lite0's block 13 expansion) lands on either side depending on the convolution
@@ -54,7 +55,7 @@ MODELS = (*DEFAULT, "vit_tiny", "deit_tiny_distilled", "vit_registers", "swin_ti
 # does not, because its ~1e6 amplifies the gradients' own float32 rounding (the exported graph's and the
 # Python path's gradients are 7e-7 of their maximum apart: 0.09-0.13 of the map), so it is held like for
 # like: to the float64 arithmetic on onnxruntime's own activations and gradients, and those to the Python
-# path's. OpenVINO computes float64 in float32 (measured: a Cast to double and back is a no-op there) and
+# path's. OpenVINO computes float64 in float32 (measured: a ReduceSum in double returns the float32 sum) and
 # its activations differ from onnxruntime's by 1e-6 relative, which XGrad-CAM's small sums amplify (3.7e-3
 # apart from the Python maps, ViT with registers); in OpenVINO both are held, per pixel, to float32's
 # rounding bound on their arithmetic at OpenVINO's own activations and gradients (raw maps), and their
