@@ -87,6 +87,37 @@ def test_generalize_refuses_non_affine_constants() -> None:
         generalize_batch([proto(np.array([1.0 / n], np.float32)) for n in (5, 9, 11)], (5, 9, 11), "x")
 
 
+def test_generalize_expands_a_value_broadcast_over_the_batch() -> None:
+    """A forward value folded at a fixed batch, one row repeated n times (a class token expanded over
+    the batch), becomes an in-graph Expand of that row (read from the model's weight of that value);
+    a value whose rows differ is refused."""
+    row = np.arange(3, dtype=np.float32).reshape(1, 1, 3) + 0.5
+
+    def proto(value: np.ndarray) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "token"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [value.shape[0], 2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [value.shape[0], 2, 3])],
+            [numpy_helper.from_array(value, "token")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    batches = (5, 9, 11)
+    weight = numpy_helper.from_array(row, "cls_token")
+    general = generalize_batch([proto(np.repeat(row, n, axis=0)) for n in batches], batches, "x", [weight])
+    expand = [n for n in general.graph.node if n.op_type == "Expand"]
+    assert len(expand) == 1 and expand[0].input[0] == "cls_token" and expand[0].output[0] == "token"
+    assert "token" not in {t.name for t in general.graph.initializer}
+    sess = _session(general)
+    for n in (1, 3, 16):
+        x = np.random.default_rng(n).normal(size=(n, 2, 3)).astype(np.float32)
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x + row)
+    # without the weight, the row is stored under the graph's own name
+    alone = generalize_batch([proto(np.repeat(row, n, axis=0)) for n in batches], batches, "x")
+    assert [t.name for t in alone.graph.initializer if t.dims == [1, 1, 3]] == ["onnxcam_batch/0/value"]
+    with pytest.raises(BatchDependenceError, match="'token'.*export at a fixed batch size"):
+        generalize_batch([proto(np.arange(n * 3, dtype=np.float32).reshape(n, 1, 3)) for n in batches], batches, "x")
+
+
 def test_softmax_model_is_explained_at_its_logits(tmp_path: Path) -> None:
     logits_model = residual_net(classes=5)
     with_softmax = onnx.ModelProto()
@@ -201,10 +232,23 @@ def test_detectors_are_refused_with_the_way_out(tmp_path: Path, build_model) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fullgrad_through_a_class_token_needs_a_fixed_batch(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(BatchDependenceError, match="Expand.*export at a fixed batch size"):
-        export_explainer(build_model("vit_tiny"), "fullgrad", path=tmp_path / "vit_cam.onnx")
-    assert list(tmp_path.iterdir()) == []
+def test_fullgrad_through_a_class_token_exports_for_any_batch(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
+    """FullGrad differentiates from the input, through the class token expanded over the batch: the
+    gradient graph built at fixed batches folds that into an (n, 1, D) constant, which the exported graph
+    computes in-graph from the model's own class token (stored once), for any batch."""
+    m = onnxcam.load(build_model("vit_tiny"), device="cpu")
+    result = export_explainer(m, "fullgrad", path=tmp_path / "vit_cam.onnx")
+    proto = onnx.load(str(result.path))
+    expands = [n for n in proto.graph.node if n.op_type == "Expand" and "onnxcam_batch/" in n.name]
+    assert [n.input[0] for n in expands] == ["cls_token"]
+    assert [t.name for t in proto.graph.initializer].count("cls_token") == 1
+    sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).normal(size=m.input.shape(3)).astype(np.float32)
+    want = onnxcam.FullGrad(m)(x)
+    assert want.max() > 0.5
+    for n in (1, 3):
+        (got,) = sess.run(["cam_fullgrad"], {m.input.name: x[:n]})
+        np.testing.assert_allclose(got, want[:n], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet_small"])

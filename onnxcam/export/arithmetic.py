@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 
 from onnxcam.export._graph import GraphWriter
 from onnxcam.postprocess import NORMALIZE_EPS
@@ -33,9 +34,22 @@ def gradcam_plusplus_weights(w: GraphWriter, acts: str, grads: str) -> str:
     return w.reduce("ReduceSum", w.op("Div", [num, denom]), _SPATIAL, keepdims=0)
 
 
+def _in_double(w: GraphWriter, op_type: str, inputs: Sequence[str], axes: Sequence[int], keepdims: int) -> str:
+    """``op_type`` of ``inputs`` (float32) then ReduceSum over ``axes``, in float64, rounded to float32.
+
+    Where a sum cancels (``methods.gradient``: a ViT's HiResCAM ~1e6, XGrad-CAM's spatial sums of a
+    LayerNorm'd stream ~1e5) float32 accumulation is a visible part of the map. A product of two
+    float32 values is exact in float64, and the float64 sum is then within 1e-16 of its terms' size:
+    any runtime that computes in double agrees with any other to the final float32 rounding.
+    """
+    wide = [w.op("Cast", [x], to=onnx.TensorProto.DOUBLE) for x in inputs]
+    value = wide[0] if op_type == "Identity" else w.op(op_type, wide)
+    return w.op("Cast", [w.reduce("ReduceSum", value, axes, keepdims=keepdims)], to=onnx.TensorProto.FLOAT)
+
+
 def xgradcam_weights(w: GraphWriter, acts: str, grads: str) -> str:
-    """``sum(g * A / (sum(A) + 1e-7))`` over space (``methods.xgradcam_weights``)."""
-    sum_a = w.reduce("ReduceSum", acts, _SPATIAL, keepdims=1)
+    """``sum(g * A / (sum(A) + 1e-7))`` over space, ``sum(A)`` in float64 (``methods.xgradcam_weights``)."""
+    sum_a = _in_double(w, "Identity", [acts], _SPATIAL, keepdims=1)
     scaled = w.op("Div", [w.op("Mul", [grads, acts]), w.op("Add", [sum_a, w.f32(1e-7)])])
     return w.reduce("ReduceSum", scaled, _SPATIAL, keepdims=0)
 
@@ -51,7 +65,8 @@ def layercam(w: GraphWriter, acts: str, grads: str) -> str:
 
 
 def hirescam(w: GraphWriter, acts: str, grads: str) -> str:
-    return w.reduce("ReduceSum", w.op("Mul", [grads, acts]), [1], keepdims=0)
+    """``sum_c g * A`` in float64 (``methods.hirescam``)."""
+    return _in_double(w, "Mul", [grads, acts], [1], keepdims=0)
 
 
 def gradcam_elementwise(w: GraphWriter, acts: str, grads: str) -> str:

@@ -170,7 +170,9 @@ def _gradient_graph(src: Model, wrt: tuple[str, ...], seeded: str) -> tuple[onnx
         return proto
 
     fixed = src.input.max_batch
-    proto = build(fixed) if fixed is not None else build_batch_agnostic(build, split.head_inputs[0])
+    # A value broadcast over the batch (a class token) is read from the model's own weight of that value.
+    proto = build(fixed) if fixed is not None else build_batch_agnostic(build, split.head_inputs[0],
+                                                                        src.graph.graph.initializer)
     return proto.graph, io["seeds"][seeded], io["grads"], split.head_inputs
 
 
