@@ -100,7 +100,10 @@ class _ElementWiseCAM(BaseCAM):
         for layer in self.layers:
             a, d = g.activations[layer], g.gradients[layer]
             terms = methods.elementwise_products(a, d, self.kind)
-            maps[layer] = eigen_smooth(terms, self.eigen_sign) if self.eigen_smooth else terms.sum(axis=1)
+            # The channel sum in float64: HiResCAM's terms cancel (by ~1e6 where the layer feeds a LayerNorm,
+            # whose gradient is orthogonal to its normalised input); the exported graph sums in float64 too.
+            maps[layer] = eigen_smooth(terms, self.eigen_sign) if self.eigen_smooth else \
+                terms.sum(axis=1, dtype=np.float64).astype(np.float32)
         return RawMaps(maps, g.targets, g.scores, g.outputs, g.activations, g.gradients,
                        notes=[f"gradients: {g.source}", *g.notes])
 
