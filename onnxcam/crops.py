@@ -112,20 +112,22 @@ class CropGradients:
 
     def gradients(self, feeds: Mapping[str, np.ndarray], boundary: Mapping[str, np.ndarray],
                   batch: int, what: str,
-                  check: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
+                  check: Callable[[dict[str, np.ndarray]], None] | None = None,
+                  found: Sequence[tuple[tuple[str, ...], Window] | None] | None = None) -> dict[str, np.ndarray]:
         """Full-size gradients ``(N, C, h, w)`` at every ``wrt`` tensor: the region's share, from crops,
         plus the boundary gradient itself where a ``wrt`` tensor is read by the tail directly.
 
         ``feeds``: the body's values of every region input; ``boundary``: the tail's gradients at
         every boundary tensor, ``(N, C, h, w)`` each; ``check`` screens each crop run's gradients and
-        what passes straight through (it raises on NaN/Inf)."""
+        what passes straight through (it raises on NaN/Inf); ``found``: ``windows(boundary)`` if the
+        caller has it."""
         region = self.region
         rows = next(iter(boundary.values())).shape[0]
         grads: dict[str, np.ndarray] = {}
-        for w in self.wrt:
-            ref = feeds[w] if w in feeds else boundary[w]  # every layer is fed or on the boundary
-            grads[w] = np.zeros((rows,) + ref.shape[1:], dtype=ref.dtype)
-        found = self.windows(boundary)
+        for w in self.wrt:  # every layer is among the body's outputs on the crop path
+            grads[w] = np.zeros((rows,) + feeds[w].shape[1:], dtype=feeds[w].dtype)
+        if found is None:
+            found = self.windows(boundary)
         windows: dict[int, Window] = {}
         groups: dict[tuple[tuple[str, ...], int, int], list[int]] = {}
         for i, hit in enumerate(found):

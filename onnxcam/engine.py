@@ -54,6 +54,9 @@ PAD_BUDGET_IMAGES = 1.0
 # most this share of its multiply-accumulates to the tail is differentiated in two parts, the region
 # on crops around each row's gradient support.
 LOCAL_TAIL_SHARE = 0.2
+# ... as long as the crops cover at most this share of the image per row on average (else one graph of the
+# whole head does the same work in one run, with its built batch sizes reused).
+LOCAL_MAX_COVER = 0.5
 
 # Element-wise differences cost 2 head runs per activation value; above this many values per image
 # only channel-wise directional derivatives are taken (exact for Grad-CAM-type channel weights).
@@ -146,9 +149,15 @@ class GradientEngine:
         seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
         if mode != "finite":
             try:
-                if local is not None:
-                    acts, grads = self._local_gradients(local, names, seeded, seeds, feeds, batch_size)
+                cropped = self._local_gradients(local, names, seeded, seeds, feeds, batch_size) if local else None
+                if cropped is not None:
+                    acts, grads = cropped
                 else:
+                    if local is not None:
+                        # Dense gradients (a pooled head): the whole head's graph from now on, and the
+                        # body session with the region's extra outputs goes.
+                        self._local[(cut, names)] = None
+                        model.drop_session("body", local.cut)
                     acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
                 note = straight_through_note(split.head)
                 return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
@@ -300,7 +309,10 @@ class GradientEngine:
 
     def _local_gradients(self, local: LocalPlan, names: tuple[str, ...], seeded: tuple[str, ...],
                          seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
-                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """Gradients through the tail's graph and the region's crops; None where the crops would cover
+        most of the image (a classifier's pooled head spreads every gradient over its whole map), and
+        the whole head's graph is cheaper."""
         model = self.model
         tail = model.split(local.cut)
         seeded_tail = tuple(o for o in seeded if o in tail.head_outputs)
@@ -309,8 +321,12 @@ class GradientEngine:
         # position is part of a crop's support) and in what passes straight through.
         _, boundary = self._graph_gradients(local.cut, local.boundary, seeded_tail, seeds_tail, feeds, batch_size,
                                             check=False)
+        found = local.crops.windows(boundary)
+        area = model.input.size[0] * model.input.size[1]
+        if sum(w[1][2] * w[1][3] for w in found if w is not None) > LOCAL_MAX_COVER * area * len(found):
+            return None
         grads = local.crops.gradients(feeds, boundary, model.batch_limit(batch_size), f"local gradient graph of "
-                                      f"{model.name}", check=lambda g: _check_gradients(g, model.name))
+                                      f"{model.name}", check=lambda g: _check_gradients(g, model.name), found=found)
         return {w: feeds[w] for w in names}, grads
 
     def _run_body(self, x: np.ndarray, cut: tuple[str, ...],

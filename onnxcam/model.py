@@ -389,6 +389,10 @@ class Model:
             sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
         return sess
 
+    def drop_session(self, kind: str, cut: tuple[str, ...] = ()) -> None:
+        """Forget a cached session (``session(kind, cut)`` builds it again when next asked)."""
+        self._sessions.pop((kind,) + tuple(cut), None)
+
     def new_session(self, proto: onnx.ModelProto, what: str) -> ort.InferenceSession:
         """An uncached session of ``proto`` on the model's device, threads and optimisation level."""
         device: Device = self.requested_device if self._device is None else self._device  # type: ignore[assignment]

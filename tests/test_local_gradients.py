@@ -202,14 +202,23 @@ def test_hand_built_head_every_position_equals_the_whole_graph(tmp_path: Path) -
     assert window == (4, 4, 24, 24)
 
 
-def test_a_dense_gradient_takes_the_whole_image_and_the_same_numbers(build_model) -> None:  # type: ignore[no-untyped-def]
+def test_a_dense_gradient_goes_back_to_the_whole_head_graph(build_model) -> None:  # type: ignore[no-untyped-def]
+    """A classifier's middle layer: the tail (pooling + linear) is cheap, so there is a local region,
+    but pooling spreads every gradient over the whole map: the crops would be the whole image, and the
+    engine takes the whole head's graph instead (from then on), with the same numbers."""
     model = onnxcam.load(build_model("resnet_small"), device="cpu")
     layers = [la.name for la in model.layers()]
-    mid = layers[len(layers) // 2]
+    mid = (layers[len(layers) // 2],)
     x = np.random.default_rng(2).uniform(0, 1, model.input.shape(2)).astype(np.float32)
-    # A classifier's tail (pooling + linear) is cheap: the region is the rest of the network.
-    assert model.gradient_engine.local_plan(model.frontier((mid,)), (mid,)) is not None
-    local, dense = _both(model, x, (mid,), None)
-    _assert_same(local, dense, (mid,))
-    auto = model.layer().name
-    assert model.gradient_engine.local_plan(model.frontier((auto,)), (auto,)) is None
+    engine = model.gradient_engine
+    plan = engine.local_plan(model.frontier(mid), mid)
+    assert plan is not None
+    first = engine.compute(x, mid, None, model.task)
+    assert not plan.crops._graphs  # no crop graph was built
+    assert engine.local_plan(model.frontier(mid), mid) is None
+    engine.local_crops = False
+    whole = engine.compute(x, mid, None, model.task)
+    _assert_same(first, whole, mid)
+    auto = (model.layer().name,)
+    engine.local_crops = True
+    assert engine.local_plan(model.frontier(auto), auto) is None  # nothing local between it and the pooling
