@@ -166,34 +166,59 @@ class _Kept:
 def top_detections(w: GraphWriter, d: _Decoded, c: int, a: int, k: int, conf: float, iou: float) -> _Kept:
     """Per-class NMS as ``decode.nms`` (IoU > ``iou`` suppresses, scores > ``conf`` live), best first."""
     live = w.op("Greater", [d.best, w.f32(conf)])  # (N, A)
+    priority = _priority(w, w.op("Where", [live, d.best, w.f32(_PAD)]), a)
     own_class = w.op("Equal", [w.unsqueeze(d.classes, [1]), w.const(np.arange(c, dtype=np.int64).reshape(1, c, 1))])
     candidate = w.op("And", [own_class, w.unsqueeze(live, [1])])  # (N, C, A)
-    nms_scores = w.op("Where", [candidate, w.unsqueeze(d.best, [1]), w.f32(_PAD)])
-    # The threshold only has to drop the padding: which predictions live is decided above, with the
+    # NMS ranks boxes by their priority (distinct values, so the runtime's tie order never matters);
+    # the threshold only drops the padding: which predictions live was decided above, with the
     # Python path's strict '> conf', whatever a runtime's NMS does at its threshold.
+    nms_scores = w.op("Where", [candidate, w.unsqueeze(priority, [1]), w.f32(_PAD)])
     selected = w.op("NonMaxSuppression", [d.boxes, nms_scores, w.ints([k]), w.const(np.array([iou], np.float32)),
-                                          w.const(np.array([_PAD / 2], np.float32))], center_point_box=0)
+                                          w.const(np.array([0.0], np.float32))], center_point_box=0)
     where = w.op("Gather", [selected, w.ints([0, 2])], axis=1)  # (M, 2): image, prediction
     ones = w.op("ConstantOfShape", [w.slice(w.op("Shape", [selected]), 0, 1, 0)],
                 value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0]))
     zeros = w.op("ConstantOfShape", [w.op("Shape", [d.best])],
                  value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
     kept = w.op("ScatterND", [zeros, where, ones])  # (N, A): 1 where NMS kept the prediction
-    ranked = w.op("Where", [w.op("Greater", [kept, w.f32(0.5)]), d.best, w.f32(_PAD)])
-    # TopK puts equal values lower index first, as decode.nms's stable sort
-    values, index = _topk(w, ranked, k)
-    valid = w.op("Greater", [values, w.f32(_PAD / 2)])  # (N, K)
-    scores = w.op("Where", [valid, values, w.f32(0.0)])
+    ranked = w.op("Where", [w.op("Greater", [kept, w.f32(0.5)]), priority, w.f32(_PAD)])
+    values, index = _topk(w, ranked, k, largest=1)
+    valid = w.op("Greater", [values, w.f32(0.0)])  # (N, K)
+    scores = w.op("Where", [valid, w.op("GatherElements", [d.best, index], axis=1), w.f32(0.0)])
     classes = w.op("GatherElements", [d.classes, index], axis=1)
     labels = w.op("Where", [valid, classes, w.const(np.array(-1, np.int64))])
     boxes = w.op("Where", [w.unsqueeze(valid, [2]), _gather_rows(w, d.boxes, index, 4), w.f32(0.0)])  # (N, K, 4)
     return _Kept(index, classes, labels, valid, scores, boxes)
 
 
-def _topk(w: GraphWriter, x: str, k: int) -> tuple[str, str]:
+def _priority(w: GraphWriter, scores: str, a: int) -> str:
+    """``(N, A)`` float32: ``A - position`` of each prediction in ``decode.nms``'s order (score
+    descending, equal scores lower index first), so every value is distinct and exact.
+
+    Runtimes break TopK and NMS ties their own way (OpenVINO not by index, measured on saturated
+    scores of 1.0). Sorted once by value, equal values are made one group (a dense rank by CumSum
+    over "differs from the previous"); the int64 key ``group * A + index`` has no ties, and sorting
+    it gives the Python order whatever the runtime.
+    """
+    if a >= 1 << 24:
+        raise UnsupportedModelError(f"{a} predictions per image: over the 2^24 a float32 rank holds exactly")
+    values, position = _topk(w, scores, a, largest=1)  # (N, A); equal values in any order
+    differs = w.op("Cast", [w.op("Not", [w.op("Equal", [w.slice(values, 1, a, 1), w.slice(values, 0, a - 1, 1)])])],
+                   to=onnx.TensorProto.INT64)
+    first = w.op("Mul", [w.slice(position, 0, 1, 1), w.const(np.zeros(1, np.int64))])  # (N, 1) zeros
+    group = w.op("CumSum", [w.op("Concat", [first, differs], axis=1), w.const(np.array(1, np.int64))])
+    key = w.op("Add", [w.op("Mul", [group, w.const(np.array(a, np.int64))]), position])
+    _, order = _topk(w, key, a, largest=0)
+    ordered = w.op("GatherElements", [position, order], axis=1)  # (N, A): predictions in the Python order
+    rank = w.op("Expand", [w.const(np.arange(a, 0, -1, dtype=np.float32).reshape(1, a)), w.op("Shape", [ordered])])
+    return w.op("ScatterElements", [w.op("Cast", [w.op("Mul", [position, w.const(np.zeros(1, np.int64))])],
+                                         to=onnx.TensorProto.FLOAT), ordered, rank], axis=1)
+
+
+def _topk(w: GraphWriter, x: str, k: int, largest: int) -> tuple[str, str]:
     name = w.fresh("topk")
     values, index = f"{name}/values", f"{name}/indices"
-    w.nodes.append(helper.make_node("TopK", [x, w.ints([k])], [values, index], name=name, axis=1, largest=1,
+    w.nodes.append(helper.make_node("TopK", [x, w.ints([k])], [values, index], name=name, axis=1, largest=largest,
                                     sorted=1))
     return values, index
 
