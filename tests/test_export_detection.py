@@ -175,11 +175,11 @@ def case(request: Any, build_model: Any, tmp_path_factory: Any) -> Case:
     return Case(name, m, result, x, dets, refs)
 
 
-def check_detections(out: dict[str, np.ndarray], dets: list[list[Any]], what: str) -> None:
+def check_detections(out: dict[str, np.ndarray], dets: list[list[Any]], what: str, k: int = K) -> None:
     for i, d in enumerate(dets):
-        d = d[:K]
+        d = d[:k]
         n = len(d)
-        assert out["detection_classes"][i].tolist() == [e.category for e in d] + [-1] * (K - n), f"{what} image {i}"
+        assert out["detection_classes"][i].tolist() == [e.category for e in d] + [-1] * (k - n), f"{what} image {i}"
         np.testing.assert_allclose(out["detection_scores"][i][:n], [e.score for e in d], atol=1e-5, rtol=0)
         assert (out["detection_scores"][i][n:] == 0).all() and (out["detection_boxes"][i][n:] == 0).all()
         if n:
@@ -267,3 +267,23 @@ def test_methods_without_a_per_detection_form_are_refused_naming_those_that_work
     with pytest.raises(ArgumentError, match="detections must be >= 1"):
         export_explainer(m, "gradcam", path=tmp_path / "no.onnx", detections=0)
     assert not (tmp_path / "no.onnx").exists()
+
+
+def test_cli_passes_detections_conf_and_iou(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    model = demo_detect_files().model
+    out = tmp_path / "cli.onnx"
+    r = CliRunner().invoke(app, ["export", str(model), "--method", "gradcam", "--detections", "3", "--conf", "0.5",
+                                 "--iou", "0.3", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "detection_boxes, detection_scores, detection_classes, cam_gradcam" in r.output
+    m = onnxcam.load(model, device="cpu")
+    x = _images("demo", m, 4)
+    got = _run(_ort(out), m, x)
+    assert got["cam_gradcam"].shape == (4, 3, *m.input.size)
+    check_detections(got, DetectionTask(m.task.layout, conf=0.5, iou=0.3).detections(m.forward(x)), "CLI", k=3)
+    r = CliRunner().invoke(app, ["export", str(model), "--method", "fullgrad", "-o", str(tmp_path / "no.onnx")])
+    assert r.exit_code != 0 and "exportable for detectors" in r.output
