@@ -350,9 +350,16 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
         wrt = tuple(f.name for f in features)
         graph, seed_input, grad_outputs, head_inputs = gradient_graph(m, wrt, seeded)
         per_rank: dict[str, list[str]] = {f.name: [] for f in features}
+        weights: dict[str, str] = {}
         for rank in range(k):
             seed = output_seed(det, layout, channel, kept.index, rank, a)
-            rename = spliced.splice(graph, {hi: hi for hi in head_inputs} | {seed_input: seed}, f"det{rank}/grad")
+            bind = {hi: hi for hi in head_inputs} | {seed_input: seed} | weights
+            rename = spliced.splice(graph, bind, f"det{rank}/grad")
+            if not weights:
+                # Later ranks read the first one's constants: equal nodes on them (all but the seed's
+                # backward) are then one node, and no constant is stored K times.
+                weights = {t.name: rename[t.name] for t in graph.initializer}
+                graph = _without_initializers(graph)
             for f in features:
                 g = rename[grad_outputs[f.name]]
                 gradients[f"{f.name}#{rank}"] = g
@@ -390,6 +397,13 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
     for prop in base.metadata_props:
         proto.metadata_props.add().CopyFrom(prop)
     return proto, gradients
+
+
+def _without_initializers(graph: onnx.GraphProto) -> onnx.GraphProto:
+    bare = onnx.GraphProto()
+    bare.CopyFrom(graph)
+    del bare.initializer[:]
+    return bare
 
 
 def _typed(m: Model, out: onnx.ValueInfoProto, batch_dim: int | str) -> onnx.ValueInfoProto:
