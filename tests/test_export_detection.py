@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
 from onnxcam.data import demo_detect_files
-from onnxcam.detection import DetectionTask
+from onnxcam.detection import DetectionTask, recognise
 from onnxcam.errors import ArgumentError, UnsupportedModelError
 from onnxcam.export import export_explainer
 from onnxcam.export.detection import DETECTION_EXPORTABLE
@@ -47,6 +47,7 @@ MODELS: dict[str, str] = {
     "yolov8n_det": "gradcam,hirescam",
     "yolov5_tiny": ALL,
     "queries_tiny": "gradcam,gradcam++,xgradcam",
+    "softmax_tiny": "gradcam,layercam",  # the queries graph read as DETR does: softmax, last class "no object"
 }
 ORT_BOUND, OV_BOUND = 1e-4, 1e-3
 # Every top score 1.0 in float32, OpenVINO's ulp decides their order (see the module docstring).
@@ -133,14 +134,24 @@ def _load(name: str, build_model: Any, folder: Path) -> onnxcam.Model:
         if name == "demo":
             return onnxcam.load(demo_detect_files().model, device="cpu")
         if name.endswith("_tiny"):
-            return onnxcam.load(_tiny(folder / f"{name}.onnx", name.split("_")[0]), device="cpu")
+            kind = "yolov5" if name == "yolov5_tiny" else "queries"
+            return onnxcam.load(_tiny(folder / f"{name}.onnx", kind), device="cpu")
         return onnxcam.load(build_model(name), device="cpu")
+
+
+def _task(name: str, m: onnxcam.Model) -> DetectionTask:
+    if name == "softmax_tiny":
+        return DetectionTask(recognise(m.output_shapes, kind="queries", scores="softmax", input_size=m.input.size))
+    task = m.task
+    assert isinstance(task, DetectionTask)
+    return task
 
 
 @dataclass
 class Case:
     name: str
     m: onnxcam.Model
+    task: DetectionTask
     result: Any
     x: np.ndarray
     dets: list[list[Any]]  # the Python path's detections of x
@@ -156,14 +167,14 @@ def case(request: Any, build_model: Any, tmp_path_factory: Any) -> Case:
     folder = tmp_path_factory.mktemp("xdet")
     m = _load(name, build_model, folder)
     layer = ["f1", "f2"] if name.endswith("_tiny") else "auto"
-    result = export_explainer(m, MODELS[name], layer, path=folder / f"{name}_cam.onnx", detections=K)
+    task = _task(name, m)
+    result = export_explainer(m, MODELS[name], layer, path=folder / f"{name}_cam.onnx", detections=K,
+                              task=task if name == "softmax_tiny" else None)
     x = _images(name, m, 1 if isinstance(m.input.batch, int) else 16)
-    task = m.task
-    assert isinstance(task, DetectionTask)
     dets = task.detections(m.forward(x))
     refs: dict[str, list[np.ndarray]] = {}
     for k in result.maps:
-        cam = onnxcam.get_method(k)(m, layer=list(result.layers))
+        cam = onnxcam.get_method(k)(m, layer=list(result.layers), task=task)
         per_image = []
         for i, d in enumerate(dets[:REF_IMAGES]):
             targets = [task.detection_target(e) for e in d[:K]]
@@ -172,7 +183,7 @@ def case(request: Any, build_model: Any, tmp_path_factory: Any) -> Case:
                 per_image.append(cam(m.gradient_engine.repeat(x[i:i + 1], len(targets)), targets=targets)
                                  if targets else np.zeros((0, *m.input.size), np.float32))
         refs[k] = per_image
-    return Case(name, m, result, x, dets, refs)
+    return Case(name, m, task, result, x, dets, refs)
 
 
 def check_detections(out: dict[str, np.ndarray], dets: list[list[Any]], what: str, k: int = K) -> None:
@@ -237,7 +248,7 @@ def test_openvino_runs_the_same_file(case: Case) -> None:
     ort_out = _run(_ort(case.result.path), case.m, x)
     res = compiled({case.m.input.name: x})
     out = {name: np.asarray(res[o]) for o in compiled.outputs for name in o.get_names()}
-    own = case.m.task.detections([out[o.name] for o in case.m.proto.graph.output])
+    own = case.task.detections([out[o.name] for o in case.m.proto.graph.output])
     check_detections(out, own, f"{case.name} OpenVINO batch {n}")
     same = [i for i in range(n) if (out["detection_classes"][i] == ort_out["detection_classes"][i]).all()
             and np.abs(out["detection_boxes"][i] - ort_out["detection_boxes"][i]).max() < 1e-3]

@@ -240,15 +240,18 @@ def channel_seeds(w: GraphWriter, layout: DetectionLayout, d: _Decoded, kept: _K
     c = layout.num_classes
     valid = w.op("Cast", [kept.valid], to=onnx.TensorProto.FLOAT)  # (N, K)
     cls = w.op("Where", [kept.valid, kept.classes, w.const(np.array(0, np.int64))])
-    probs = _gather_rows(w, d.probs, kept.index, c)  # (N, K, C)
-    p = w.op("GatherElements", [probs, w.unsqueeze(cls, [2])], axis=2)  # (N, K, 1)
+    if layout.scores == "softmax":
+        # the detections' own rows, never a Slice of the Softmax: OpenVINO 2026.4 drops that Slice under a
+        # GatherElements and then rejects its shapes (measured)
+        full = w.op("Softmax", [_gather_rows(w, d.raw_scores, kept.index, c + 1)], axis=-1)  # (N, K, C + 1)
+        p = w.op("GatherElements", [full, w.unsqueeze(cls, [2])], axis=2)  # (N, K, 1)
+    else:
+        p = w.op("GatherElements", [_gather_rows(w, d.probs, kept.index, c), w.unsqueeze(cls, [2])], axis=2)
     if d.obj is not None:
         valid = w.op("Mul", [valid, w.op("GatherElements", [d.obj, kept.index], axis=1)])
     value = w.unsqueeze(valid, [2])  # (N, K, 1): d score / d prob[class], 0 at padding
     offset = {"yolov8": 4, "yolov5": 5}.get(layout.kind, 0)
     if layout.scores == "softmax":
-        raw = _gather_rows(w, d.raw_scores, kept.index, c + 1)  # (N, K, C + 1)
-        full = w.op("Softmax", [raw], axis=-1)
         hot = _one_hot(w, cls, c + 1, 0)
         # p * (onehot - p[class]) (layouts._activate_grad with d = onehot)
         return w.op("Mul", [value, w.op("Mul", [full, w.op("Sub", [hot, p])])]), c + 1

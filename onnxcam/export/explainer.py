@@ -31,7 +31,7 @@ from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
 from onnxcam.graph.protos import make_model, opset_version
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.registry import get_method
-from onnxcam.tasks import ClassificationTask
+from onnxcam.tasks import ClassificationTask, Task, detect_task
 from onnxcam.views import FeatureView, ViewSpec
 
 ExportTarget = Literal["top1", "input"]
@@ -106,6 +106,7 @@ def export_explainer(
     detections: int = 5,
     conf: float | None = None,
     iou: float | None = None,
+    task: Task | str | None = None,
 ) -> ExportedExplainer:
     """Write to ``path`` an ONNX model computing ``model``'s outputs and a CAM per method.
 
@@ -120,15 +121,18 @@ def export_explainer(
 
     A detector gets its top ``detections`` per image (decoded and NMS'd in the graph with ``conf`` /
     ``iou``, default the task's) and one map per detection: see ``onnxcam.export.detection``.
+    ``task``: what the outputs mean, as the explainers' ``task=`` (default: read from the model).
     """
     if target not in ("top1", "input"):
         raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
     names = parse_methods(methods)
     m = model if isinstance(model, Model) else load(model, device="cpu")
-    task = m.task
+    task = m.task if task is None else detect_task(m.output_shapes, task)
     if isinstance(task, DetectionTask) and target == "top1":
         k, conf, iou = resolve_options(task, detections, conf, iou)
         check_detection_methods(names, m.name)
+        if layer == "auto":  # the maps feeding the detection head, also where the task was given
+            layer = list(task.default_layers(m) or ()) or layer
         proto, gradients = assemble_detector(m, task, names, _features(m, layer, view), _explained_base(m),
                                              _gradient_graph, _as_map, output_name, _batch_dim(m), k, conf, iou)
         saved = _save(proto, Path(path), m, names, m.resolve_layers(layer, view), gradients)
