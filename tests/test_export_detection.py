@@ -48,6 +48,8 @@ MODELS: dict[str, str] = {
     "yolov5_tiny": ALL,
     "queries_tiny": "gradcam,gradcam++,xgradcam",
     "softmax_tiny": "gradcam,layercam",  # the queries graph read as DETR does: softmax, last class "no object"
+    # the queries graph read as a box/score pair: xyxy boxes found normalised, scores found to be logits
+    "pairs_tiny": "gradcam",
 }
 ORT_BOUND, OV_BOUND = 1e-4, 1e-3
 # Every top score 1.0 in float32, OpenVINO's ulp decides their order (see the module docstring).
@@ -142,6 +144,10 @@ def _load(name: str, build_model: Any, folder: Path) -> onnxcam.Model:
 def _task(name: str, m: onnxcam.Model) -> DetectionTask:
     if name == "softmax_tiny":
         return DetectionTask(recognise(m.output_shapes, kind="queries", scores="softmax", input_size=m.input.size))
+    if name == "pairs_tiny":
+        task = DetectionTask(recognise(m.output_shapes, kind="pairs", input_size=m.input.size))
+        assert task.layout.normalized is None and task.layout.scores == "auto"
+        return task
     task = m.task
     assert isinstance(task, DetectionTask)
     return task
@@ -169,7 +175,7 @@ def case(request: Any, build_model: Any, tmp_path_factory: Any) -> Case:
     layer = ["f1", "f2"] if name.endswith("_tiny") else "auto"
     task = _task(name, m)
     result = export_explainer(m, MODELS[name], layer, path=folder / f"{name}_cam.onnx", detections=K,
-                              task=task if name == "softmax_tiny" else None)
+                              task=task if name in ("softmax_tiny", "pairs_tiny") else None)
     x = _images(name, m, 1 if isinstance(m.input.batch, int) else 16)
     dets = task.detections(m.forward(x))
     refs: dict[str, list[np.ndarray]] = {}

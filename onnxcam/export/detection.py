@@ -6,9 +6,10 @@ Here the same steps are ONNX ops, after the model's own nodes:
 
 - decode (``DetectionLayout.rows`` / ``decode.candidates``): xyxy pixel boxes, class probabilities
   (x objectness for YOLOv5 layouts), one label per prediction (its best class);
-- ``NonMaxSuppression`` on a score tensor that holds each live prediction's best score at its own
-  class only (so NMS compares boxes of one class, one label per box, as ``decode.nms``), then the kept
-  predictions of each image ordered by score, ties by lower index (``TopK``), the first ``K`` kept;
+- ``NonMaxSuppression`` on a score tensor that holds each live prediction's rank at its own class
+  only (so NMS compares boxes of one class, one label per box, as ``decode.nms``; the rank orders by
+  score, equal scores lower index first, so no runtime's tie order matters), then the first ``K``
+  kept predictions of each image in that order;
 - per detection rank ``k``, the seed of its ``DetectionScoreTarget`` (``DetectionLayout.backprop``:
   one-hot at (class, prediction), through the score activation, times objectness; d/d objectness =
   the class probability) and onnxcam's gradient graph of the head spliced in once per rank. The head's
@@ -105,8 +106,7 @@ def decode(w: GraphWriter, layout: DetectionLayout, outputs: Sequence[str], size
         obj = w.squeeze(w.slice(rows, 4, 5, 2), [2])
     else:
         raw_boxes, raw_scores = outputs[layout.outputs[0]], outputs[layout.outputs[1]]
-    boxes = _to_xyxy(w, raw_boxes, layout.box_format)
-    boxes = _scaled(w, boxes, layout, size)
+    boxes = _scaled(w, _to_xyxy(w, raw_boxes, layout.box_format), raw_boxes, layout, size)
     probs, sigmoid_flag = _activate(w, raw_scores, layout, c)
     scores = probs if obj is None else w.op("Mul", [probs, w.unsqueeze(obj, [2])])
     classes = w.op("ArgMax", [scores], axis=2, keepdims=0)
@@ -126,8 +126,9 @@ def _to_xyxy(w: GraphWriter, boxes: str, fmt: str) -> str:
     return w.op("Concat", parts, axis=2)
 
 
-def _scaled(w: GraphWriter, boxes: str, layout: DetectionLayout, size: tuple[int, int]) -> str:
-    """Normalised boxes to pixels (``DetectionLayout.scale``: per image where ``normalized`` is None)."""
+def _scaled(w: GraphWriter, boxes: str, raw_boxes: str, layout: DetectionLayout, size: tuple[int, int]) -> str:
+    """Normalised boxes to pixels (``DetectionLayout.scale``: per image where ``normalized`` is None,
+    read from the raw boxes)."""
     if layout.normalized is False:
         return boxes
     h, wd = layout.input_size or size
@@ -135,7 +136,7 @@ def _scaled(w: GraphWriter, boxes: str, layout: DetectionLayout, size: tuple[int
     if layout.normalized:
         return w.op("Mul", [boxes, pixels])
     # an image whose boxes all lie within [-1.5, 1.5] has normalised ones
-    large = w.op("Greater", [w.reduce("ReduceMax", w.op("Abs", [boxes]), [1, 2], keepdims=1), w.f32(1.5)])
+    large = w.op("Greater", [w.reduce("ReduceMax", w.op("Abs", [raw_boxes]), [1, 2], keepdims=1), w.f32(1.5)])
     return w.op("Mul", [boxes, w.op("Where", [large, w.const(np.ones(4, np.float32)), pixels])])
 
 
@@ -173,7 +174,11 @@ def top_detections(w: GraphWriter, d: _Decoded, c: int, a: int, k: int, conf: fl
     # the threshold only drops the padding: which predictions live was decided above, with the
     # Python path's strict '> conf', whatever a runtime's NMS does at its threshold.
     nms_scores = w.op("Where", [candidate, w.unsqueeze(priority, [1]), w.f32(_PAD)])
-    selected = w.op("NonMaxSuppression", [d.boxes, nms_scores, w.ints([k]), w.const(np.array([iou], np.float32)),
+    # decode.nms clips an inverted box's width / height to 0 (it overlaps nothing); NMS ops take the
+    # min / max of the corners instead: the far corner is clamped to the near one first
+    near = w.slice(d.boxes, 0, 2, 2)
+    nms_boxes = w.op("Concat", [near, w.op("Max", [w.slice(d.boxes, 2, 4, 2), near])], axis=2)
+    selected = w.op("NonMaxSuppression", [nms_boxes, nms_scores, w.ints([k]), w.const(np.array([iou], np.float32)),
                                           w.const(np.array([0.0], np.float32))], center_point_box=0)
     where = w.op("Gather", [selected, w.ints([0, 2])], axis=1)  # (M, 2): image, prediction
     ones = w.op("ConstantOfShape", [w.slice(w.op("Shape", [selected]), 0, 1, 0)],
