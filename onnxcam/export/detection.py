@@ -352,6 +352,7 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
     maps = GraphWriter("maps", opset)
     gradients: dict[str, str] = {}
     grads: dict[str, str] = {}
+    head_acts: dict[str, str] = {}
     if any(x != "eigencam" for x in names):
         seeded = m.outputs[layout.outputs[1] if layout.kind in ("pairs", "queries") else layout.outputs[0]]
         channel, _ = channel_seeds(det, layout, decoded, kept)
@@ -368,12 +369,16 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
                 # backward) are then one node, and no constant is stored K times.
                 weights = {t.name: rename[t.name] for t in graph.initializer}
                 graph = _without_initializers(graph)
+                # A layer inside the head is read from the gradient run, as the engine does: the same
+                # tensor as the model's, but for a quantised head, whose straight-through surrogate
+                # computes it without the rounding (one quantisation step apart, measured).
+                head_acts = {f.name: as_map(maps, rename.get(f.name, f.name), f) for f in features}
             for f in features:
                 g = rename[grad_outputs[f.name]]
                 gradients[f"{f.name}#{rank}"] = g
                 per_rank[f.name].append(as_map(maps, g, f))
         grads = {f.name: _stack(maps, per_rank[f.name], f.dims) for f in features}
-    acts = {f.name: as_map(maps, f.name, f) for f in features}
+    acts = {f.name: as_map(maps, f.name, f) for f in features}  # the model's, as EigenCAM's body run reads them
     mask = maps.unsqueeze(valid, [2, 3])  # (N, K, 1, 1)
     h, wd = size
     for x in names:
@@ -382,7 +387,7 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
             final = ar.finish(maps, raws, size, maps.fresh("eigencam"))  # (N, H, W): one map per image
             maps.op("Mul", [maps.unsqueeze(final, [1]), mask], out=map_name(x))
             continue
-        raws = [(raw_map(maps, x, _repeat(maps, acts[f.name], k, f.dims), grads[f.name]), f.dims[1:])
+        raws = [(raw_map(maps, x, _repeat(maps, head_acts[f.name], k, f.dims), grads[f.name]), f.dims[1:])
                 for f in features]
         final = ar.finish(maps, raws, size, maps.fresh(x))  # (N*K, H, W)
         per_image = maps.op("Reshape", [final, maps.ints([-1, k, h, wd])])
