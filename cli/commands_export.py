@@ -15,7 +15,8 @@ from .parsing import parse_size, resolve_layer_arg
 
 def register(app: typer.Typer) -> None:
     app.command("export", help="Write one ONNX file that returns the model's outputs, the explained class and a CAM "
-                               "per method (N, H, W) in [0, 1], for any ONNX runtime.\n\nExample:\n\n"
+                               "per method (N, H, W) in [0, 1], for any ONNX runtime; for a detector, its top "
+                               "--detections detections and a map per detection (N, K, H, W).\n\nExample:\n\n"
                                "    onnxcam export model.onnx --method gradcam,layercam -o model_cam.onnx")(export_cmd)
 
 

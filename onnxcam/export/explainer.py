@@ -57,7 +57,7 @@ class ExportedExplainer:
 
     path: Path
     inputs: tuple[str, ...]
-    maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
+    maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]; a detector's (N, K, H, W)
     class_output: str
     layers: tuple[str, ...]  # the tensors explained (none for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
