@@ -14,7 +14,10 @@ detections are onnxruntime's.
 The random-weight YOLOv8 head saturates every top score to 1.0 in float32, where both paths'
 gradients vanish (all-zero maps): the YOLOv8 layout's maps are pinned on the demo detector (real
 weights). Two hand-built graphs cover the YOLOv5 layout (objectness seed) and DETR-style queries
-(normalised boxes, sigmoid scores).
+(normalised boxes; sigmoid scores, DETR's softmax with its "no object" class, and read as a box/score
+pair whose normalisation and score activation are found per image). The int8 copy of the demo
+detector runs in onnxruntime at basic optimisation (QDQ as float simulation, as onnxcam runs it);
+OpenVINO's int8 kernels round otherwise, so there only its detections are checked.
 """
 
 from __future__ import annotations
