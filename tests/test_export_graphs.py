@@ -224,14 +224,6 @@ def test_cli_export_several_layers(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, onnxcam.GradCAM(str(path), layer=["b", "e"])(x), atol=1e-5)
 
 
-def test_detectors_are_refused_with_the_way_out(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
-    from onnxcam.errors import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match="top detections are not exportable yet.*onnxcam explain"):
-        export_explainer(build_model("yolov8n_det"), "gradcam", path=tmp_path / "det_cam.onnx")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_fullgrad_through_a_class_token_exports_for_any_batch(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
     """FullGrad differentiates from the input, through the class token expanded over the batch: the
     gradient graph built at fixed batches folds that into an (n, 1, D) constant, which the exported graph

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +18,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.detection.task import DetectionTask
 from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, OutputError, UnsupportedModelError
 from onnxcam.export import arithmetic as ar
 from onnxcam.export._graph import GraphWriter
+from onnxcam.export.detection import DETECTION_OUTPUTS, assemble_detector, check_detection_methods, resolve_options
 from onnxcam.export.eigen import eigencam
 from onnxcam.export.seed import explained_class, one_hot_seed
 from onnxcam.export.splice import SpliceTarget
@@ -29,7 +31,7 @@ from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
 from onnxcam.graph.protos import make_model, opset_version
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.registry import get_method
-from onnxcam.tasks import ClassificationTask
+from onnxcam.tasks import ClassificationTask, Task, detect_task
 from onnxcam.views import FeatureView, ViewSpec
 
 ExportTarget = Literal["top1", "input"]
@@ -55,14 +57,17 @@ class ExportedExplainer:
 
     path: Path
     inputs: tuple[str, ...]
-    maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]
+    maps: dict[str, str]  # method -> output name, (N, H, W) float32 in [0, 1]; a detector's (N, K, H, W)
     class_output: str
     layers: tuple[str, ...]  # the tensors explained (none for FullGrad alone, which reads every bias layer)
     model_outputs: tuple[str, ...]
     external_data: bool
     # tensor of the model -> the tensor of the exported graph holding d(score)/d(it) (the explained
-    # layers; for FullGrad the input and every bias layer): make them outputs to read what a runtime computed
+    # layers; for FullGrad the input and every bias layer; for a detector "<layer>#<rank>"): make them
+    # outputs to read what a runtime computed
     gradients: dict[str, str] = field(default_factory=dict)
+    # a detector's: detection_boxes (N, K, 4), detection_scores (N, K), detection_classes (N, K); maps (N, K, H, W)
+    detection_outputs: tuple[str, ...] = ()
 
     @property
     def layer(self) -> str | None:
@@ -98,6 +103,10 @@ def export_explainer(
     path: str | os.PathLike[str],
     target: ExportTarget = "top1",
     view: ViewSpec = None,
+    detections: int = 5,
+    conf: float | None = None,
+    iou: float | None = None,
+    task: Task | str | None = None,
 ) -> ExportedExplainer:
     """Write to ``path`` an ONNX model computing ``model``'s outputs and a CAM per method.
 
@@ -109,15 +118,27 @@ def export_explainer(
     layout (NCHW, NHWC, tokens; see ``onnxcam.views``). The batch size stays dynamic when the
     model's is. The file is written atomically; the weights are stored once, in a side file
     ``<name>.data`` when the model is over ~1.8 GB.
+
+    A detector gets its top ``detections`` per image (decoded and NMS'd in the graph with ``conf`` /
+    ``iou``, default the task's) and one map per detection: see ``onnxcam.export.detection``.
+    ``task``: what the outputs mean, as the explainers' ``task=`` (default: read from the model).
     """
     if target not in ("top1", "input"):
         raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
     names = parse_methods(methods)
     m = model if isinstance(model, Model) else load(model, device="cpu")
-    task = m.task
+    task = m.task if task is None else detect_task(m.output_shapes, task)
+    if isinstance(task, DetectionTask) and target == "top1":
+        k, conf, iou = resolve_options(task, detections, conf, iou)
+        check_detection_methods(names, m.name)
+        if layer == "auto":  # the maps feeding the detection head, also where the task was given
+            layer = list(task.default_layers(m) or ()) or layer
+        proto, gradients = assemble_detector(m, task, names, _features(m, layer, view), _explained_base(m),
+                                             _gradient_graph, _as_map, output_name, _batch_dim(m), k, conf, iou)
+        saved = _save(proto, Path(path), m, names, m.resolve_layers(layer, view), gradients)
+        return replace(saved, class_output=DETECTION_OUTPUTS[2], detection_outputs=DETECTION_OUTPUTS)
     if not isinstance(task, ClassificationTask):
-        hint = (" (maps for a detector's top detections are not exportable yet: explain them with `onnxcam "
-                "explain`, which picks the detections in Python)") if task.name == "detect" else ""
+        hint = " (a detector explains its own top detections: leave target='top1')" if task.name == "detect" else ""
         raise UnsupportedModelError(
             f"{m.name}: export explains class scores (N, K) or class maps (N, K, H, W); this model's task is "
             f"{task.name}{hint}"
