@@ -33,6 +33,7 @@ from models.zoo import ModelSpec
 NUM_CLASSES = 80
 REG_MAX = 16
 STRIDES = (8, 16, 32)
+ATTENTION_STD = 0.5  # YOLO11's attention logits' std on the calibration images (1.5-17 on the tests' blobs)
 # Names as ultralytics writes them (a Python dict literal); generic ones: the weights are random.
 NAMES = {i: f"class{i}" for i in range(NUM_CLASSES)}
 
@@ -223,13 +224,25 @@ class Attention(nn.Module):
         self.proj = Conv(dim, dim, 1, act=False)
         self.pe = Conv(dim, dim, 3, g=dim, act=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(x).view(b, self.num_heads, 2 * self.key_dim + self.head_dim, h * w).split(
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, _, h, w = x.shape
+        return self.qkv(x).view(b, self.num_heads, 2 * self.key_dim + self.head_dim, h * w).split(
             [self.key_dim, self.key_dim, self.head_dim], 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
         attn = ((q.transpose(-2, -1) @ k) * self.scale).softmax(-1)
-        y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        y = (v @ attn.transpose(-2, -1)).view(x.shape) + self.pe(v.reshape(x.shape))
         return self.proj(y)
+
+    def temper(self, x: torch.Tensor, std: float) -> None:
+        """Scale the queries (their BatchNorm's weight and bias) so the logits on ``x`` have this std."""
+        q, k, _ = self._qkv(x)
+        factor = std / float(((q.transpose(-2, -1) @ k) * self.scale).std())
+        per_head = 2 * self.key_dim + self.head_dim
+        rows = [h * per_head + i for h in range(self.num_heads) for i in range(self.key_dim)]
+        self.qkv.bn.weight[rows] *= factor
+        self.qkv.bn.bias[rows] *= factor
 
 
 class PSABlock(nn.Module):
@@ -310,20 +323,40 @@ def yolov8n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLOv8:
 
 
 def yolo11n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLO11:
-    """As ``yolov8n``: seeded random weights, calibrated BatchNorm statistics and class biases."""
+    """As ``yolov8n`` (seeded random weights, calibrated BatchNorm statistics and class biases), the
+    C2PSA attention's queries scaled to soft attention (``ATTENTION_STD``)."""
     torch.manual_seed(seed)
     return _calibrate(YOLO11(nc), seed, size)
 
 
 def _calibrate(model: _Detector, seed: int, size: int) -> _Detector:
-    """``model`` with BatchNorm statistics from smooth random images and its class logits standardised."""
+    """``model`` with BatchNorm statistics from smooth random images, its attention logits (if any)
+    scaled, and its class logits standardised."""
     x = smooth_images(4, size, seed + 1)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     model.train()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None  # cumulative average: one pass gives the batch's statistics
+        for m in norms:
+            m.momentum = None  # cumulative average: one pass gives the batch's statistics
         model(x)
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    if attentions:
+        # A random attention's logits are far apart (std 10-30 on these images): a nearly one-hot
+        # softmax, where float32 loses digits that float64 keeps. Queries scaled to logits of std
+        # ATTENTION_STD, then every statistic after them taken again.
+        model.eval()
+        inputs: dict[nn.Module, torch.Tensor] = {}
+        hooks = [a.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0])) for a in attentions]
+        with torch.no_grad():
+            model(x)
+            for hook in hooks:
+                hook.remove()
+            for a in attentions:
+                a.temper(inputs[a], ATTENTION_STD)
+            model.train()
+            for m in norms:
+                m.reset_running_stats()
+            model(x)
     model.eval()
     with torch.no_grad():
         feats = model.features(x)

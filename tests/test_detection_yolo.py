@@ -121,8 +121,10 @@ def test_every_method_runs_on_one_detection(name):
     assert np.isfinite(e.maps).all() and float(e.scores[0]) == pytest.approx(expected, abs=1e-5) and expected > 0
 
 
-def _autograd(arch: str, x: np.ndarray, score_fn: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """float64 torch activations and d(score)/d(activation) at the three head feature maps."""
+def _autograd(arch: str, x: np.ndarray, score_fn: Any,
+              modules: tuple[str, ...] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """float64 torch activations and d(score)/d(activation) at ``modules`` (default: the three head
+    feature maps)."""
     net = copy.deepcopy(_torch(arch)).double()
     seen: list[Any] = []
 
@@ -130,7 +132,7 @@ def _autograd(arch: str, x: np.ndarray, score_fn: Any) -> tuple[list[np.ndarray]
         out.retain_grad()
         seen.append(out)
 
-    handles = [net.get_submodule(m).register_forward_hook(hook) for m in ARCHS[arch][1]]
+    handles = [net.get_submodule(m).register_forward_hook(hook) for m in modules or ARCHS[arch][1]]
     try:
         y = net(torch.from_numpy(x.astype(np.float64)))
     finally:
@@ -201,6 +203,22 @@ def test_gradients_match_float64_autograd(name, target):
     assert any(np.abs(r).max() > 0 for r in ref_g)
     for k, layer in enumerate(_layer_names(_arch(name))):
         _assert_close(g.activations[layer], g.gradients[layer], ref_a[k], ref_g[k], f"{target} at {layer}")
+
+
+def test_gradients_through_the_c2psa_attention_match_float64_autograd():
+    """At SPPF's output the gradient runs back through C2PSA (MatMul, Softmax, the heads' Reshape and
+    Split), which the default layers, downstream of it, never see."""
+    model = _model("yolo11n_det")
+    x = _image(seed=9)
+    task = model.task
+    dets = decode(task.layout, model.forward(x), DecodeOptions(max_det=5000))[0]  # type: ignore[attr-defined]
+    # Below 0.9: nearer the sigmoid's flat end float32 itself loses digits here (torch's too).
+    d = next(d for d in dets if 0.3 < d.score < 0.9)
+    layer = "/b9/cv2/act/Mul_output_0"
+    g = model.gradients(x, layer, targets=[DetectionScoreTarget(task.layout, d.index, d.category)])  # type: ignore[attr-defined]
+    ref_a, ref_g = _autograd("yolo11n", x, lambda y: y[0, 4 + d.category, d.index], ("b9",))
+    assert np.abs(ref_g[0]).max() > 0
+    _assert_close(g.activations[layer], g.gradients[layer], ref_a[0], ref_g[0], f"score at {layer}")
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
