@@ -1,5 +1,5 @@
-"""Detector test models: a YOLOv8n-style detector defined here in torch (ultralytics' own modules
-need torchvision, which does not import beside this torch), random seeded weights.
+"""Detector test models: YOLOv8n- and YOLO11n-style detectors defined here in torch (ultralytics' own
+modules need torchvision, which does not import beside this torch), random seeded weights.
 
 Architecture as ultralytics' ``yolov8n.yaml`` (width 0.25, depth 0.33): Conv-BN-SiLU, C2f, SPPF, an
 FPN/PAN neck with nearest Upsample + Concat, and the Detect head with DFL (reg_max 16, a softmax
@@ -8,13 +8,19 @@ the feature maps' shapes, as the exported graph does. Output ``(N, 4 + K, A)``: 
 y, width, height in input pixels, then the K class scores after a sigmoid. Exported as ultralytics
 exports by default (static batch 1, metadata ``task``, ``imgsz``, ``stride``, ``names``) at opsets
 12 and 17, and once with a dynamic batch.
+
+YOLO11n as ``yolo11.yaml`` at scale n (width 0.25, depth 0.50; 2,624,080 parameters, ultralytics'
+count): C3k2 for C2f, a C2PSA block (multi-head self-attention over the stride-32 cells) after
+SPPF, and a Detect head whose class branch is depth-wise 3x3 + 1x1 convolutions.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -27,28 +33,30 @@ from models.zoo import ModelSpec
 NUM_CLASSES = 80
 REG_MAX = 16
 STRIDES = (8, 16, 32)
+ATTENTION_STD = 0.5  # YOLO11's attention logits' std on the calibration images (1.5-17 on the tests' blobs)
 # Names as ultralytics writes them (a Python dict literal); generic ones: the weights are random.
 NAMES = {i: f"class{i}" for i in range(NUM_CLASSES)}
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias) -> BatchNorm -> SiLU, 'same' padding."""
+    """Conv2d (no bias) -> BatchNorm -> SiLU (identity when ``act`` is false), 'same' padding."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1) -> None:
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, g: int = 1, act: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
-        self.act = nn.SiLU()
+        self.act: nn.Module = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c: int, shortcut: bool) -> None:
+    def __init__(self, c: int, shortcut: bool, e: float = 1.0) -> None:
         super().__init__()
-        self.cv1 = Conv(c, c, 3)
-        self.cv2 = Conv(c, c, 3)
+        c_ = int(c * e)
+        self.cv1 = Conv(c, c_, 3)
+        self.cv2 = Conv(c_, c, 3)
         self.add = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,12 +67,12 @@ class Bottleneck(nn.Module):
 class C2f(nn.Module):
     """CSP bottleneck with two convolutions, every bottleneck's output concatenated."""
 
-    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False) -> None:
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, e: float = 0.5) -> None:
         super().__init__()
-        self.c = c2 // 2
+        self.c = int(c2 * e)
         self.cv1 = Conv(c1, 2 * self.c, 1)
         self.cv2 = Conv((2 + n) * self.c, c2, 1)
-        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+        self.m: nn.ModuleList = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = list(self.cv1(x).chunk(2, 1))
@@ -113,14 +121,28 @@ def make_anchors(feats: list[torch.Tensor], strides: tuple[int, ...], offset: fl
     return torch.cat(points), torch.cat(stride_tensor)
 
 
+def dwconv(c1: int, c2: int, k: int) -> Conv:
+    """Depth-wise Conv-BN-SiLU (groups ``gcd(c1, c2)``), ultralytics' DWConv."""
+    return Conv(c1, c2, k, g=math.gcd(c1, c2))
+
+
 class Detect(nn.Module):
-    def __init__(self, nc: int, ch: tuple[int, ...]) -> None:
+    """The Detect head: per level a box branch (``cv2``, 4 x REG_MAX DFL bins) and a class branch
+    (``cv3``): YOLOv8's two 3x3 Conv-BN-SiLU (``legacy``) or YOLO11's two depth-wise 3x3 + 1x1 pairs."""
+
+    def __init__(self, nc: int, ch: tuple[int, ...], legacy: bool = True) -> None:
         super().__init__()
         self.nc, self.no = nc, nc + REG_MAX * 4
         c2, c3 = max(16, ch[0] // 4, REG_MAX * 4), max(ch[0], min(nc, 100))
         self.cv2 = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * REG_MAX, 1))
                                  for x in ch)
-        self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        if legacy:
+            self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1))
+                                     for x in ch)
+        else:
+            self.cv3 = nn.ModuleList(nn.Sequential(nn.Sequential(dwconv(x, x, 3), Conv(x, c3, 1)),
+                                                   nn.Sequential(dwconv(c3, c3, 3), Conv(c3, c3, 1)),
+                                                   nn.Conv2d(c3, nc, 1)) for x in ch)
         self.dfl = DFL(REG_MAX)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -166,21 +188,175 @@ class YOLOv8(nn.Module):
         return self.detect(self.features(x))
 
 
+class C3k(nn.Module):
+    """CSP bottleneck with three convolutions (ultralytics' C3) over ``n`` 3x3 bottlenecks."""
+
+    def __init__(self, c1: int, c2: int, n: int = 2, shortcut: bool = True, e: float = 0.5) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1, self.cv2, self.cv3 = Conv(c1, c_, 1), Conv(c1, c_, 1), Conv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_, shortcut) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class C3k2(C2f):
+    """YOLO11's C2f: each inner block a C3k (``c3k``) or a bottleneck at half width, as ultralytics'."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5,
+                 shortcut: bool = True) -> None:
+        super().__init__(c1, c2, n, shortcut, e)
+        self.m = nn.ModuleList(C3k(self.c, self.c, 2, shortcut) if c3k else Bottleneck(self.c, shortcut, 0.5)
+                               for _ in range(n))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H x W cells of a map (ultralytics' PSA attention): queries
+    and keys at ``attn_ratio`` of the head width, a depth-wise 3x3 positional term on the values."""
+
+    def __init__(self, dim: int, num_heads: int, attn_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim ** -0.5
+        self.qkv = Conv(dim, dim + 2 * self.key_dim * num_heads, 1, act=False)
+        self.proj = Conv(dim, dim, 1, act=False)
+        self.pe = Conv(dim, dim, 3, g=dim, act=False)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, _, h, w = x.shape
+        return self.qkv(x).view(b, self.num_heads, 2 * self.key_dim + self.head_dim, h * w).split(
+            [self.key_dim, self.key_dim, self.head_dim], 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        attn = ((q.transpose(-2, -1) @ k) * self.scale).softmax(-1)
+        y = (v @ attn.transpose(-2, -1)).view(x.shape) + self.pe(v.reshape(x.shape))
+        return self.proj(y)
+
+    def temper(self, x: torch.Tensor, std: float) -> None:
+        """Scale the queries (their BatchNorm's weight and bias) so the logits on ``x`` have this std."""
+        q, k, _ = self._qkv(x)
+        factor = std / float(((q.transpose(-2, -1) @ k) * self.scale).std())
+        per_head = 2 * self.key_dim + self.head_dim
+        rows = [h * per_head + i for h in range(self.num_heads) for i in range(self.key_dim)]
+        self.qkv.bn.weight[rows] *= factor
+        self.qkv.bn.bias[rows] *= factor
+
+
+class PSABlock(nn.Module):
+    def __init__(self, c: int, attn_ratio: float = 0.5, num_heads: int = 4) -> None:
+        super().__init__()
+        self.attn = Attention(c, num_heads, attn_ratio)
+        self.ffn = nn.Sequential(Conv(c, 2 * c, 1), Conv(2 * c, c, 1, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.ffn(x)
+
+
+class C2PSA(nn.Module):
+    """Half the channels through ``n`` attention + feed-forward blocks, the other half past them."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5) -> None:
+        super().__init__()
+        assert c1 == c2
+        self.c = int(c1 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1)
+        self.cv2 = Conv(2 * self.c, c1, 1)
+        self.m = nn.Sequential(*(PSABlock(self.c, 0.5, self.c // 64) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).split((self.c, self.c), 1)
+        return self.cv2(torch.cat((a, self.m(b)), 1))
+
+
+class YOLO11(nn.Module):
+    """YOLO11 at scale n (``yolo11.yaml``: depth 0.50, width 0.25): C3k2 blocks, SPPF then C2PSA at
+    stride 32, the YOLOv8 neck with C3k2, and YOLO11's Detect head (depth-wise class branch).
+    Modules are named by their yaml index (``b10`` the C2PSA; ``h16``, ``h19``, ``h22`` the P3, P4,
+    P5 maps the head reads)."""
+
+    def __init__(self, nc: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.b0, self.b1, self.b2 = Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), C3k2(32, 64, 1, False, 0.25)
+        self.b3, self.b4 = Conv(64, 64, 3, 2), C3k2(64, 128, 1, False, 0.25)
+        self.b5, self.b6 = Conv(128, 128, 3, 2), C3k2(128, 128, 1, True)
+        self.b7, self.b8 = Conv(128, 256, 3, 2), C3k2(256, 256, 1, True)
+        self.b9, self.b10 = SPPF(256, 256, 5), C2PSA(256, 256, 1)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.h13, self.h16 = C3k2(384, 128, 1, False), C3k2(256, 64, 1, False)
+        self.h17, self.h19 = Conv(64, 64, 3, 2), C3k2(192, 128, 1, False)
+        self.h20, self.h22 = Conv(128, 128, 3, 2), C3k2(384, 256, 1, True)
+        self.detect = Detect(nc, (64, 128, 256), legacy=False)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b10(self.b9(self.b8(self.b7(p4))))
+        n13 = self.h13(torch.cat((self.up(p5), p4), 1))
+        o3 = self.h16(torch.cat((self.up(n13), p3), 1))
+        o4 = self.h19(torch.cat((self.h17(o3), n13), 1))
+        o5 = self.h22(torch.cat((self.h20(o4), p5), 1))
+        return [o3, o4, o5]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.detect(self.features(x))
+
+
+_Detector = TypeVar("_Detector", YOLOv8, YOLO11)
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """``(n, 3, size, size)`` upsampled coarse noise in [0, 1]: closer to photos, for the network,
+    than pixel noise."""
+    coarse = torch.rand((n, 3, 8, 8), generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def yolov8n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLOv8:
     """Seeded random weights; BatchNorm statistics from a random batch and class biases set so a
     random image gives a few dozen anchors above 0.25 (a trained detector's few boxes)."""
     torch.manual_seed(seed)
-    model = YOLOv8(nc)
-    gen = torch.Generator().manual_seed(seed + 1)
-    # Smooth random images (upsampled coarse noise) look more like photos to the network than pixel noise.
-    coarse = torch.rand((4, 3, 8, 8), generator=gen)
-    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return _calibrate(YOLOv8(nc), seed, size)
+
+
+def yolo11n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLO11:
+    """As ``yolov8n`` (seeded random weights, calibrated BatchNorm statistics and class biases), the
+    C2PSA attention's queries scaled to soft attention (``ATTENTION_STD``)."""
+    torch.manual_seed(seed)
+    return _calibrate(YOLO11(nc), seed, size)
+
+
+def _calibrate(model: _Detector, seed: int, size: int) -> _Detector:
+    """``model`` with BatchNorm statistics from smooth random images, its attention logits (if any)
+    scaled, and its class logits standardised."""
+    x = smooth_images(4, size, seed + 1)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     model.train()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None  # cumulative average: one pass gives the batch's statistics
+        for m in norms:
+            m.momentum = None  # cumulative average: one pass gives the batch's statistics
         model(x)
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    if attentions:
+        # A random attention's logits are far apart (std 10-30 on these images): a nearly one-hot
+        # softmax, where float32 loses digits that float64 keeps. Queries scaled to logits of std
+        # ATTENTION_STD, then every statistic after them taken again.
+        model.eval()
+        inputs: dict[nn.Module, torch.Tensor] = {}
+        hooks = [a.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0])) for a in attentions]
+        with torch.no_grad():
+            model(x)
+            for hook in hooks:
+                hook.remove()
+            for a in attentions:
+                a.temper(inputs[a], ATTENTION_STD)
+            model.train()
+            for m in norms:
+                m.reset_running_stats()
+            model(x)
     model.eval()
     with torch.no_grad():
         feats = model.features(x)
@@ -196,11 +372,14 @@ def yolov8n(seed: int = 0, nc: int = NUM_CLASSES, size: int = 320) -> YOLOv8:
 
 
 def export_yolov8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None:
-    """Export as ultralytics does (legacy exporter, static batch 1 unless ``spec.dynamic_batch``)."""
-    module = yolov8n(size=spec.input_shape[1]).eval()
+    """Export ``spec.factory()`` (YOLOv8n or YOLO11n) as ultralytics does (legacy exporter, static
+    batch 1 unless ``spec.dynamic_batch``)."""
+    module = spec.factory().eval()
     opset = int(spec.extra.get("opset", 17))  # type: ignore[call-overload]
     batch = 2 if spec.dynamic_batch else 1
-    x = torch.rand((batch, *spec.input_shape), generator=torch.Generator().manual_seed(3))
+    # Parity on the kind of image the statistics came from: on pixel noise YOLO11's random attention
+    # is so peaked that float32 itself (torch's too) is 6e-4 from float64.
+    x = smooth_images(batch, spec.input_shape[1], 3)
     axes = {spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}} if spec.dynamic_batch else None
     tmp = path.with_suffix(".export.onnx")
     with warnings.catch_warnings():
@@ -216,7 +395,11 @@ def export_yolov8(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> None
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
     finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
-    check_parity(spec, path, module, x.numpy())
+    try:
+        check_parity(spec, path, module, x.numpy())
+    except RuntimeError:
+        path.unlink()  # the build is a cache: a file that failed its check must not be kept
+        raise
 
 
 def nms_tail(model: onnx.ModelProto, iou: float = 0.45, score: float = 0.25, max_per_class: int = 100,
@@ -262,10 +445,11 @@ def export_yolov8_nms(spec: ModelSpec, path: Path, deps: Mapping[str, Path]) -> 
     finalize(model, path, f"onnxcam test model {spec.name}: {spec.description}")
 
 
-def _spec(name: str, size: int, opset: int, dynamic: bool, description: str) -> ModelSpec:
+def _spec(name: str, size: int, opset: int, dynamic: bool, description: str,
+          arch: Callable[..., nn.Module] = yolov8n) -> ModelSpec:
     return ModelSpec(
         name=name, input_shape=(3, size, size), layout="NCHW", dynamic_batch=dynamic, num_classes=NUM_CLASSES,
-        factory=lambda: yolov8n(size=size), layers={}, description=description, default=False,
+        factory=lambda: arch(size=size), layers={}, description=description, default=False,
         input_name="images", output_name="output0", make_onnx=export_yolov8, extra={"opset": opset},
     )
 
@@ -280,6 +464,10 @@ SPECS: dict[str, ModelSpec] = {
         description="yolov8n_det with NonMaxSuppression appended (end2end export)", input_name="images",
         output_name="det_boxes", make_onnx=export_yolov8_nms, requires=("yolov8n_det",)),
     "yolov8n_det_640": _spec("yolov8n_det_640", 640, 17, False, "YOLOv8n-style detector at 640x640 (benchmark)"),
+    "yolo11n_det": _spec("yolo11n_det", 320, 17, False, "YOLO11n-style detector (C3k2, C2PSA), opset 17, batch 1",
+                         yolo11n),
+    "yolo11n_det_op12": _spec("yolo11n_det_op12", 320, 12, False, "YOLO11n-style detector at opset 12, batch 1",
+                              yolo11n),
 }
 
 # ---------------------------------------------------------------- box/score pairs (SSD / RetinaNet style)
@@ -444,8 +632,8 @@ SPECS.update({
 })
 
 
-__all__ = ["SPECS", "BoxScoreNet", "YOLOv8", "box_score_net", "export_box_score", "export_yolov8", "export_yolov8_nms",
-           "make_anchors", "nms_tail", "pair_anchors", "pairs_nms_tail", "yolov8n"]
+__all__ = ["SPECS", "YOLO11", "BoxScoreNet", "YOLOv8", "box_score_net", "export_box_score", "export_yolov8",
+           "export_yolov8_nms", "make_anchors", "nms_tail", "pair_anchors", "pairs_nms_tail", "yolo11n", "yolov8n"]
 
 
 def _self_check() -> None:  # pragma: no cover - a quick look while developing

@@ -1,7 +1,7 @@
-"""The YOLOv8n-style detector (models/detectors.py) end to end: recognised as a detector, default
-layers at the head's feature maps (never the DFL conv), every method runs on one detection, exact
-gradients against float64 torch autograd, and Grad-CAM / Grad-CAM++ / EigenCAM parity with
-pytorch-grad-cam on the same weights."""
+"""The YOLOv8n- and YOLO11n-style detectors (models/detectors.py) end to end: recognised as
+detectors, default layers at the head's feature maps (never the DFL conv, nor YOLO11's C2PSA
+attention), every method runs on one detection, exact gradients against float64 torch autograd, and
+Grad-CAM / Grad-CAM++ / EigenCAM parity with pytorch-grad-cam on the same weights."""
 
 from __future__ import annotations
 
@@ -24,10 +24,16 @@ from detection_checks import assert_every_method_runs  # noqa: E402
 
 import onnxcam  # noqa: E402
 from models.build import build  # noqa: E402
-from models.detectors import yolov8n  # noqa: E402
+from models.detectors import yolo11n, yolov8n  # noqa: E402
 from onnxcam.detection import DecodeOptions, DetectionScoreTarget, DetectionTask, DRiseTarget, decode  # noqa: E402
+from onnxcam.errors import UnsupportedModelError  # noqa: E402
+from onnxcam.explainers.attention import has_global_attention  # noqa: E402
+from onnxcam.registry import get_method, methods_for, spec_of  # noqa: E402
 
-HEAD_MODULES = ("h15", "h18", "h21")  # the neck's C2f outputs at strides 8, 16, 32
+# The torch module each test model was exported from, and the neck's outputs at strides 8, 16, 32
+# (YOLOv8's C2f, YOLO11's C3k2): the maps the Detect head reads.
+ARCHS: dict[str, tuple[Any, tuple[str, ...]]] = {"yolov8n": (yolov8n, ("h15", "h18", "h21")),
+                                                 "yolo11n": (yolo11n, ("h16", "h19", "h22"))}
 TOL = 1e-4
 MIN_PEARSON = 0.999
 
@@ -37,10 +43,14 @@ def _model(name: str = "yolov8n_det") -> onnxcam.Model:
     return onnxcam.load(build(name), device="cpu")
 
 
+def _arch(name: str) -> str:
+    return name.split("_")[0]
+
+
 @cache
-def _torch() -> Any:
+def _torch(arch: str = "yolov8n") -> Any:
     torch.set_num_threads(2)
-    return yolov8n(size=320).eval()
+    return ARCHS[arch][0](size=320).eval()
 
 
 def _image(n: int = 1, seed: int = 5) -> np.ndarray:
@@ -66,23 +76,38 @@ def _unsaturated(dets: list[Any], skip: int = 0) -> Any:
     return found[skip]
 
 
-def _layer_names(model: onnxcam.Model) -> tuple[str, ...]:
-    return tuple(f"/{m}/cv2/act/Mul_output_0" for m in HEAD_MODULES)
+def _layer_names(arch: str) -> tuple[str, ...]:
+    return tuple(f"/{m}/cv2/act/Mul_output_0" for m in ARCHS[arch][1])
 
 
-@pytest.mark.parametrize("name", ["yolov8n_det", "yolov8n_det_op12", "yolov8n_det_dyn"])
+@pytest.mark.parametrize("name", ["yolov8n_det", "yolov8n_det_op12", "yolov8n_det_dyn", "yolo11n_det",
+                                  "yolo11n_det_op12"])
 def test_recognised_with_head_feature_maps_as_default_layers(name):
     model = _model(name)
     task = model.task
     assert isinstance(task, DetectionTask) and task.layout.kind == "yolov8" and task.layout.num_classes == 80
     assert task.label(3) == "class3"  # from the metadata's names
-    assert model.resolve_layers("auto") == _layer_names(model)
-    assert model.layer("auto").name == _layer_names(model)[0]
+    assert model.resolve_layers("auto") == _layer_names(_arch(name))
+    assert model.layer("auto").name == _layer_names(_arch(name))[0]
     assert all(layer.spatial is not None for layer in model.select_layers("auto"))
 
 
-def test_every_method_runs_on_one_detection():
-    model = _model()
+@pytest.mark.parametrize("name", ["yolo11n_det", "yolo11n_det_op12"])
+def test_c2psa_attention_is_not_taken_for_a_transformer(name):
+    """YOLO11's C2PSA runs a Softmax (1, heads, HW, HW) over the stride-32 cells: a convolutional
+    block with attention inside, not a token sequence; the attention methods refuse it."""
+    model = _model(name)
+    softmaxes = [n for n in model.proto.graph.node if n.op_type == "Softmax"]
+    assert any(n.name.startswith("/b10/") for n in softmaxes)  # the attention is in the graph
+    assert not has_global_attention(model)
+    assert not any(spec_of(m).requires for m in methods_for(model))
+    with pytest.raises(UnsupportedModelError, match="self-attention over the image's tokens"):
+        get_method("rollout")(model)(_image())
+
+
+@pytest.mark.parametrize("name", ["yolov8n_det", "yolo11n_det"])
+def test_every_method_runs_on_one_detection(name):
+    model = _model(name)
     x = _image()
     dets = model.task.detections(model.forward(x))[0]  # type: ignore[attr-defined]
     assert len(dets) >= 2
@@ -96,16 +121,18 @@ def test_every_method_runs_on_one_detection():
     assert np.isfinite(e.maps).all() and float(e.scores[0]) == pytest.approx(expected, abs=1e-5) and expected > 0
 
 
-def _autograd(x: np.ndarray, score_fn: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """float64 torch activations and d(score)/d(activation) at the three head feature maps."""
-    net = copy.deepcopy(_torch()).double()
+def _autograd(arch: str, x: np.ndarray, score_fn: Any,
+              modules: tuple[str, ...] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """float64 torch activations and d(score)/d(activation) at ``modules`` (default: the three head
+    feature maps)."""
+    net = copy.deepcopy(_torch(arch)).double()
     seen: list[Any] = []
 
     def hook(_m: Any, _i: Any, out: Any) -> None:
         out.retain_grad()
         seen.append(out)
 
-    handles = [net.get_submodule(m).register_forward_hook(hook) for m in HEAD_MODULES]
+    handles = [net.get_submodule(m).register_forward_hook(hook) for m in modules or ARCHS[arch][1]]
     try:
         y = net(torch.from_numpy(x.astype(np.float64)))
     finally:
@@ -143,14 +170,16 @@ def _assert_close(got_a: np.ndarray, got_g: np.ndarray, ref_a: np.ndarray, ref_g
 
 
 @pytest.mark.parametrize("target", ["score", "drise"])
-def test_gradients_match_float64_autograd(target):
-    model = _model("yolov8n_det_dyn")
-    x = _image(2, seed=9)
+@pytest.mark.parametrize("name", ["yolov8n_det_dyn", "yolo11n_det"])
+def test_gradients_match_float64_autograd(name, target):
+    model = _model(name)
+    batch = 2 if model.input.max_batch is None else 1
+    x = _image(batch, seed=9)
     outputs = model.forward(x)
     task = model.task
     dets = decode(task.layout, outputs, DecodeOptions(max_det=5000))  # type: ignore[attr-defined]
     # Image 0 explains its top detection, image 1 its second: each seed must reach its own image.
-    chosen = [_unsaturated(dets[0]), _unsaturated(dets[1], 1)]
+    chosen = [_unsaturated(dets[i], i) for i in range(batch)]
     if target == "score":
         targets = [DetectionScoreTarget(task.layout, d.index, d.category) for d in chosen]  # type: ignore[attr-defined]
     else:
@@ -170,10 +199,26 @@ def test_gradients_match_float64_autograd(target):
                 total = total + _drise_torch(y, i, int(np.argmax(s)), t.box, d.category)  # type: ignore[attr-defined]
         return total
 
-    ref_a, ref_g = _autograd(x, score)
+    ref_a, ref_g = _autograd(_arch(name), x, score)
     assert any(np.abs(r).max() > 0 for r in ref_g)
-    for k, name in enumerate(_layer_names(model)):
-        _assert_close(g.activations[name], g.gradients[name], ref_a[k], ref_g[k], f"{target} at {name}")
+    for k, layer in enumerate(_layer_names(_arch(name))):
+        _assert_close(g.activations[layer], g.gradients[layer], ref_a[k], ref_g[k], f"{target} at {layer}")
+
+
+def test_gradients_through_the_c2psa_attention_match_float64_autograd():
+    """At SPPF's output the gradient runs back through C2PSA (MatMul, Softmax, the heads' Reshape and
+    Split), which the default layers, downstream of it, never see."""
+    model = _model("yolo11n_det")
+    x = _image(seed=9)
+    task = model.task
+    dets = decode(task.layout, model.forward(x), DecodeOptions(max_det=5000))[0]  # type: ignore[attr-defined]
+    # Below 0.9: nearer the sigmoid's flat end float32 itself loses digits here (torch's too).
+    d = next(d for d in dets if 0.3 < d.score < 0.9)
+    layer = "/b9/cv2/act/Mul_output_0"
+    g = model.gradients(x, layer, targets=[DetectionScoreTarget(task.layout, d.index, d.category)])  # type: ignore[attr-defined]
+    ref_a, ref_g = _autograd("yolo11n", x, lambda y: y[0, 4 + d.category, d.index], ("b9",))
+    assert np.abs(ref_g[0]).max() > 0
+    _assert_close(g.activations[layer], g.gradients[layer], ref_a[0], ref_g[0], f"score at {layer}")
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,16 +228,17 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize(("ours", "theirs"), [(onnxcam.GradCAM, "GradCAM"),
                                               (onnxcam.GradCAMPlusPlus, "GradCAMPlusPlus"),
                                               (onnxcam.EigenCAM, "EigenCAM")])
-def test_maps_match_pytorch_grad_cam(ours, theirs):
-    model = _model()
+@pytest.mark.parametrize("name", ["yolov8n_det", "yolo11n_det"])
+def test_maps_match_pytorch_grad_cam(name, ours, theirs):
+    model = _model(name)
     x = _image(seed=11)
     layout = model.task.layout  # type: ignore[attr-defined]
     det = _unsaturated(decode(layout, model.forward(x), DecodeOptions(max_det=5000))[0])
     target = DetectionScoreTarget(layout, det.index, det.category)
     kw = {"eigen_sign": "reference"} if theirs == "EigenCAM" else {}
     got = ours(model, **kw)(x, targets=[target])
-    net = _torch()
-    cam = getattr(pgc, theirs)(model=net, target_layers=[net.get_submodule(m) for m in HEAD_MODULES])
+    net = _torch(_arch(name))
+    cam = getattr(pgc, theirs)(model=net, target_layers=[net.get_submodule(m) for m in ARCHS[_arch(name)][1]])
     try:
         expected = cam(input_tensor=torch.from_numpy(x), targets=[lambda out: out[4 + det.category, det.index]])
     finally:
