@@ -94,7 +94,7 @@ def _image(size: tuple[int, int], seed: int = 3) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)[None]
 
 
-@pytest.mark.parametrize("name", ["yolov8n_det", "yolov8n_det_op12", "boxscore_det", "demo_detect"])
+@pytest.mark.parametrize("name", ["yolov8n_det", "yolov8n_det_op12", "yolo11n_det", "boxscore_det", "demo_detect"])
 def test_detectors_crop_gradients_equal_the_whole_head_graph(name: str) -> None:
     model = _model(name)
     x = _image(model.input.size)
