@@ -214,5 +214,8 @@ def requirement_error(cls: type, model: Any) -> str | None:
         return None
     working = [s.name for s in _SPECS.values() if s.name != spec.name and not unmet(s, model)]
     name = getattr(model, "name", "the model")
-    return (f"{spec.name} needs {'; '.join(r.description for r in missing)}, and {name} has none; "
-            f"methods that work on it: {', '.join(working) or 'none'} (see `onnxcam methods`)")
+    # Only the methods declared so far are known here (the registry imports them all): with none of
+    # them applying, the message points at the full list instead of claiming nothing works.
+    works = f"methods that work on it: {', '.join(working)} (see `onnxcam methods`)" if working else \
+        "`onnxcam methods` lists the methods that work on it"
+    return f"{spec.name} needs {'; '.join(r.description for r in missing)}, and {name} has none; {works}"
