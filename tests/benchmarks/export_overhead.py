@@ -38,6 +38,8 @@ def ort_runner(path: Path):  # type: ignore[no-untyped-def]
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
+    # Threads that spin on after a run would take the cores from the other session's next run.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda feeds: sess.run(None, feeds)
 
