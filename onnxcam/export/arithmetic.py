@@ -86,10 +86,10 @@ def _cell_ends(n_in: int, n_out: int) -> np.ndarray:
     return np.flatnonzero((np.diff(lo, prepend=-1) != 0) | (np.diff(lo, append=n_in) != 0))
 
 
-# Bilinear resizing as two matrix products with constant weights: measured 4-50x faster than the
-# Resize op in OpenVINO 2026.4 and 2-9x in onnxruntime 1.23 (2 threads, maps 7x7 to 112x112 resized
-# to 224x224, batch 1 and 16). Above this many bytes of weights the Resize op is used instead, so
-# that the file stays small.
+# Bilinear resizing as two matrix products with constant weights: measured 2.7-55x faster than the
+# Resize op in OpenVINO 2026.4 and 1.6-9x in onnxruntime 1.31 (2 threads, maps of 7x7 to 112x112
+# resized to 224x224, batch 1 and 16; on par in onnxruntime from 160x160). Above this many bytes of
+# weights the Resize op is used instead, so that the file stays small.
 _MATMUL_BYTES = 512 * 1024
 
 
@@ -116,8 +116,7 @@ def resize(w: GraphWriter, maps: str, map_size: tuple[int, int], size: tuple[int
     # Before opset 13 roi and scales are required inputs (empty tensors when sizes are given).
     empty = ("", "") if w.opset >= 13 else (w.const(np.zeros(0, np.float32)), w.const(np.zeros(0, np.float32)))
     resized = w.op("Resize", [four, *empty, sizes], mode="linear", coordinate_transformation_mode="half_pixel")
-    return w.op("Squeeze", [resized, w.ints([1])], out=out) if w.opset >= 13 else \
-        w.op("Squeeze", [resized], axes=[1], out=out)
+    return w.squeeze(resized, [1], out=out)
 
 
 def _finish_single(w: GraphWriter, raw: str, map_size: tuple[int, int], size: tuple[int, int], scale: float,
@@ -146,9 +145,7 @@ def _finish_single(w: GraphWriter, raw: str, map_size: tuple[int, int], size: tu
     denominator = w.op("Add", [w.op("Sub", [hi, lo]), eps])
     resized = resize(w, w.op("Div", [w.op("Sub", [r, lo]), denominator]), map_size, size)
     # rounding in the resize leaves values ~1e-7 outside [0, 1] where the exact ones are at its ends
-    if w.opset >= 11:
-        return w.op("Clip", [resized, w.f32(0.0), w.f32(1.0)], out=out)
-    return w.op("Clip", [resized], min=0.0, max=1.0, out=out)
+    return w.clip(resized, 0.0, 1.0, out=out)
 
 
 def finish(w: GraphWriter, raws: Sequence[tuple[str, tuple[int, int]]], size: tuple[int, int], out: str,
