@@ -267,3 +267,49 @@ def test_gradcam_over_a_pooled_linear_head_reads_the_classifier_row(tmp_path: Pa
     cls, gradcam, layercam = sess.run([CLASS_OUTPUT, "cam_gradcam", "cam_layercam"], {m.input.name: x})
     np.testing.assert_allclose(gradcam, onnxcam.GradCAM(m)(x, list(cls)), atol=1e-4)
     np.testing.assert_allclose(layercam, onnxcam.LayerCAM(m)(x, list(cls)), atol=1e-4)
+
+
+def _small_maps(shape: tuple[int, int]) -> np.ndarray:
+    """(6, h, w) raw maps: random, one interior spike, flat, negative, a range below the epsilon, a ramp."""
+    h, w = shape
+    rng = np.random.default_rng(8)
+    spike = np.zeros(shape)
+    spike[h // 2, w // 2] = 5.0
+    ramp = np.add.outer(np.arange(h), -0.5 * np.arange(w))
+    maps = [rng.normal(size=shape) + 1.0, spike, np.full(shape, 3.0), -np.abs(rng.normal(size=shape)) - 0.1,
+            1e-9 * rng.random(shape), ramp]
+    return np.stack(maps).astype(np.float32)
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+@pytest.mark.parametrize("resize_op", [False, True])
+@pytest.mark.parametrize(("shape", "size"), [((7, 7), (224, 224)), ((7, 9), (240, 300)), ((1, 5), (32, 40)),
+                                             ((30, 25), (22, 19)), ((14, 14), (14, 14))])
+def test_one_layer_is_normalised_before_the_resize_as_the_python_path(monkeypatch: pytest.MonkeyPatch, opset: int,
+                                                                       resize_op: bool, shape: tuple[int, int],
+                                                                       size: tuple[int, int]) -> None:
+    """ar.finish on one layer: ReLU, both normalisations on the small map (the resize's min and max read
+    at the ends of its interpolation cells), one resize by two matrix products (or the Resize op, for
+    maps with large weight matrices), the raw map's factor folded into the epsilon: equal to
+    ``finish_single(layer_to_image(raw / scale))`` in numpy and cv2, flat, negative and sub-epsilon maps included."""
+    from onnxcam.export import arithmetic as ar
+    from onnxcam.export._graph import GraphWriter
+    from onnxcam.graph.protos import make_model
+    from onnxcam.postprocess import finish_single, layer_to_image
+
+    if resize_op:
+        monkeypatch.setattr(ar, "_MATMUL_BYTES", 0)
+    scale = 49.0
+    w = GraphWriter("maps", opset)
+    ar.finish(w, [("raw", shape)], size, "out", scale=scale)
+    assert ("Resize" in {n.op_type for n in w.nodes}) == (resize_op and shape != size)
+    inputs = [helper.make_tensor_value_info("raw", TensorProto.FLOAT, ["N", *shape])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", *size])]
+    graph = helper.make_graph(w.nodes, "finish", inputs, outputs, w.initializers)
+    model = make_model(graph, [helper.make_opsetid("", opset)], ir_version=7)
+    raw = _small_maps(shape)
+    (got,) = _session(model).run(None, {"raw": raw})
+    want = finish_single(layer_to_image(raw / np.float32(scale), size))
+    assert want[4].max() > 1e-3 and want[0].max() > 0.99  # the epsilon matters in one, not in the other
+    assert got.min() >= 0.0 and got.max() <= 1.0
+    np.testing.assert_allclose(got, want, atol=1e-5)

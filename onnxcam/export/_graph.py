@@ -60,10 +60,16 @@ class GraphWriter:
             return self.op("Unsqueeze", [x, self.ints(axes)])
         return self.op("Unsqueeze", [x], axes=list(axes))
 
-    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+    def squeeze(self, x: str, axes: Sequence[int], out: str | None = None) -> str:
         if self.opset >= 13:
-            return self.op("Squeeze", [x, self.ints(axes)])
-        return self.op("Squeeze", [x], axes=list(axes))
+            return self.op("Squeeze", [x, self.ints(axes)], out=out)
+        return self.op("Squeeze", [x], axes=list(axes), out=out)
+
+    def clip(self, x: str, low: float, high: float, out: str | None = None) -> str:
+        """``x`` clipped to ``[low, high]``: the bounds are inputs from opset 11."""
+        if self.opset >= 11:
+            return self.op("Clip", [x, self.f32(low), self.f32(high)], out=out)
+        return self.op("Clip", [x], min=low, max=high, out=out)
 
     def slice(self, x: str, start: int, end: int, axis: int) -> str:
         """``x[start:end]`` along ``axis``: starts / ends are inputs from opset 10."""

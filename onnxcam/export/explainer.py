@@ -288,14 +288,13 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
     grads: dict[str, str] = {}
     gradients: dict[str, str] = {}  # tensor of the model -> its gradient's tensor in the exported graph
     pooled = _pooled_linear_rows(m, features, seeded)
-    pooled_weights = ""
+    pooled_rows = ""
     if pooled is not None:
         # Layer -> global average pool -> linear: the logit's gradient is the classifier row / (h w)
         # at every position, so Grad-CAM's weights are that row, read in place, and no gradient graph
-        # runs for them (the Python path's arithmetic up to rounding).
-        h, wd = features[0].dims[1:]
-        rows = _classifier_rows(maps, base, pooled, CLASS_OUTPUT)
-        pooled_weights = maps.op("Mul", [rows, maps.f32(1.0 / (h * wd))])
+        # runs for them (the Python path's arithmetic up to rounding). The 1 / (h w) is left to the
+        # normalisation (ar.finish's scale).
+        pooled_rows = _classifier_rows(maps, base, pooled, CLASS_OUTPUT)
     if any(k in _AT_LAYER_GRADIENT and not (k == "gradcam" and pooled is not None) for k in per_layer):
         # one gradient graph for every layer (as the Python path: one backward, cut at their frontier)
         wrt = tuple(f.name for f in features)
@@ -310,10 +309,12 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
             ar.finish(maps, [(raw, size)], size, output_name(k))
             continue
         if k == "gradcam" and pooled is not None:
-            raws = [(ar.weighted_sum(maps, acts[features[0].name], pooled_weights), features[0].dims[1:])]
-        else:
-            raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
-                    for f in features]
+            h, wd = features[0].dims[1:]
+            raw = ar.weighted_sum(maps, acts[features[0].name], pooled_rows)
+            ar.finish(maps, [(raw, (h, wd))], size, output_name(k), scale=float(h * wd))
+            continue
+        raws = [(_raw_map(k, maps, f, acts[f.name], grads.get(f.name, ""), m, base, seeded), f.dims[1:])
+                for f in features]
         ar.finish(maps, raws, size, output_name(k))
 
     g = base.graph

@@ -5,7 +5,7 @@
 For each model: the exported graph (model outputs + explained class + Grad-CAM at the auto layer)
 and the original model are run alternately on the same photos at batch 1 and 16, in onnxruntime
 (CPU, all optimisations) and OpenVINO (CPU, f32), 2 threads each; prints the best times (of at
-least 40 / batch runs), the median ratio of neighbouring runs (target <= 1.1), the file size
+least 400 / batch runs), the median ratio of neighbouring runs (target <= 1.1), the file size
 ratio (target <= 1.05) and the host's load average, since the ratios are only as steady as the host.
 """
 
@@ -14,20 +14,29 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import THREADS, alternate, photos, preprocess
+from _common import THREADS, photos, preprocess
 
 import onnxcam  # noqa: E402
 from models.build import MODELS, build  # noqa: E402
 
 
 def paired(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """``fn`` and ``ref`` run alternately: their best times and the median of the per-pair ratios. On a
-    loaded host the best times are luck (one quiet moment each), the median of ratios of neighbouring
-    runs is not: it is the ratio reported."""
-    a, b = alternate(fn, ref, repeats)
+    """``fn`` and ``ref`` run in pairs, the one going first alternating (so that neither always runs
+    on the caches the other left): their best times and the median of the per-pair ratios. On a
+    loaded host the best times are luck (one quiet moment each), the median of ratios of
+    neighbouring runs is not: it is the ratio reported."""
+    fn()
+    ref()
+    a, b = [], []
+    for i in range(repeats):
+        for run, times in ((fn, a), (ref, b)) if i % 2 == 0 else ((ref, b), (fn, a)):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
     ratios = sorted(x / y for x, y in zip(a, b))
     return min(a), min(b), ratios[len(ratios) // 2]
 
@@ -38,6 +47,8 @@ def ort_runner(path: Path):  # type: ignore[no-untyped-def]
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
     so.inter_op_num_threads = 1
+    # Threads that spin on after a run would take the cores from the other session's next run.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda feeds: sess.run(None, feeds)
 
@@ -73,8 +84,8 @@ def main() -> int:
                 for n in args.batches:
                     x = preprocess(photos(n), spec.spatial, spec.mean, spec.std)
                     feeds = {model.input.name: x}
-                    # short runs take more repeats: a best-of over a loaded host needs many draws
-                    repeats = max(args.repeats, 40 // n)
+                    # short runs take more repeats: the median of a few ratios on a loaded host moves by 10 %
+                    repeats = max(args.repeats, 400 // n)
                     t_exp, t_plain, ratio = paired(lambda f=feeds, r=exported: r(f),  # type: ignore[misc]
                                                    lambda f=feeds, r=plain: r(f), repeats)  # type: ignore[misc]
                     rows.append((name, runtime, n, t_plain * 1e3, t_exp * 1e3, ratio, size))
