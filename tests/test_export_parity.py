@@ -105,11 +105,12 @@ class Case:
 
 def raw_map_tensor(proto: onnx.ModelProto, output: str) -> str:
     """The raw map ``(N, h, w)`` behind a one-layer map output: export's post-processing starts with a
-    ReLU (onnxcam.export.arithmetic.finish), and each of its steps reads the map as its first input."""
+    ReLU (onnxcam.export.arithmetic.finish), and each of its steps reads the map as its first computed
+    input (the resize's interpolation matrices are initializers: ``(H, h) @ map @ (w, W)``)."""
     producer = {o: n for n in proto.graph.node for o in n.output}
     node = producer[output]
     while node.op_type != "Relu":
-        node = producer[node.input[0]]
+        node = producer[next(i for i in node.input if i in producer and producer[i].op_type != "Constant")]
     return node.input[0]
 
 
