@@ -28,8 +28,8 @@ from onnx import helper, numpy_helper
 
 from onnxcam.graph.const_fold import constant_value
 from onnxcam.graph.protos import opset_version
-from onnxcam.graph.prune import prune_to_outputs
 from onnxcam.graph.tensor_info import Dim, TensorInfo
+from onnxcam.graph.toposort import ancestors, topological_order
 
 Shape = tuple[Dim, ...]
 
@@ -356,7 +356,9 @@ def _push_once(g: _Graph) -> bool:
         for name in set(n.input):
             if name:
                 readers.setdefault(name, []).append(k)
-    for tensor, users in readers.items():
+    selected = dict.fromkeys(n.input[0] for n in g.nodes if n.op_type == "Gather")
+    for tensor in selected:
+        users = readers[tensor]
         if tensor in g.protected or tensor not in producer:
             continue
         picks = [_selection(g, g.nodes[k]) if g.nodes[k].input[0] == tensor else None for k in users]
@@ -435,12 +437,25 @@ def select_early(
         moved += 1
     if not moved:
         return model, 0
+    return _assemble(model, g), moved
+
+
+def _assemble(model: onnx.ModelProto, g: _Graph) -> onnx.ModelProto:
+    """A copy of ``model`` with the pass's nodes, less those no output needs (one copy of the weights:
+    what is dropped is deleted in place)."""
+    outputs = [o.name for o in model.graph.output]
+    kept, needed = ancestors(g.nodes, outputs)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    del copy.graph.node[:]
-    copy.graph.node.extend(g.nodes)
-    copy.graph.initializer.extend(g.added)
-    return prune_to_outputs(copy, [o.name for o in copy.graph.output]), moved
+    graph = copy.graph
+    del graph.node[:]
+    graph.node.extend(topological_order([g.nodes[k] for k in sorted(kept)]))
+    for field in (graph.initializer, graph.value_info):
+        for k in reversed(range(len(field))):
+            if field[k].name not in needed:
+                del field[k]
+    graph.initializer.extend(t for t in g.added if t.name in needed)
+    return copy
 
 
 __all__ = ["select_early"]
