@@ -31,6 +31,7 @@ from onnxcam.gradients.quant_ops import integer_op_count
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
+from onnxcam.graph.fuse import fuse_attention
 from onnxcam.graph.inputs import fixed_inputs
 from onnxcam.graph.outputs import ExplainedGraph, explained_graph
 from onnxcam.graph.quant_taps import expose_int8_activations
@@ -391,6 +392,8 @@ class Model:
             else:
                 raise ArgumentError(f"unknown session kind {kind!r}: use forward, body or head")
             proto = self._select_early(proto, cut)  # the body's graph outputs keep their values anyway
+            if self.select_rows:  # forward-only sessions: attention as one kernel (onnxcam.graph.fuse)
+                proto = fuse_attention(proto, self._infos, keep=self._asked(cut))[0]
             sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
         return sess
 
@@ -400,9 +403,11 @@ class Model:
         is off. ``keep`` keeps its full values; None: every layer asked for so far (``frontier``)."""
         if not self.select_rows:
             return proto
-        if keep is None:
-            keep = [name for names in self._frontiers for name in names]
-        return select_early(proto, self._infos, keep=keep)[0]
+        return select_early(proto, self._infos, keep=self._asked(()) if keep is None else keep)[0]
+
+    def _asked(self, cut: Sequence[str]) -> set[str]:
+        """``cut`` and every layer asked for so far (``frontier``): tensors graph passes leave whole."""
+        return {name for names in self._frontiers for name in names}.union(cut)
 
     def new_session(self, proto: onnx.ModelProto, what: str) -> ort.InferenceSession:
         """An uncached session of ``proto`` on the model's device, threads and optimisation level."""

@@ -1,6 +1,8 @@
-"""Selections moved early (``onnxcam.graph.select_early``): a transformer's last ops run on the class
-token only. Hand-built graphs pin where a selection may go and where it must stop, against numpy;
-the timm models pin that forward, body, gradients and maps match the graph run as exported."""
+"""Selections moved early (``onnxcam.graph.select_early``: a transformer's last ops run on the class
+token only) and attention fused into one kernel for forward-only sessions (``onnxcam.graph.fuse``).
+Hand-built graphs pin where a selection may go and where it must stop, against numpy, and the fused
+attention against the graph it replaces; the timm models pin that forward, body, gradients and maps
+match the graph run as exported."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
+from onnxcam.graph.fuse import fuse_attention
 from onnxcam.graph.protos import make_model
 from onnxcam.graph.select_early import select_early
 from onnxcam.graph.shapes import tensor_infos as _declared
@@ -159,9 +162,50 @@ def test_attention_runs_one_query_row(opset: int) -> None:
     assert infos[q].shape == (B, 2, 1, D // 2) and infos["k"].shape == (B, 2, N, D // 2)
 
 
+def _timm_attention(heads: int = 2) -> onnx.ModelProto:
+    """timm's attention as exported: qkv Linear -> (B, T, 3, H, d) -> q, k, v; q * scale; softmax(q k^T) v."""
+    size = D // heads
+    nodes = [
+        helper.make_node("MatMul", ["x", "wqkv"], ["m"]),
+        helper.make_node("Add", ["bqkv", "m"], ["qkv"]),
+        helper.make_node("Reshape", ["qkv", "shape5"], ["r5"]),
+        helper.make_node("Transpose", ["r5"], ["t5"], perm=[2, 0, 3, 1, 4]),
+        helper.make_node("Split", ["t5"], ["sq", "sk", "sv"], axis=0),
+        *[helper.make_node("Squeeze", [f"s{c}", "axis0"], [c]) for c in "qkv"],
+        helper.make_node("Mul", ["q", "scale"], ["qs"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["qs", "kt"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ot", "shape3"], ["y"]),
+    ]
+    inits = {"wqkv": RNG.normal(0, 0.5, (D, 3 * D)).astype(np.float32),
+             "bqkv": RNG.normal(0, 0.1, 3 * D).astype(np.float32),
+             "shape5": np.array([B, N, 3, heads, size], np.int64), "shape3": np.array([B, N, D], np.int64),
+             "axis0": np.array([0], np.int64), "scale": np.array(size ** -0.5, np.float32)}
+    return _model(nodes, inits, {"y": [B, N, D]})
+
+
+def test_timm_attention_runs_as_one_kernel() -> None:
+    model = _timm_attention()
+    new, fused = fuse_attention(model, tensor_infos(model))
+    assert fused == 1
+    assert [n.op_type for n in new.graph.node if n.domain == "com.microsoft"] == ["MultiHeadAttention"]
+    assert not any(n.op_type in ("Softmax", "Split", "Transpose") for n in new.graph.node)
+    x = RNG.normal(size=(B, N, D)).astype(np.float32)
+    np.testing.assert_allclose(_run(new, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_whose_probabilities_are_read_is_left_alone() -> None:
+    model = _timm_attention()
+    kept, fused = fuse_attention(model, tensor_infos(model), keep=["p"])
+    assert fused == 0 and kept is model
+
+
 # -- the timm models: the pass on (the default) against the graph run as exported -------------------------
 
-MODELS = ("vit_tiny", "deit_tiny_distilled", "vit_registers", "swin_tiny")
+MODELS = ("vit_tiny", "deit_tiny_distilled", "vit_registers", "swin_tiny", "mobilevit_xxs")
 RTOL = 1e-4
 
 
@@ -223,3 +267,16 @@ def test_the_vit_last_block_runs_on_the_class_token() -> None:
     infos = tensor_infos(head)
     fc1 = [n.output[0] for n in head.graph.node if n.op_type == "MatMul" and "fc1" in n.output[0]]
     assert [infos[t].shape for t in fc1] == [(2, 1, 768)]
+
+
+@pytest.mark.parametrize(("name", "moved", "fused"), [
+    ("vit_tiny", 22, 3), ("deit_tiny_distilled", 22, 3), ("vit_registers", 22, 3), ("swin_tiny", 0, 0),
+    ("mobilevit_xxs", 0, 9),
+])  # fmt: skip
+def test_what_the_forward_session_changes(name: str, moved: int, fused: int) -> None:
+    """The last of four blocks past its keys and values runs on the selected tokens (Swin and MobileViT
+    pool every token: nothing to select); every other timm attention is one kernel."""
+    fast, _, _ = _pair(name)
+    early, n_moved = select_early(fast.graph, fast._infos)
+    assert n_moved == moved
+    assert fuse_attention(early, fast._infos)[1] == fused
