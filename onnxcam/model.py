@@ -146,8 +146,9 @@ class Model:
         self.quantized = integer_op_count(self.proto) > 0 or any(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
         self.optimization = "basic" if self.quantized else "all"
-        # Sessions and gradient graphs run a transformer's last ops on the class token only (exact up
-        # to float summation order); off, they run the graph as exported (parity tests compare both).
+        # Body and head sessions and gradient graphs run a transformer's last ops on the class token
+        # only, body and head its attention as one kernel (exact up to float summation order); off,
+        # they run the graph as exported (parity tests compare both).
         self.select_rows = True
 
     def _before_nms(self, proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -391,9 +392,13 @@ class Model:
                 proto = self.split(cut).head
             else:
                 raise ArgumentError(f"unknown session kind {kind!r}: use forward, body or head")
-            proto = self._select_early(proto, cut)  # the body's graph outputs keep their values anyway
-            if self.select_rows:  # forward-only sessions: attention as one kernel (onnxcam.graph.fuse)
-                proto = fuse_attention(proto, self._infos, keep=self._asked(cut))[0]
+            if kind != "forward":
+                # The body and head run what explanations need faster (the body's graph outputs keep
+                # their values anyway); ``forward`` stays the graph as exported, so predictions are
+                # onnxruntime's on the user's file.
+                proto = self._select_early(proto, cut)
+                if self.select_rows:  # forward-only sessions: attention as one kernel (onnxcam.graph.fuse)
+                    proto = fuse_attention(proto, self._infos, keep=self._asked(cut))[0]
             sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
         return sess
 

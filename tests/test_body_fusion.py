@@ -230,8 +230,8 @@ def _close(a: np.ndarray, b: np.ndarray, what: str) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_models_match_the_graph_as_exported(name: str) -> None:
     fast, plain, x = _pair(name)
-    for a, b in zip(fast.forward(x), plain.forward(x)):
-        _close(a, b, "forward")
+    for a, b in zip(fast.forward(x), plain.forward(x)):  # predictions: the graph as exported
+        np.testing.assert_array_equal(a, b)
     layer = fast.layer("auto").name
     cut = fast.frontier((layer,))
     (feeds, outs), (feeds0, outs0) = fast.run_body(x, cut), plain.run_body(x, cut)
@@ -273,9 +273,9 @@ def test_the_vit_last_block_runs_on_the_class_token() -> None:
     ("vit_tiny", 22, 3), ("deit_tiny_distilled", 22, 3), ("vit_registers", 22, 3), ("swin_tiny", 0, 0),
     ("mobilevit_xxs", 0, 9),
 ])  # fmt: skip
-def test_what_the_forward_session_changes(name: str, moved: int, fused: int) -> None:
-    """The last of four blocks past its keys and values runs on the selected tokens (Swin and MobileViT
-    pool every token: nothing to select); every other timm attention is one kernel."""
+def test_what_the_passes_change(name: str, moved: int, fused: int) -> None:
+    """In the body: the last of four blocks past its keys and values runs on the selected tokens (Swin
+    and MobileViT pool every token: nothing to select); every other timm attention is one kernel."""
     fast, _, _ = _pair(name)
     early, n_moved = select_early(fast.graph, fast._infos)
     assert n_moved == moved
