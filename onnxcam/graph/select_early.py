@@ -308,12 +308,17 @@ RULES: dict[str, Callable[[_Graph, onnx.NodeProto, int, Shape], Route | None]] =
 
 
 def _selection(g: _Graph, node: onnx.NodeProto) -> tuple[int, np.ndarray] | None:
-    """(axis, 1-D indices) of a Gather that selects rows by constant indices, else None."""
-    if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+    """(axis, 1-D row indices) of a node that selects rows by constants along one axis (a Gather with
+    1-D indices, a Slice of one axis with step 1), else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gather", "Slice") or not node.input[0]:
         return None
-    idx = g.value(node.input[1])
     shape = g.shape(node.input[0])
-    if idx is None or idx.ndim != 1 or shape is None:
+    if shape is None:
+        return None
+    if node.op_type == "Slice":
+        return _slice_rows(g, node, shape)
+    idx = g.value(node.input[1])
+    if idx is None or idx.ndim != 1:
         return None
     axis = _int(node, "axis", 0) % len(shape)
     n = shape[axis]
@@ -322,8 +327,44 @@ def _selection(g: _Graph, node: onnx.NodeProto) -> tuple[int, np.ndarray] | None
     return axis, idx.astype(np.int64) % n
 
 
+def _slice_rows(g: _Graph, node: onnx.NodeProto, shape: Shape) -> tuple[int, np.ndarray] | None:
+    if g.opset >= 10:
+        given = [k < len(node.input) and bool(node.input[k]) for k in range(5)]
+        starts, ends, axes, steps = (g.value(node.input[k]) if given[k] else None for k in range(1, 5))
+        if starts is None or ends is None or (given[3] and axes is None) or (given[4] and steps is None):
+            return None
+    else:
+        starts, ends, axes = (_ints(node, "starts"), _ints(node, "ends"), _ints(node, "axes"))  # type: ignore[assignment]
+        steps = None
+        if starts is None or ends is None:
+            return None
+    starts, ends = np.asarray(starts).reshape(-1), np.asarray(ends).reshape(-1)
+    axes = np.arange(starts.size) if axes is None else np.asarray(axes).reshape(-1)
+    if starts.size != 1 or (steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1):
+        return None
+    axis = int(axes[0]) % len(shape)
+    n = shape[axis]
+    if not isinstance(n, int):
+        return None
+    rows = np.arange(n)[int(starts[0]):int(ends[0])]
+    return (axis, rows.astype(np.int64)) if rows.size else None
+
+
+def _pick(g: _Graph, name: str, rows: np.ndarray, axis: int, output: str, label: str = "") -> onnx.NodeProto:
+    """A node taking ``rows`` of ``name`` along ``axis``: a Slice where they are one run (its gradient is a
+    Pad; a Gather's is a scatter through transposes), else a Gather."""
+    start = int(rows[0])
+    if not np.array_equal(rows, np.arange(start, start + rows.size)):
+        return helper.make_node("Gather", [name, g.int_const(name, rows.tolist())], [output], name=label, axis=axis)
+    if g.opset < 10:
+        return helper.make_node("Slice", [name], [output], name=label, starts=[start], ends=[start + rows.size],
+                                axes=[axis])
+    bounds = [g.int_const(name, [v]) for v in (start, start + rows.size, axis)]
+    return helper.make_node("Slice", [name, *bounds], [output], name=label)
+
+
 def _canonical_scalar_gathers(g: _Graph) -> None:
-    """``Gather(x, c)`` with a scalar ``c`` (which drops the axis) as ``Squeeze(Gather(x, [c]))``, so the
+    """``Gather(x, c)`` with a scalar ``c`` (which drops the axis) as ``Squeeze(Slice(x, c, c + 1))``, so the
     selection keeps its axis and can move up through ops that need it; only where the producer of
     ``x`` is an op the pass can move through."""
     producer = {o: n for n in g.nodes for o in n.output if o}
@@ -338,8 +379,11 @@ def _canonical_scalar_gathers(g: _Graph) -> None:
             continue
         axis = _int(node, "axis", 0) % len(shape)
         kept = g.fresh(node.output[0])
-        out.append(helper.make_node("Gather", [node.input[0], g.int_const(node.input[1], [int(idx)])], [kept],
-                                    name=node.name, axis=axis))
+        n = shape[axis]
+        if not isinstance(n, int) or not -n <= int(idx) < n:
+            out.append(node)
+            continue
+        out.append(_pick(g, node.input[0], np.array([int(idx) % n]), axis, kept, node.name))
         if g.opset >= 13:
             out.append(helper.make_node("Squeeze", [kept, g.int_const(node.input[1], [axis])], list(node.output)))
         else:
@@ -356,7 +400,7 @@ def _push_once(g: _Graph) -> bool:
         for name in set(n.input):
             if name:
                 readers.setdefault(name, []).append(k)
-    selected = dict.fromkeys(n.input[0] for n in g.nodes if n.op_type == "Gather")
+    selected = dict.fromkeys(n.input[0] for n in g.nodes if n.op_type in ("Gather", "Slice") and n.input)
     for tensor in selected:
         users = readers[tensor]
         if tensor in g.protected or tensor not in producer:
@@ -389,7 +433,6 @@ def _rewrite(g: _Graph, src: onnx.NodeProto, tensor: str, route: Route, rows: np
     new = onnx.NodeProto()
     new.CopyFrom(src)
     del new.output[:]
-    index = g.int_const(tensor + "/rows", rows.tolist())
     for j, a in enumerate(route.axes):
         if a is None:
             continue
@@ -399,7 +442,7 @@ def _rewrite(g: _Graph, src: onnx.NodeProto, tensor: str, route: Route, rows: np
         if init is not None:
             g.added.append(numpy_helper.from_array(np.take(numpy_helper.to_array(init), rows, axis=a), picked))
         else:
-            added.append(helper.make_node("Gather", [name, index], [picked], axis=a))
+            added.append(_pick(g, name, rows, a, picked))
         new.input[j] = picked
     if route.edit is not None:
         added += route.edit(new, int(rows.size))
@@ -411,9 +454,8 @@ def _rewrite(g: _Graph, src: onnx.NodeProto, tensor: str, route: Route, rows: np
         position = {int(r): p for p, r in enumerate(rows)}
         for user in users:
             picked_rows = _selection(g, user)[1]  # type: ignore[index]
-            added.append(helper.make_node(
-                "Gather", [result, g.int_const(user.output[0], [position[int(r)] for r in picked_rows])],
-                list(user.output), name=user.name, axis=axis))
+            added.append(_pick(g, result, np.array([position[int(r)] for r in picked_rows]), axis,
+                               user.output[0], user.name))
     drop = {id(src)} | {id(u) for u in users}
     at = min(k for k, n in enumerate(g.nodes) if id(n) in drop)
     rest = [n for n in g.nodes if id(n) not in drop]
