@@ -392,14 +392,27 @@ class Model:
                 proto = self.split(cut).head
             else:
                 raise ArgumentError(f"unknown session kind {kind!r}: use forward, body or head")
-            if kind != "forward":
+            what = f"{kind} of {self.name}"
+            if kind == "forward":
+                # ``forward`` stays the graph as exported: predictions are onnxruntime's on the user's file.
+                sess = self.new_session(proto, what)
+            else:
                 # The body and head run what explanations need faster (the body's graph outputs keep
-                # their values anyway); ``forward`` stays the graph as exported, so predictions are
-                # onnxruntime's on the user's file.
+                # their values anyway).
                 proto = self._select_early(proto, cut)
-                if self.select_rows:  # forward-only sessions: attention as one kernel (onnxcam.graph.fuse)
-                    proto = fuse_attention(proto, self._infos, keep=self._asked(cut))[0]
-            sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
+                fused, n = (proto, 0)
+                if self.select_rows:
+                    try:
+                        fused, n = fuse_attention(proto, self._infos, keep=self._asked(cut))
+                    except Exception:  # an optimisation: a graph it misreads runs as it is
+                        pass
+                try:
+                    sess = self.new_session(fused, what)
+                except OnnxRuntimeError:
+                    if not n:
+                        raise
+                    sess = self.new_session(proto, what)  # an onnxruntime build without the contrib kernel
+            self._sessions[cache_key] = sess
         return sess
 
     def _select_early(self, proto: onnx.ModelProto, keep: Sequence[str] | None) -> onnx.ModelProto:
@@ -408,7 +421,10 @@ class Model:
         is off. ``keep`` keeps its full values; None: every layer asked for so far (``frontier``)."""
         if not self.select_rows:
             return proto
-        return select_early(proto, self._infos, keep=self._asked(()) if keep is None else keep)[0]
+        try:
+            return select_early(proto, self._infos, keep=self._asked(()) if keep is None else keep)[0]
+        except Exception:  # an optimisation: a graph it misreads runs as it is
+            return proto
 
     def _asked(self, cut: Sequence[str]) -> set[str]:
         """``cut`` and every layer asked for so far (``frontier``): tensors graph passes leave whole."""

@@ -280,3 +280,23 @@ def test_what_the_passes_change(name: str, moved: int, fused: int) -> None:
     early, n_moved = select_early(fast.graph, fast._infos)
     assert n_moved == moved
     assert fuse_attention(early, fast._infos)[1] == fused
+
+
+def test_a_fused_graph_onnxruntime_refuses_runs_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An onnxruntime build without the contrib kernel: the body falls back to the graph before fusion."""
+    import onnxcam.model as model_module
+    from models.build import build
+
+    def refused(proto: onnx.ModelProto, infos: object, keep: object = ()) -> tuple[onnx.ModelProto, int]:
+        broken = onnx.ModelProto()
+        broken.CopyFrom(proto)
+        broken.graph.node[0].op_type = "NoSuchKernel"
+        broken.graph.node[0].domain = "com.microsoft"
+        return broken, 1
+
+    monkeypatch.setattr(model_module, "fuse_attention", refused)
+    fast = onnxcam.load(build("vit_tiny"), device="cpu")
+    _, plain, x = _pair("vit_tiny")
+    layer = fast.layer("auto").name
+    cut = fast.frontier((layer,))
+    _close(fast.run_body(x, cut)[0][layer], plain.run_body(x, cut)[0][layer], "layer activations")
