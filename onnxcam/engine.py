@@ -242,7 +242,7 @@ class GradientEngine:
         from onnxcam.gradients import build_gradient_model
 
         model = self.model
-        head = model.static_head(cut, n)
+        head = model.static_head(cut, n, keep=wrt)
         if straight_through_note(head) is not None:
             # Differentiate the clip surrogate of the quantised head: its gradient is exact for a stated
             # function (what check-gradients verifies), and its clip masks are taken on values free of
@@ -293,7 +293,7 @@ class GradientEngine:
         if straight_through_note(split.head) is not None:
             return None
         try:
-            head = model.static_head(cut, 1)
+            head = model.static_head(cut, 1, keep=names)
         except UnsupportedModelError:
             return None
         infos = tensor_infos(head)

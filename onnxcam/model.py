@@ -31,9 +31,11 @@ from onnxcam.gradients.quant_ops import integer_op_count
 from onnxcam.graph.const_fold import shape_skeleton, value_infos
 from onnxcam.graph.cost import graph_macs
 from onnxcam.graph.fold import fold_shape_computations
+from onnxcam.graph.fuse import fuse_attention
 from onnxcam.graph.inputs import fixed_inputs
 from onnxcam.graph.outputs import ExplainedGraph, explained_graph
 from onnxcam.graph.quant_taps import expose_int8_activations
+from onnxcam.graph.select_early import select_early
 from onnxcam.graph.shapes import Dim, TensorInfo, format_shape, tensor_infos, with_static_inputs
 from onnxcam.graph.split import Split, split_model, upstream_frontier
 from onnxcam.layers import Layer, LayerFacts, layer_facts, resolve_layer, viewed_layer
@@ -144,6 +146,10 @@ class Model:
         self.quantized = integer_op_count(self.proto) > 0 or any(
             n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in self.proto.graph.node)
         self.optimization = "basic" if self.quantized else "all"
+        # Body and head sessions and gradient graphs run a transformer's last ops on the class token
+        # only, body and head its attention as one kernel (exact up to float summation order); off,
+        # they run the graph as exported (parity tests compare both).
+        self.select_rows = True
 
     def _before_nms(self, proto: onnx.ModelProto) -> onnx.ModelProto:
         """An end2end detector (NonMaxSuppression inside) as the tensors its NMS reads.
@@ -386,12 +392,47 @@ class Model:
                 proto = self.split(cut).head
             else:
                 raise ArgumentError(f"unknown session kind {kind!r}: use forward, body or head")
-            sess = self._sessions[cache_key] = self.new_session(proto, f"{kind} of {self.name}")
+            what = f"{kind} of {self.name}"
+            if kind == "forward":
+                # ``forward`` stays the graph as exported: predictions are onnxruntime's on the user's file.
+                sess = self.new_session(proto, what)
+            else:
+                # The body and head run what explanations need faster (the body's graph outputs keep
+                # their values anyway).
+                proto = self._select_early(proto, cut)
+                fused, n = (proto, 0)
+                if self.select_rows:
+                    try:
+                        fused, n = fuse_attention(proto, self._infos, keep=self._asked(cut))
+                    except Exception:  # an optimisation: a graph it misreads runs as it is
+                        pass
+                try:
+                    sess = self.new_session(fused, what)
+                except OnnxRuntimeError:
+                    if not n:
+                        raise
+                    sess = self.new_session(proto, what)  # an onnxruntime build without the contrib kernel
+            self._sessions[cache_key] = sess
         return sess
 
     def drop_session(self, kind: str, cut: tuple[str, ...] = ()) -> None:
         """Forget a cached session (``session(kind, cut)`` builds it again when next asked)."""
         self._sessions.pop((kind,) + tuple(cut), None)
+
+    def _select_early(self, proto: onnx.ModelProto, keep: Sequence[str] | None) -> onnx.ModelProto:
+        """``proto`` computing only the rows its constant selections keep (a transformer's class token:
+        see ``onnxcam.graph.select_early``), or ``proto`` itself when nothing moves or ``select_rows``
+        is off. ``keep`` keeps its full values; None: every layer asked for so far (``frontier``)."""
+        if not self.select_rows:
+            return proto
+        try:
+            return select_early(proto, self._infos, keep=self._asked(()) if keep is None else keep)[0]
+        except Exception:  # an optimisation: a graph it misreads runs as it is
+            return proto
+
+    def _asked(self, cut: Sequence[str]) -> set[str]:
+        """``cut`` and every layer asked for so far (``frontier``): tensors graph passes leave whole."""
+        return {name for names in self._frontiers for name in names}.union(cut)
 
     def new_session(self, proto: onnx.ModelProto, what: str) -> ort.InferenceSession:
         """An uncached session of ``proto`` on the model's device, threads and optimisation level."""
@@ -477,8 +518,10 @@ class Model:
                            list(split.head_outputs), self.batch_limit(batch_size), what=f"head of {self.name}",
                            fixed_batch=self.input.max_batch)
 
-    def static_head(self, cut: Sequence[str], n: int) -> onnx.ModelProto:
-        """The head of the split at ``cut`` with batch dim fixed to ``n`` (for the gradient builder)."""
+    def static_head(self, cut: Sequence[str], n: int, keep: Sequence[str] | None = None) -> onnx.ModelProto:
+        """The head of the split at ``cut`` with batch dim fixed to ``n`` (for the gradient builder),
+        computing only the rows its outputs read (see ``_select_early``); the tensors of ``keep`` (the
+        layers the gradients are taken at) keep their full values, by default every layer asked for."""
         split = self.split(cut)
         dims: dict[str, tuple[Dim, ...]] = {}
         for name in split.head_inputs:
@@ -486,7 +529,7 @@ class Model:
             if shape is None:
                 raise UnsupportedModelError(f"shape of tensor {name!r} in {self.name} is unknown")
             dims[name] = (n,) + tuple(shape[1:]) if shape and not isinstance(shape[0], int) else tuple(shape)
-        return fold_shape_computations(with_static_inputs(split.head, dims))
+        return self._select_early(fold_shape_computations(with_static_inputs(split.head, dims)), keep)
 
     def gradients(
         self,
