@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
+from onnxcam.errors import ArgumentError
 from onnxcam.export._graph import GraphWriter
 from onnxcam.postprocess import NORMALIZE_EPS
 
@@ -182,3 +183,24 @@ def finish(w: GraphWriter, raws: Sequence[tuple[str, tuple[int, int]]], size: tu
         total = w.op("Add", [total, more])
     final = normalize(w, w.op("Div", [total, w.f32(float(len(layer_maps)))]))
     return w.op("Identity", [final], out=out)
+
+
+GRADIENT_MAPS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise")
+
+
+def gradient_map(w: GraphWriter, k: str, acts: str, grads: str) -> str:
+    """Gradient method ``k``'s raw map ``(N, h, w)`` from one layer's ``acts`` and ``grads`` ``(N, C, h, w)``."""
+    if k == "gradcam":
+        return weighted_sum(w, acts, gradcam_weights(w, grads))
+    if k == "gradcam++":
+        return weighted_sum(w, acts, gradcam_plusplus_weights(w, acts, grads))
+    if k == "xgradcam":
+        return weighted_sum(w, acts, xgradcam_weights(w, acts, grads))
+    if k == "layercam":
+        return layercam(w, acts, grads)
+    if k == "hirescam":
+        return hirescam(w, acts, grads)
+    if k == "gradcam-elementwise":
+        return gradcam_elementwise(w, acts, grads)
+    raise ArgumentError(f"{k!r} is not a gradient method with an exported map: use one of {', '.join(GRADIENT_MAPS)}")
+

@@ -304,18 +304,6 @@ def _repeat(w: GraphWriter, x: str, k: int, dims: tuple[int, ...]) -> str:
     return w.op("Reshape", [w.op("Expand", [w.unsqueeze(x, [1]), shape]), w.ints([-1, *dims])])
 
 
-def raw_map(w: GraphWriter, k: str, acts: str, grads: str) -> str:
-    if k == "gradcam":
-        return ar.weighted_sum(w, acts, ar.gradcam_weights(w, grads))
-    if k == "gradcam++":
-        return ar.weighted_sum(w, acts, ar.gradcam_plusplus_weights(w, acts, grads))
-    if k == "xgradcam":
-        return ar.weighted_sum(w, acts, ar.xgradcam_weights(w, acts, grads))
-    if k == "layercam":
-        return ar.layercam(w, acts, grads)
-    if k == "hirescam":
-        return ar.hirescam(w, acts, grads)
-    return ar.gradcam_elementwise(w, acts, grads)
 
 
 def assemble_detector(m: Model, task: DetectionTask, names: list[str], features: Sequence[Any],
@@ -387,7 +375,7 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
             final = ar.finish(maps, raws, size, maps.fresh("eigencam"))  # (N, H, W): one map per image
             maps.op("Mul", [maps.unsqueeze(final, [1]), mask], out=map_name(x))
             continue
-        raws = [(raw_map(maps, x, _repeat(maps, head_acts[f.name], k, f.dims), grads[f.name]), f.dims[1:])
+        raws = [(ar.gradient_map(maps, x, _repeat(maps, head_acts[f.name], k, f.dims), grads[f.name]), f.dims[1:])
                 for f in features]
         final = ar.finish(maps, raws, size, maps.fresh(x))  # (N*K, H, W)
         per_image = maps.op("Reshape", [final, maps.ints([-1, k, h, wd])])

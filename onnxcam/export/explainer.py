@@ -339,18 +339,8 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
 def _raw_map(k: str, w: GraphWriter, f: _Feature, acts: str, grads: str, m: Model, base: onnx.ModelProto,
              seeded: str) -> str:
     """Method ``k``'s raw map ``(N, h, w)`` at one layer (``acts``, ``grads``: its ``(N, C, h, w)`` maps)."""
-    if k == "gradcam":
-        return ar.weighted_sum(w, acts, ar.gradcam_weights(w, grads))
-    if k == "gradcam++":
-        return ar.weighted_sum(w, acts, ar.gradcam_plusplus_weights(w, acts, grads))
-    if k == "xgradcam":
-        return ar.weighted_sum(w, acts, ar.xgradcam_weights(w, acts, grads))
-    if k == "layercam":
-        return ar.layercam(w, acts, grads)
-    if k == "hirescam":
-        return ar.hirescam(w, acts, grads)
-    if k == "gradcam-elementwise":
-        return ar.gradcam_elementwise(w, acts, grads)
+    if k in ar.GRADIENT_MAPS:
+        return ar.gradient_map(w, k, acts, grads)
     if k == "cam":
         if f.view.layout != "NCHW":
             raise HeadStructureError(f"CAM reads an NCHW layer after global average pooling, not {f.view.describe()} "
