@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxcam.graph.protos import make_model
+
 PREFIX = "onnxcam_export/"
 
 
@@ -82,3 +84,17 @@ class GraphWriter:
         if self.opset >= 15:
             return self.op("Shape", [x], start=0, end=1)
         return self.op("Slice", [self.op("Shape", [x]), self.ints([0]), self.ints([1])])
+
+
+def exported_model(base: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+                   outputs: list[onnx.ValueInfoProto], initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """The exported file's model: ``base``'s name, value_info, opsets and metadata around the given graph."""
+    g = base.graph
+    graph = onnx.helper.make_graph(nodes, g.name or "onnxcam_export", inputs, outputs, initializers,
+                                   value_info=list(g.value_info))
+    proto = make_model(graph, base.opset_import, ir_version=max(base.ir_version, 7))
+    proto.producer_name = "onnxcam"
+    for prop in base.metadata_props:
+        proto.metadata_props.add().CopyFrom(prop)
+    return proto
+

@@ -38,10 +38,10 @@ from onnxcam.detection.layouts import DetectionLayout
 from onnxcam.detection.task import DetectionTask
 from onnxcam.errors import ArgumentError, OutputError, UnsupportedModelError
 from onnxcam.export import arithmetic as ar
-from onnxcam.export._graph import GraphWriter
+from onnxcam.export._graph import GraphWriter, exported_model
 from onnxcam.export.eigen import eigencam
 from onnxcam.export.splice import SpliceTarget
-from onnxcam.graph.protos import make_model, opset_version
+from onnxcam.graph.protos import opset_version
 from onnxcam.model import Model
 
 BOXES_OUTPUT = "detection_boxes"
@@ -388,15 +388,8 @@ def assemble_detector(m: Model, task: DetectionTask, names: list[str], features:
                 helper.make_tensor_value_info(CLASSES_OUTPUT, onnx.TensorProto.INT64, [batch_dim, k])]
     outputs += [helper.make_tensor_value_info(map_name(x), onnx.TensorProto.FLOAT, [batch_dim, k, h, wd])
                 for x in names]
-    graph = helper.make_graph(
-        list(g.node) + det.nodes + spliced.nodes + maps.nodes, g.name or "onnxcam_export", list(g.input), outputs,
-        list(g.initializer) + det.initializers + spliced.initializers + maps.initializers,
-        value_info=list(g.value_info),
-    )
-    proto = make_model(graph, base.opset_import, ir_version=max(base.ir_version, 7))
-    proto.producer_name = "onnxcam"
-    for prop in base.metadata_props:
-        proto.metadata_props.add().CopyFrom(prop)
+    proto = exported_model(base, list(g.node) + det.nodes + spliced.nodes + maps.nodes, list(g.input), outputs,
+                           list(g.initializer) + det.initializers + spliced.initializers + maps.initializers)
     return proto, gradients
 
 

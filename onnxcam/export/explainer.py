@@ -21,14 +21,14 @@ from onnx import helper, numpy_helper
 from onnxcam.detection.task import DetectionTask
 from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, OutputError, UnsupportedModelError
 from onnxcam.export import arithmetic as ar
-from onnxcam.export._graph import GraphWriter
+from onnxcam.export._graph import GraphWriter, exported_model
 from onnxcam.export.detection import DETECTION_OUTPUTS, assemble_detector, check_detection_methods, resolve_options
 from onnxcam.export.eigen import eigencam
 from onnxcam.export.seed import explained_class, one_hot_seed
 from onnxcam.export.splice import SpliceTarget
 from onnxcam.gradients.dynamic import build_batch_agnostic
 from onnxcam.graph.inspect_head import bias_layers, linear_head_weights
-from onnxcam.graph.protos import make_model, opset_version
+from onnxcam.graph.protos import opset_version
 from onnxcam.model import LayerSpec, Model, load
 from onnxcam.registry import get_method
 from onnxcam.tasks import ClassificationTask, Task, detect_task
@@ -324,15 +324,8 @@ def _assemble(m: Model, names: list[str], layer: LayerSpec, view: ViewSpec, targ
     outputs = list(g.output) + [helper.make_tensor_value_info(CLASS_OUTPUT, onnx.TensorProto.INT64, [_batch_dim(m)])]
     outputs += [helper.make_tensor_value_info(output_name(k), onnx.TensorProto.FLOAT, [_batch_dim(m), *size])
                 for k in names]
-    graph = helper.make_graph(
-        list(g.node) + pre_nodes + spliced.nodes + maps.nodes, g.name or "onnxcam_export", inputs, outputs,
-        list(g.initializer) + head.initializers + spliced.initializers + maps.initializers,
-        value_info=list(g.value_info),
-    )
-    proto = make_model(graph, base.opset_import, ir_version=max(base.ir_version, 7))
-    proto.producer_name = "onnxcam"
-    for prop in base.metadata_props:
-        proto.metadata_props.add().CopyFrom(prop)
+    proto = exported_model(base, list(g.node) + pre_nodes + spliced.nodes + maps.nodes, inputs, outputs,
+                           list(g.initializer) + head.initializers + spliced.initializers + maps.initializers)
     return proto, gradients
 
 
