@@ -10,6 +10,7 @@ from onnxcam.methods.cam import cam_weights
 from onnxcam.methods.eigen import eigencam, eigengradcam, principal_projection
 from onnxcam.methods.fullgrad import fullgrad
 from onnxcam.methods.gradient import (
+    cancellation,
     elementwise_products,
     gradcam_elementwise,
     gradcam_plusplus_weights,
@@ -28,6 +29,7 @@ __all__ = [
     "ablation_weights",
     "attention_rollout",
     "cam_weights",
+    "cancellation",
     "eigencam",
     "eigengradcam",
     "elementwise_products",

@@ -120,6 +120,18 @@ def gradcam_elementwise(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return np.sum(np.maximum(g * a, 0), axis=1)
 
 
+def cancellation(terms: np.ndarray) -> np.ndarray:
+    """Per image, how many times smaller the channel-summed map is than its terms ``(N, C, h, w)``:
+    ``sum |t| / sum |sum_c t|`` over positions (1: no cancellation, also where every term is zero; inf:
+    terms that cancel exactly; float32 inputs lose about this many times their relative precision in
+    the sum)."""
+    t = np.asarray(terms, dtype=np.float64)
+    whole = np.abs(t).sum(axis=(1, 2, 3))
+    net = np.abs(t.sum(axis=1)).sum(axis=(1, 2))
+    ratio = np.where(net > 0, whole / np.where(net > 0, net, 1.0), np.inf)
+    return np.asarray(np.where(whole > 0, ratio, 1.0))
+
+
 def elementwise_products(acts: np.ndarray, grads: np.ndarray, method: str) -> np.ndarray:
     """The per-channel terms ``(N, C, h, w)`` the element-wise methods sum, for ``eigen_smooth``.
 
