@@ -199,9 +199,16 @@ def make_grid(
 def _fit_text(text: str, width: int, font: int, scale: float, thick: int) -> str:
     if cv2.getTextSize(text, font, scale, thick)[0][0] <= width:
         return text
-    while text and cv2.getTextSize(text + "...", font, scale, thick)[0][0] > width:
+    cut = text
+    while cut and cv2.getTextSize(cut + "...", font, scale, thick)[0][0] > width:
+        cut = cut[:-1]
+    if cut:
+        return cut + "..."
+    # A cell too narrow for even one letter and the ellipsis (glyph widths differ between OpenCV
+    # versions) still shows the title's start.
+    while text and cv2.getTextSize(text, font, scale, thick)[0][0] > width:
         text = text[:-1]
-    return text + "..." if text else ""
+    return text
 
 
 # --------------------------------------------------------------------------- at the original resolution
