@@ -353,6 +353,10 @@ def test_every_method_runs_without_options(name: str) -> None:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("error", onnxcam.errors.OnnxCamWarning)  # no layout guess, no finite differences
+            if method == "hirescam" and name in TOKEN_MODELS:
+                # ... but the note that its channel sum cancels at the token models' auto layer (tested above)
+                warnings.filterwarnings("ignore", r"hirescam at .* the channel terms cancel \de\+0[5-7]-fold",
+                                        onnxcam.errors.OnnxCamWarning)
             maps = METHODS[method](c.model, **kw)(x)
         assert maps.shape == (1, *MODELS[name].spatial) and np.isfinite(maps).all()
         assert maps.max() - maps.min() > 0.1, f"{method} on {name} is flat"
