@@ -31,6 +31,7 @@ from onnxcam.errors import (
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
 from onnxcam.graph.local import local_region
 from onnxcam.graph.prune import prune_to_outputs
+from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_seeds
 from onnxcam.graph.shapes import make_value_info, tensor_infos
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.scoring import HeadScorer
@@ -119,6 +120,8 @@ class GradientEngine:
         self._straight: dict[tuple[str, ...], ort.InferenceSession] = {}
         self._repeated: weakref.ref[np.ndarray] | None = None
         self._local: dict[tuple[tuple[str, ...], tuple[str, ...]], LocalPlan | None] = {}
+        self._parts: dict[tuple[tuple[str, ...], str], ConcatParts | None] = {}
+        self._notes: dict[tuple[str, ...], str | None] = {}
         # Set False to differentiate every head as one graph (what the crop path is checked against).
         self.local_crops = True
 
@@ -128,6 +131,8 @@ class GradientEngine:
         self._graphs.clear()
         self._straight.clear()
         self._local.clear()
+        self._parts.clear()
+        self._notes.clear()
 
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
                 batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
@@ -159,7 +164,7 @@ class GradientEngine:
                         self._local[(cut, names)] = None
                         model.drop_session("body", local.cut)
                     acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
-                note = straight_through_note(split.head)
+                note = self._straight_note(cut)
                 return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
             except UnsupportedOpError as exc:
                 if mode == "graph":
@@ -202,7 +207,10 @@ class GradientEngine:
         model.session("body", local.cut if local is not None else cut)
         seeded = tuple(split.model_outputs[k] for k in sorted(set(reads))
                        if 0 <= k < len(split.model_outputs) and split.model_outputs[k] in split.head_outputs)
-        if not seeded:
+        target_cut = local.cut if local is not None else cut
+        # A Concat-made output's seeds move onto the parts they reach (``_narrow``), which depend on
+        # the targets: that graph is built on first use.
+        if not seeded or any(self._parts_of(target_cut, o) is not None for o in seeded):
             return
         try:
             if local is not None:
@@ -242,12 +250,17 @@ class GradientEngine:
         from onnxcam.gradients import build_gradient_model
 
         model = self.model
-        head = model.static_head(cut, n, keep=wrt)
+        inner_seeds = tuple(s for s in seeded if s not in model.split(cut).head_outputs)
+        head = model.static_head(cut, n, keep=wrt + inner_seeds)
         if straight_through_note(head) is not None:
             # Differentiate the clip surrogate of the quantised head: its gradient is exact for a stated
             # function (what check-gradients verifies), and its clip masks are taken on values free of
             # the rounding noise that accumulates through a deep quantised head.
             head = straight_through(head)[0]
+        for name in inner_seeds:  # a Concat's part, seeded in place of the output (``_narrow``)
+            info = model.tensor_info(name)
+            head.graph.output.append(make_value_info(name, info.elem_type, (n,) + tuple(info.shape[1:])
+                                                     if info.shape else None))
         built = build_gradient_model(head, wrt, seeded)
         proto = built.model
         # Layers inside the head (downstream of the cut) are read from the gradient run itself.
@@ -362,9 +375,12 @@ class GradientEngine:
         model = self.model
         split = model.split(cut)
         total = next(iter(feeds.values())).shape[0]
+        by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
+        narrowed = self._narrow(cut, by_name)
+        if narrowed is not None:
+            by_name, seeded = narrowed, tuple(sorted(narrowed))
         n = self._graph_batch(cut, names, seeded, min(model.batch_limit(batch_size), total), total)
         graph = self.graph(cut, names, seeded, n)
-        by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
         inner = [w for w in names if w not in cut]
         fetch = [graph.grad_outputs[w] for w in names] + inner
         parts: list[list[np.ndarray]] = []
@@ -382,6 +398,23 @@ class GradientEngine:
         if check:
             _check_gradients(grads, model.name)
         return acts, grads
+
+    def _narrow(self, cut: tuple[str, ...], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The seeds moved onto the parts of Concat-made outputs they reach (a YOLOv8 class score's
+        seed skips the box decoder; see ``onnxcam.graph.seed_parts``), or None."""
+        parts = {name: self._parts_of(cut, name) for name in seeds}
+        return narrow_seeds(seeds, parts) if any(p is not None for p in parts.values()) else None
+
+    def _straight_note(self, cut: tuple[str, ...]) -> str | None:
+        if cut not in self._notes:  # read per call; a walk over the head's nodes
+            self._notes[cut] = straight_through_note(self.model.split(cut).head)
+        return self._notes[cut]
+
+    def _parts_of(self, cut: tuple[str, ...], output: str) -> ConcatParts | None:
+        key = (cut, output)
+        if key not in self._parts:
+            self._parts[key] = concat_parts(self.model.split(cut).head.graph, output, self.model.explained.infos)
+        return self._parts[key]
 
     def _graph_batch(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int,
                      total: int) -> int:

@@ -108,6 +108,13 @@ class DetectionLayout:
         probs = _activate(np.asarray(scores, dtype=np.float64), self.score_kind(scores))
         return xyxy, probs, None if obj is None else np.asarray(obj, dtype=np.float64)
 
+    def prediction(self, outputs: Sequence[np.ndarray], a: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prediction ``a``'s class probabilities ``(..., K)`` and objectness ``(...)`` (None without
+        one), float64: ``rows`` for one prediction, without decoding every box."""
+        _, scores, obj = self.raw(outputs)
+        probs = _activate(np.asarray(scores[..., a, :], dtype=np.float64), self.score_kind(scores))
+        return probs, None if obj is None else np.asarray(obj[..., a], dtype=np.float64)
+
     def backprop(self, outputs: Sequence[np.ndarray], a: int, d_box: np.ndarray | None, d_probs: np.ndarray | None,
                  d_obj: float = 0.0) -> dict[int, np.ndarray]:
         """Seeds ``{output index: d/d output}`` of one image from gradients on prediction ``a``'s row:

@@ -52,9 +52,9 @@ class DetectionScoreTarget(_DetectionTarget):
             raise TargetError(f"prediction {self.index} is out of range: the detector makes {n} per image")
 
     def _scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
-        _, probs, obj = self.layout.rows(outputs)
-        s = probs[..., self.index, self.category]
-        return np.asarray(s if obj is None else s * obj[..., self.index])
+        probs, obj = self.layout.prediction(outputs, self.index)
+        s = probs[..., self.category]
+        return np.asarray(s if obj is None else s * obj)
 
     def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         return self._scores(outputs).astype(np.float32)
@@ -63,11 +63,11 @@ class DetectionScoreTarget(_DetectionTarget):
         return float(self._scores(outputs))
 
     def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
-        _, probs, obj = self.layout.rows(outputs)
+        probs, obj = self.layout.prediction(outputs, self.index)
         d = np.zeros(probs.shape[-1])
-        o = 1.0 if obj is None else float(obj[self.index])
+        o = 1.0 if obj is None else float(obj)
         d[self.category] = o
-        return self.layout.backprop(outputs, self.index, None, d, float(probs[self.index, self.category]))
+        return self.layout.backprop(outputs, self.index, None, d, float(probs[self.category]))
 
     def describe(self) -> str:
         return f"detection score of class {self.category} at prediction {self.index}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -88,18 +89,22 @@ class LocalRegion:
         """Boxes ``(y0, x0, y1, x1)`` where each region tensor's gradient can be non-zero, given the
         boxes of the boundary tensors' gradients ``seeds``; carried back through the kernels."""
         boxes: dict[str, tuple[int, int, int, int]] = dict(seeds)
-        for node in reversed(self.nodes):
-            outs = [boxes[o] for o in node.output if o in boxes]
+        for outputs, inputs, kernel in self._backward_steps:
+            outs = [boxes[o] for o in outputs if o in boxes]
             if not outs:
                 continue
             box = _union(outs)
-            kernel = self.kernels.get(node.name)
-            for name in node.input:
-                if name not in self.strides:
-                    continue
+            for name in inputs:
                 b = kernel.input_box(box, self.sizes[name]) if kernel is not None else box
                 boxes[name] = _union([boxes[name], b]) if name in boxes else b
         return boxes
+
+    @cached_property
+    def _backward_steps(self) -> tuple[tuple[tuple[str, ...], tuple[str, ...], Kernel | None], ...]:
+        """The nodes in reverse order as plain tuples (outputs, region inputs, kernel): ``support`` runs
+        per explained row, and reading protobuf fields costs more than the box arithmetic."""
+        return tuple((tuple(node.output), tuple(i for i in node.input if i in self.strides),
+                      self.kernels.get(node.name)) for node in reversed(self.nodes))
 
     def window(self, boxes: Mapping[str, tuple[int, int, int, int]], quantum: int = 2) -> tuple[int, int, int, int]:
         """The image window ``(top, left, height, width)`` holding every box, on multiples of the largest

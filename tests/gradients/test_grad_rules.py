@@ -40,6 +40,41 @@ CASES: list[tuple[str, list, dict, dict, int, Any]] = [
         17,
         None,
     ),
+    # Stride-1 Convs take the flipped-kernel Conv adjoint (rules_nn._stride_one_adjoint): groups with
+    # several channels per group both ways, dilations, asymmetric and SAME pads, depthwise, 1-D, and
+    # pads beyond the kernel's reach (the ConvTranspose form).
+    (
+        "conv_s1_groups_dil_asym",
+        [N("Conv", ["x", "w"], ["y"], group=2, dilations=[2, 1], pads=[2, 0, 1, 2])],
+        {"x": [2, 4, 7, 6]},
+        {"w": _w(6, 2, 3, 3)},
+        17,
+        None,
+    ),
+    (
+        "conv_s1_depthwise_same",
+        [N("Conv", ["x", "w"], ["y"], group=3, auto_pad="SAME_UPPER", kernel_shape=[2, 3])],
+        {"x": [1, 3, 5, 6]},
+        {"w": _w(3, 1, 2, 3)},
+        17,
+        None,
+    ),
+    (
+        "conv_s1_1d_groups_expand",
+        [N("Conv", ["x", "w"], ["y"], group=2, pads=[2, 1])],
+        {"x": [2, 2, 9]},
+        {"w": _w(6, 1, 4)},
+        13,
+        None,
+    ),
+    (
+        "conv_s1_pads_beyond_reach",
+        [N("Conv", ["x", "w"], ["y"], pads=[3, 0, 0, 2])],
+        {"x": [1, 2, 5, 5]},
+        {"w": _w(3, 2, 2, 2)},
+        17,
+        None,
+    ),
     (
         "conv_stride2_dil",
         [N("Conv", ["x", "w"], ["y"], strides=[2, 2], dilations=[2, 1], pads=[1, 0, 2, 1])],

@@ -1,0 +1,96 @@
+"""The parts of a Concat-made output: where a seed reaches only some of them, those are seeded instead.
+
+A YOLOv8 export ends in ``Concat([boxes (N, 4, A), sigmoid(classes) (N, K, A)], axis=1)``; a class
+score's seed is zero on the box rows, yet a gradient graph seeded at the output differentiates the
+box decoder (the DFL softmax over every anchor) too. Seeding the Concat's inputs that the seed
+touches, each with its slice of the seed, gives the same gradients (a Concat's gradient is the
+slice) through a graph that holds only the branches the seed reaches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxcam.graph.shapes import TensorInfo
+
+
+@dataclass(frozen=True)
+class ConcatParts:
+    """``output`` = Concat(``names``) along ``axis``; part ``i`` covers ``bounds[i]:bounds[i + 1]``."""
+
+    output: str
+    axis: int
+    names: tuple[str, ...]
+    bounds: tuple[int, ...]
+
+    def reached(self, seed: np.ndarray) -> tuple[int, ...]:
+        """Indices of the parts where ``seed`` (the output's shape) has a non-zero entry."""
+        others = tuple(a for a in range(seed.ndim) if a != self.axis)
+        along = np.flatnonzero(np.any(seed != 0, axis=others))
+        if along.size == 0:
+            return ()
+        parts = np.searchsorted(np.asarray(self.bounds), along, side="right") - 1
+        return tuple(int(i) for i in np.unique(parts))
+
+    def part(self, seed: np.ndarray, i: int) -> np.ndarray:
+        """Part ``i``'s slice of ``seed`` (contiguous: it is fed to onnxruntime)."""
+        index = [slice(None)] * seed.ndim
+        index[self.axis] = slice(self.bounds[i], self.bounds[i + 1])
+        return np.ascontiguousarray(seed[tuple(index)])
+
+
+def concat_parts(graph: onnx.GraphProto, output: str, infos: Mapping[str, TensorInfo]) -> ConcatParts | None:
+    """How ``output`` is concatenated from computed tensors of known extent, or None (not a Concat, a
+    part repeated or constant, an unknown extent along the axis, the batch axis)."""
+    producers = {o: node for node in graph.node for o in node.output}
+    producer = producers.get(output)
+    if producer is None or producer.op_type != "Concat" or len(set(producer.input)) != len(producer.input):
+        return None
+    # Every part computed by a node: a constant part (or a graph input) has no graph to seed.
+    if not all(name in producers and producers[name].op_type != "Constant" for name in producer.input):
+        return None
+    info = infos.get(output)
+    if info is None or info.shape is None:
+        return None
+    axis = next((a.i for a in producer.attribute if a.name == "axis"), None)
+    if axis is None:
+        return None
+    axis = axis + len(info.shape) if axis < 0 else axis
+    bounds = [0]
+    for name in producer.input:
+        part = infos.get(name)
+        if part is None or part.shape is None or len(part.shape) != len(info.shape):
+            return None
+        extent = part.shape[axis]
+        if not isinstance(extent, int):
+            return None
+        bounds.append(bounds[-1] + extent)
+    if axis == 0:  # the batch: rows are not parts
+        return None
+    return ConcatParts(output, axis, tuple(producer.input), tuple(bounds))
+
+
+def narrow_seeds(seeds: Mapping[str, np.ndarray],
+                 parts: Mapping[str, ConcatParts | None]) -> dict[str, np.ndarray] | None:
+    """Seeds by tensor name with each Concat-made output's seed moved to the inputs it reaches, or
+    None where none narrows (every part reached, or no output a Concat)."""
+    out: dict[str, np.ndarray] = {}
+    narrowed = False
+    for name, seed in seeds.items():
+        p = parts.get(name)
+        if p is None:
+            out[name] = out[name] + seed if name in out else seed
+            continue
+        reached = p.reached(seed) or (0,)  # an all-zero seed: any one part gives the zero gradients
+        narrowed = narrowed or len(reached) < len(p.names)
+        for i in reached:
+            piece = p.part(seed, i)
+            out[p.names[i]] = out[p.names[i]] + piece if p.names[i] in out else piece
+    return out if narrowed else None
+
+
+__all__ = ["ConcatParts", "concat_parts", "narrow_seeds"]

@@ -1,0 +1,152 @@
+"""Seeds moved onto the parts of a Concat-made output (onnxcam.graph.seed_parts, GradientEngine._narrow).
+
+A YOLOv8-style head ends in Concat([box decoder, Sigmoid(classes)], axis=1); a class score's seed is
+zero on the box rows. The engine then seeds the Sigmoid's output with the seed's class rows, and its
+gradient graph holds no box decoder. The gradients must equal those of the graph seeded at the whole
+output (the gradient builder on the unchanged head, run here directly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxcam
+from onnxcam.gradients import build_gradient_model
+from onnxcam.graph.protos import make_model
+from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_seeds
+from onnxcam.graph.tensor_info import TensorInfo
+from onnxcam.targets import OutputTarget
+
+A = 16  # predictions: a 4x4 grid
+
+
+def _head_model(path: Path) -> Path:
+    """x (N, 3, 4, 4) -> Conv -> feat (N, 8, 4, 4) -> Conv -> raw (N, 12, 4, 4) -> (N, 12, 16);
+    rows 0-7: two 4-bin distributions -> Softmax -> expected bin (the DFL-like box part, (N, 2, 16));
+    rows 8-11: Sigmoid (class probabilities) ; out = Concat([box, cls], axis=1) (N, 6, 16)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (12, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([0, 12, A], np.int64), "flat"),
+        numpy_helper.from_array(np.array([8, 4], np.int64), "parts"),
+        numpy_helper.from_array(np.array([0, 2, 4, A], np.int64), "bins_shape"),
+        numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1), "bins"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["feat_pre"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["feat_pre"], ["feat"], name="relu1"),
+        helper.make_node("Conv", ["feat", "w2"], ["raw4"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Reshape", ["raw4", "flat"], ["raw"], name="flatten"),
+        helper.make_node("Split", ["raw", "parts"], ["dist", "logits"], axis=1, name="split"),
+        helper.make_node("Reshape", ["dist", "bins_shape"], ["dist4"], name="bins"),
+        helper.make_node("Softmax", ["dist4"], ["prob4"], axis=2, name="softmax"),
+        helper.make_node("Mul", ["prob4", "bins"], ["weighted"], name="weigh"),
+        helper.make_node("ReduceSum", ["weighted", "axis2"], ["box"], keepdims=0, name="expect"),
+        helper.make_node("Sigmoid", ["logits"], ["cls"], name="sigmoid"),
+        helper.make_node("Concat", ["box", "cls"], ["out"], axis=1, name="concat"),
+    ]
+    graph = helper.make_graph(nodes, "seed_parts",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6, A])], inits)
+    model = make_model(graph, [helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+class _Element(OutputTarget):
+    """The output's entries at ``(row, prediction)`` pairs, summed with weights."""
+
+    def __init__(self, entries: list[tuple[int, int, float]]) -> None:
+        self.entries = entries
+
+    def score_output(self, output: np.ndarray) -> float:
+        return float(sum(w * output[r, a] for r, a, w in self.entries))
+
+    def output_gradient(self, output: np.ndarray) -> np.ndarray:
+        g = np.zeros_like(output)
+        for r, a, w in self.entries:
+            g[r, a] += w
+        return g
+
+    def describe(self) -> str:
+        return f"entries {self.entries}"
+
+
+def _reference(model: onnxcam.Model, x: np.ndarray, target: _Element) -> np.ndarray:
+    """d score / d feat from the gradient graph seeded at the whole output, on the unchanged head."""
+    split = model.split(("feat",))
+    head = onnx.ModelProto()
+    head.CopyFrom(split.head)
+    built = build_gradient_model(head, ["feat"], ["out"])
+    sess = ort.InferenceSession(built.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feat, out = model.run_body(x, ("feat",))
+    seed = np.stack([target.output_gradient(o) for o in out[0]])
+    feed = {"feat": feat["feat"], built.seed_inputs["out"]: seed}
+    return sess.run([built.grad_outputs["feat"]], feed)[0]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> onnxcam.Model:
+    model = onnxcam.load(_head_model(tmp_path_factory.mktemp("seed_parts") / "head.onnx"), device="cpu")
+    model.gradient_engine.local_crops = False  # the whole head's graph (the crop path's tail: test_local_gradients)
+    return model
+
+
+@pytest.mark.parametrize(("entries", "seeded"), [
+    ([(3, 5, 1.0)], ("cls",)),  # one class score: only the Sigmoid branch is seeded
+    ([(2, 0, 1.0), (5, 15, -0.5)], ("cls",)),
+    ([(0, 7, 1.0)], ("box",)),  # a box coordinate: only the decoder
+    ([(1, 9, 1.0), (4, 9, 2.0)], ("out",)),  # both parts: the output itself
+])
+def test_narrowed_seeds_give_the_whole_output_gradients(head: onnxcam.Model, entries: list, seeded: tuple) -> None:
+    x = np.random.default_rng(1).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    target = _Element(entries)
+    got = head.gradients_at(x, ["feat"], [target, target]).gradients["feat"]
+    ref = _reference(head, x, target)
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
+    keys = [k for k in head.gradient_engine._graphs if k[0] == ("feat",)]
+    assert keys[-1][2] == seeded
+    head.gradient_engine.release()
+
+
+def test_the_narrowed_graph_holds_only_the_reached_branch(head: onnxcam.Model) -> None:
+    proto, seeds, _ = head.gradient_engine.gradient_model(("feat",), ("feat",), ("cls",), 1)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Softmax" not in ops and "ReduceSum" not in ops and "Sigmoid" in ops
+    assert list(seeds) == ["cls"]
+
+
+def test_concat_parts_reads_bounds_and_reached_parts() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 3])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+        helper.make_node("Concat", ["a", "b", "a2"], ["y"], axis=-2), helper.make_node("Abs", ["x"], ["a2"]),
+        helper.make_node("Concat", ["a", "c"], ["z"], axis=1),
+    ]
+    c = numpy_helper.from_array(np.zeros((1, 1, 3), np.float32), "c")
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 15, 3])], [c])
+    infos = {n: TensorInfo(n, TensorProto.FLOAT, s) for n, s in
+             {"x": (1, 5, 3), "a": (1, 5, 3), "b": (1, 5, 3), "a2": (1, 5, 3), "y": (1, 15, 3), "c": (1, 1, 3),
+              "z": (1, 6, 3)}.items()}
+    parts = concat_parts(graph, "y", infos)
+    assert parts == ConcatParts("y", 1, ("a", "b", "a2"), (0, 5, 10, 15))
+    assert concat_parts(graph, "z", infos) is None  # a constant part
+    assert concat_parts(graph, "a", infos) is None  # not a Concat
+    seed = np.zeros((1, 15, 3), np.float32)
+    seed[0, 7, 1] = 1.0
+    seed[0, 14, 0] = 2.0
+    assert parts.reached(seed) == (1, 2)
+    narrowed = narrow_seeds({"y": seed}, {"y": parts})
+    assert narrowed is not None and sorted(narrowed) == ["a2", "b"]
+    np.testing.assert_array_equal(narrowed["b"], seed[:, 5:10])
+    full = np.ones_like(seed)
+    assert narrow_seeds({"y": full}, {"y": parts}) is None  # every part reached: nothing narrows
