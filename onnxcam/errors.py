@@ -80,6 +80,10 @@ class ArgumentError(OnnxCamError):
     exit_code = 2
 
 
+class IllConditionedError(ArgumentError):
+    """A (method, layer) pair whose map float32 rounding decides: export refuses it, naming the fix."""
+
+
 class TargetError(OnnxCamError):
     """Targets do not fit the model outputs or the batch (index out of range, length mismatch)."""
 

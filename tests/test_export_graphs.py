@@ -190,6 +190,24 @@ def test_cli_export(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "exportable methods" in bad.output
 
 
+def test_cli_export_refuses_hirescam_at_a_vits_auto_layer(tmp_path: Path, build_model) -> None:  # type: ignore[no-untyped-def]
+    """One error line naming the layer and the fix, exit code 2, nothing written; the named fix exports."""
+    from onnxcam_cli.main import app
+
+    path = build_model("vit_tiny")
+    out = tmp_path / "vit_cam.onnx"
+    runner = CliRunner()
+    bad = runner.invoke(app, ["export", str(path), "--method", "hirescam", "-o", str(out)])
+    lines = bad.output.strip().splitlines()
+    assert bad.exit_code == 2 and len(lines) == 1 and lines[0].startswith("onnxcam: error: "), bad.output
+    fix = "/blocks/blocks.3/norm1/LayerNormalization_output_0"
+    assert "hirescam cannot be exported at layer '/blocks/blocks.2/Add_1_output_0'" in lines[0]
+    assert f"export gradcam, or hirescam at the LayerNorm's output: --layer '{fix}'" in lines[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    ok = runner.invoke(app, ["export", str(path), "--method", "hirescam", "--layer", fix, "-o", str(out)])
+    assert ok.exit_code == 0 and f"at layer {fix}" in ok.output, ok.output
+
+
 @pytest.mark.parametrize("name", ["resnet_small", "vit_tiny"])
 def test_several_layers_are_fused_as_the_python_path(tmp_path: Path, build_model, name: str) -> None:  # type: ignore[no-untyped-def]
     m = onnxcam.load(build_model(name), device="cpu")

@@ -22,6 +22,7 @@ from onnxcam.detection.task import DetectionTask
 from onnxcam.errors import ArgumentError, HeadStructureError, LayerError, OutputError, UnsupportedModelError
 from onnxcam.export import arithmetic as ar
 from onnxcam.export._graph import GraphWriter, exported_model
+from onnxcam.export.conditioning import check_conditioning
 from onnxcam.export.detection import DETECTION_OUTPUTS, assemble_detector, check_detection_methods, resolve_options
 from onnxcam.export.eigen import eigencam
 from onnxcam.export.seed import explained_class, one_hot_seed
@@ -122,6 +123,10 @@ def export_explainer(
     A detector gets its top ``detections`` per image (decoded and NMS'd in the graph with ``conf`` /
     ``iou``, default the task's) and one map per detection: see ``onnxcam.export.detection``.
     ``task``: what the outputs mean, as the explainers' ``task=`` (default: read from the model).
+
+    ``IllConditionedError`` (an ``ArgumentError``): HiResCAM or XGrad-CAM at a layer where float32
+    rounding decides the map (a ViT's last block input, whose tokens reach the output only through a
+    LayerNorm), measured on a seeded probe batch; the message names the fix (``onnxcam.export.conditioning``).
     """
     if target not in ("top1", "input"):
         raise ArgumentError(f"unknown target {target!r}: use 'top1' (each image's top class) or 'input'")
@@ -150,6 +155,7 @@ def export_explainer(
     if info.shape is None or len(info.shape) < 2 or not isinstance(info.shape[1], int):
         raise UnsupportedModelError(
             f"{m.name}: output {score!r} has shape {info.shape}; export needs a known class count (axis 1)")
+    check_conditioning(m, names, layer, view)
     proto, gradients = _assemble(m, names, layer, view, target, score, len(info.shape), int(info.shape[1]))
     explained = () if names == ["fullgrad"] else m.resolve_layers(layer, view)
     return _save(proto, Path(path), m, names, explained, gradients)
