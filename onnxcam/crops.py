@@ -171,6 +171,8 @@ def _bucket(m: int, limit: int) -> int:
 
 def _stack(parts: list[np.ndarray], n: int) -> np.ndarray:
     """Rows stacked and zero-padded to ``n`` (zero seeds give zero gradients on padded rows)."""
+    if len(parts) == n == 1:  # one copy, contiguous for onnxruntime
+        return np.ascontiguousarray(parts[0][None])
     out = np.zeros((n,) + parts[0].shape, dtype=parts[0].dtype)
     for k, p in enumerate(parts):
         out[k] = p

@@ -32,11 +32,13 @@ def layer_to_image(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_maps(normalize_maps(relu(raw)), size)
 
 
-def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
+def fuse_layers(layer_maps: Sequence[np.ndarray], clean: bool = False) -> np.ndarray:
     """Aggregate per-layer maps (each the output of :func:`layer_to_image`, same ``(N, H, W)``).
 
     ReLU, mean over layers, normalise, as pytorch-grad-cam's ``aggregate_multi_layers``. Call it with
-    one layer too: the reference normalises once more after resizing.
+    one layer too: the reference normalises once more after resizing. ``clean=True``: the caller knows
+    every map is finite and non-negative (``layer_to_image``'s are), so the ReLU and the screening
+    passes are skipped (a detector's maps are full-size, one per detection and layer).
     """
     if len(layer_maps) == 0:
         raise ArgumentError("fuse_layers needs at least one layer map")
@@ -53,13 +55,18 @@ def fuse_layers(layer_maps: Sequence[np.ndarray]) -> np.ndarray:
     # Summed in place, layer after layer, as the mean over a stacked axis adds them (no (N, L, H, W)
     # cube: with a map per detection at full image size it cost more than the gradients).
     dtype = np.result_type(*stacked)
-    total = np.maximum(stacked[0], dtype.type(0)).astype(dtype, copy=False)
-    scratch = np.empty_like(total)
-    for m in stacked[1:]:
-        np.maximum(m, dtype.type(0), out=scratch)
-        total += scratch
+    if clean:
+        total = np.add(stacked[0], stacked[1], dtype=dtype)
+        for m in stacked[2:]:
+            total += m
+    else:
+        total = np.maximum(stacked[0], dtype.type(0)).astype(dtype, copy=False)
+        scratch = np.empty_like(total)
+        for m in stacked[1:]:
+            np.maximum(m, dtype.type(0), out=scratch)
+            total += scratch
     total /= dtype.type(len(stacked))
-    return normalize_maps(total)
+    return normalize_maps(total, finite=clean)
 
 
 def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> np.ndarray:

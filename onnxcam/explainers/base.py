@@ -256,7 +256,7 @@ class BaseCAM:
         size = self.model.input.size
         layer_maps = {k: layer_to_image(v, size) for k, v in raw.maps.items()}
         maps = finish_single(next(iter(layer_maps.values()))) if len(layer_maps) == 1 else \
-            fuse_layers(list(layer_maps.values()))
+            fuse_layers(list(layer_maps.values()), clean=True)
         return Explanation(maps, layer_maps, raw.maps, raw.targets, raw.scores, raw.outputs, self.name, raw.notes)
 
     def _aug_smooth(self, x: np.ndarray, targets: TargetSpec) -> Explanation:

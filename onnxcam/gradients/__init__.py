@@ -8,8 +8,11 @@ regular onnxruntime: ORT's own ``*Grad`` ops exist only in its training build.
 
 Only nodes that are both forward-reachable from ``wrt`` and backward-reachable from the seeded
 outputs get adjoints, so weights and constants never do; the builder is linear in graph size.
-Convolutions are transposed with ConvTranspose on the same weights (SAME/VALID auto_pad resolved
-on static shapes), MaxPool routes to its argmax via its ``Indices`` output and
+A stride-1 Conv's adjoint is a Conv with the kernel flipped and its channel axes swapped per group
+(the weight rearranged by Slice/Transpose nodes the runtime folds once, so an exported explainer
+stores it once): onnxruntime runs Conv with blocked kernels and ConvTranspose without. Strided
+convolutions are transposed with ConvTranspose on the same weights (SAME/VALID auto_pad resolved
+on static shapes). MaxPool routes to its argmax via its ``Indices`` output and
 ScatterElements(reduction="add") (opset >= 16; below it overlapping windows are split into
 non-overlapping phases, each a plain scatter), Resize is applied transposed with per-axis
 interpolation matrices that onnxruntime itself measures at build time, and ties in ReduceMax share

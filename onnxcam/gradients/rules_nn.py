@@ -78,7 +78,11 @@ def _conv(e: Emitter, node: onnx.NodeProto, gys: list[str | None]) -> list[str |
     spatial, strides, dilations, pads = _geometry(e, node, x, kernel)
     out = _spatial(e, node.output[0])
     group = int(attr(node, "group", 1))
-    flipped = _stride_one_adjoint(e, _gy(gys), w, w_shape, kernel, strides, dilations, pads, group)
+    # On a 1x1 map (an SE block's squeeze) the transposed form stays: OpenVINO's CPU plugin fuses the
+    # broadcast that follows such a Conv into it with the wrong shape ("Can not clone with new dims"),
+    # and the product is a matrix-vector one either way.
+    flipped = None if all(d == 1 for d in spatial) else _stride_one_adjoint(
+        e, _gy(gys), w, w_shape, kernel, strides, dilations, pads, group)
     if flipped is not None:
         return _only_x(node, flipped)
     t_pads, extra = _transpose_fit(spatial, out, kernel, strides, dilations, pads)

@@ -6,7 +6,8 @@ Prints: one forward (batch 1, as ultralytics exports); Grad-CAM of the top detec
 layers (the three maps feeding the head, fused) and its ratio to the forward (target <= 1.3); K
 detections explained from one body run (``GradientEngine.repeat``, what ``onnxcam explain`` does)
 and the cost of each extra one in forwards (target <= 0.1), next to K calls one after another.
-Ratios are measured in one run; on a loaded machine they move, absolute seconds more so.
+Each ratio is taken against forwards run alternately with it, in one run; on a loaded machine they
+move, absolute seconds more so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import THREADS, best, photos
+from _common import THREADS, best_pair, photos
 
 import onnxcam  # noqa: E402
 from models.build import build  # noqa: E402
@@ -39,21 +40,26 @@ def main() -> int:
     t = time.perf_counter()
     cam(x, targets=targets[:1])
     first = time.perf_counter() - t
-    fwd = best(lambda: model.forward(x), args.repeats)
-    one = best(lambda: cam(x, targets=targets[:1]), args.repeats)
-    apart = best(lambda: [cam(x, targets=[t]) for t in targets], args.repeats)
     engine = model.gradient_engine
     cam(engine.repeat(x, len(targets)), targets=targets)  # builds what the batched rows use
-    many = best(lambda: cam(engine.repeat(x, len(targets)), targets=targets), args.repeats)
-    extra = (many - one) / (len(targets) - 1)
-    extra_apart = (apart - one) / (len(targets) - 1)
+
+    def forward() -> object:
+        return model.forward(x)
+
+    # Each measurement alternates with a forward (best_pair): this host's speed drifts by tens of
+    # per cent between seconds, and a ratio of two minima taken apart would carry that drift.
+    one, fwd_one = best_pair(lambda: cam(x, targets=targets[:1]), forward, args.repeats)
+    many, fwd_many = best_pair(lambda: cam(engine.repeat(x, len(targets)), targets=targets), forward, args.repeats)
+    apart, fwd_apart = best_pair(lambda: [cam(x, targets=[t]) for t in targets], forward, args.repeats)
+    fwd = min(fwd_one, fwd_many, fwd_apart)
+    k = len(targets) - 1
     rows = [
         ("forward (batch 1, 640x640)", fwd, 1.0, ""),
-        ("Grad-CAM, one detection", one, one / fwd, "target <= 1.3"),
-        (f"Grad-CAM, {len(targets)} detections, one body run", many, many / fwd, ""),
-        ("each extra detection", extra, extra / fwd, "target <= 0.1"),
-        (f"Grad-CAM, {len(targets)} detections, one call each", apart, apart / fwd, "(before)"),
-        ("each extra detection, one call each", extra_apart, extra_apart / fwd, ""),
+        ("Grad-CAM, one detection", one, one / fwd_one, "target <= 1.3"),
+        (f"Grad-CAM, {len(targets)} detections, one body run", many, many / fwd_many, ""),
+        ("each extra detection", (many - one) / k, (many / fwd_many - one / fwd_one) / k, "target <= 0.1"),
+        (f"Grad-CAM, {len(targets)} detections, one call each", apart, apart / fwd_apart, "(before)"),
+        ("each extra detection, one call each", (apart - one) / k, (apart / fwd_apart - one / fwd_one) / k, ""),
         ("first call (builds the gradient graph)", first, first / fwd, ""),
     ]
     cut = model.frontier(tuple(cam.layers))
