@@ -103,7 +103,8 @@ def _stride_one_adjoint(e: Emitter, gy: str, w: str, w_shape: list[int], kernel:
                         dilations: list[int], pads: list[int], group: int) -> str | None:
     """A stride-1 Conv's input gradient as a Conv with the kernel flipped and its channel axes swapped
     (per group), or None where that does not apply. onnxruntime's Conv runs blocked (NCHWc) kernels
-    and its ConvTranspose does not: measured 1.4-2x faster on YOLOv8n's head. The weight is reshaped
+    and its ConvTranspose does not: YOLOv8n's crop gradient graph went from 6.9 to 5.4 ms with its
+    stride-2 convolutions still transposed. The weight is rearranged
     in the graph from the model's own initializer (folded once by the runtime), so an exported
     explainer stores it once."""
     n = len(kernel)
