@@ -62,6 +62,10 @@ class Kernel:
         return (max(lo[0], 0), max(lo[1], 0), min(hi[0], size[0] - 1), min(hi[1], size[1] - 1))
 
 
+# One node for support(): its outputs, its inputs inside the region, its window geometry (None: pointwise).
+Step = tuple[tuple[str, ...], tuple[str, ...], Kernel | None]
+
+
 @dataclass(frozen=True)
 class LocalRegion:
     """The local part of a head cut at ``cut``.
@@ -89,7 +93,7 @@ class LocalRegion:
         """Boxes ``(y0, x0, y1, x1)`` where each region tensor's gradient can be non-zero, given the
         boxes of the boundary tensors' gradients ``seeds``; carried back through the kernels."""
         boxes: dict[str, tuple[int, int, int, int]] = dict(seeds)
-        for outputs, inputs, kernel in self._backward_steps:
+        for outputs, inputs, kernel in self._steps_from(tuple(sorted(seeds))):
             outs = [boxes[o] for o in outputs if o in boxes]
             if not outs:
                 continue
@@ -100,11 +104,24 @@ class LocalRegion:
         return boxes
 
     @cached_property
-    def _backward_steps(self) -> tuple[tuple[tuple[str, ...], tuple[str, ...], Kernel | None], ...]:
+    def _backward_steps(self) -> tuple[Step, ...]:
         """The nodes in reverse order as plain tuples (outputs, region inputs, kernel): ``support`` runs
         per explained row, and reading protobuf fields costs more than the box arithmetic."""
         return tuple((tuple(node.output), tuple(i for i in node.input if i in self.strides),
                       self.kernels.get(node.name)) for node in reversed(self.nodes))
+
+    def _steps_from(self, seeded: tuple[str, ...]) -> tuple[Step, ...]:
+        """``_backward_steps`` that boxes from ``seeded`` reach (a stride-32 detection's seeds skip the
+        other levels' branches), cached per seeded set."""
+        cache = self.__dict__.setdefault("_steps_cache", {})
+        if seeded not in cache:
+            reached, kept = set(seeded), []
+            for step in self._backward_steps:
+                if any(o in reached for o in step[0]):
+                    kept.append(step)
+                    reached.update(step[1])
+            cache[seeded] = tuple(kept)
+        return cache[seeded]  # type: ignore[no-any-return]
 
     def window(self, boxes: Mapping[str, tuple[int, int, int, int]], quantum: int = 2) -> tuple[int, int, int, int]:
         """The image window ``(top, left, height, width)`` holding every box, on multiples of the largest
