@@ -350,8 +350,10 @@ class GradientEngine:
             return self.model.run_body(x, cut, batch_size)
         k = x.shape[0]
         feeds, outputs = self.model.run_body(np.ascontiguousarray(x[:1]), cut, batch_size)
-        return ({name: np.repeat(v, k, axis=0) for name, v in feeds.items()},
-                [np.repeat(o, k, axis=0) for o in outputs])
+        # Read-only views, not copies: the rows are one image's, and a detector's body outputs are
+        # megabytes per row; what onnxruntime is fed is made contiguous per chunk (``_pad``).
+        return ({name: np.broadcast_to(v, (k,) + v.shape[1:]) for name, v in feeds.items()},
+                [np.broadcast_to(o, (k,) + o.shape[1:]) for o in outputs])
 
     def _straight_session(self, cut: tuple[str, ...], split: Split) -> ort.InferenceSession:
         sess = self._straight.get(cut)
@@ -481,6 +483,6 @@ def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:
     """Pad a chunk to the gradient graph's static batch ``n`` (zeros for seeds, last sample for inputs)."""
     m = v.shape[0]
     if m == n:
-        return v
+        return v if v.flags.c_contiguous else np.ascontiguousarray(v)
     fill = np.zeros((n - m,) + v.shape[1:], v.dtype) if zero else np.repeat(v[-1:], n - m, axis=0)
     return np.concatenate([v, fill], axis=0)
