@@ -29,10 +29,13 @@ from onnxcam.errors import (
     UnsupportedOpError,
 )
 from onnxcam.gradients.straight_through import straight_through, straight_through_note
+from onnxcam.graph.hoist_concat import hoist_concats
 from onnxcam.graph.local import local_region
 from onnxcam.graph.prune import prune_to_outputs
 from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_seeds
 from onnxcam.graph.shapes import make_value_info, tensor_infos
+from onnxcam.graph.tensor_info import TensorInfo
+from onnxcam.graph.toposort import ancestors
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.scoring import HeadScorer
 from onnxcam.targets import Target, TargetSpec, output_seeds, target_scores
@@ -122,6 +125,8 @@ class GradientEngine:
         self._local: dict[tuple[tuple[str, ...], tuple[str, ...]], LocalPlan | None] = {}
         self._parts: dict[tuple[tuple[str, ...], str], ConcatParts | None] = {}
         self._notes: dict[tuple[str, ...], str | None] = {}
+        self._hoisted: dict[tuple[str, ...], tuple[onnx.ModelProto, dict[str, TensorInfo]]] = {}
+        self._reads: dict[tuple[tuple[str, ...], tuple[str, ...]], frozenset[str]] = {}
         # Set False to differentiate every head as one graph (what the crop path is checked against).
         self.local_crops = True
 
@@ -133,6 +138,8 @@ class GradientEngine:
         self._local.clear()
         self._parts.clear()
         self._notes.clear()
+        self._hoisted.clear()
+        self._reads.clear()
 
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
                 batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
@@ -251,14 +258,23 @@ class GradientEngine:
 
         model = self.model
         inner_seeds = tuple(s for s in seeded if s not in model.split(cut).head_outputs)
-        head = model.static_head(cut, n, keep=wrt + inner_seeds)
+        _, infos = self._hoisted_head(cut)
+        head = model.static_head(cut, n, keep=wrt + tuple(s for s in inner_seeds if s in model.explained.infos))
+        produced = {o for node in head.graph.node for o in node.output}
+        if any(s not in produced for s in inner_seeds):  # parts made by ``hoist_concats`` (see ``_narrow``)
+            head = hoist_concats(head, infos)[0]
+            produced = {o for node in head.graph.node for o in node.output}
+            missing = [s for s in inner_seeds if s not in produced]
+            if missing:
+                raise GradientError(f"{model.name}: the head at this cut no longer computes {missing}, which the "
+                                    "seeds were moved onto; report this model (onnxcam.graph.hoist_concat)")
         if straight_through_note(head) is not None:
             # Differentiate the clip surrogate of the quantised head: its gradient is exact for a stated
             # function (what check-gradients verifies), and its clip masks are taken on values free of
             # the rounding noise that accumulates through a deep quantised head.
             head = straight_through(head)[0]
         for name in inner_seeds:  # a Concat's part, seeded in place of the output (``_narrow``)
-            info = model.tensor_info(name)
+            info = infos[name]
             head.graph.output.append(make_value_info(name, info.elem_type, (n,) + tuple(info.shape[1:])
                                                      if info.shape else None))
         built = build_gradient_model(head, wrt, seeded)
@@ -333,7 +349,7 @@ class GradientEngine:
         # The boundary gradients are screened where they end up: in the crops' gradients (a NaN seed
         # position is part of a crop's support) and in what passes straight through.
         _, boundary = self._graph_gradients(local.cut, local.boundary, seeded_tail, seeds_tail, feeds, batch_size,
-                                            check=False)
+                                            check=False, reached_only=True)
         found = local.crops.windows(boundary)
         area = model.input.size[0] * model.input.size[1]
         if sum(w[1][2] * w[1][3] for w in found if w is not None) > LOCAL_MAX_COVER * area * len(found):
@@ -373,7 +389,11 @@ class GradientEngine:
 
     def _graph_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
                          seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
-                         batch_size: int, check: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                         batch_size: int, check: bool = True,
+                         reached_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations and gradients at ``names`` through the head's gradient graph. ``reached_only``:
+        ``names`` are cut tensors, and those the seeds cannot reach get read-only zero gradients without
+        being in the graph (a stride-32 detection's decoder gradient reaches one level's boundary)."""
         model = self.model
         split = model.split(cut)
         total = next(iter(feeds.values())).shape[0]
@@ -381,6 +401,13 @@ class GradientEngine:
         narrowed = self._narrow(cut, by_name)
         if narrowed is not None:
             by_name, seeded = narrowed, tuple(sorted(narrowed))
+        skipped: tuple[str, ...] = ()
+        if reached_only:
+            key = (cut, seeded)
+            if key not in self._reads:
+                self._reads[key] = frozenset(ancestors(self._hoisted_head(cut)[0].graph.node, seeded)[1])
+            kept = tuple(w for w in names if w in self._reads[key]) or names[:1]
+            skipped, names = tuple(w for w in names if w not in kept), kept
         n = self._graph_batch(cut, names, seeded, min(model.batch_limit(batch_size), total), total)
         graph = self.graph(cut, names, seeded, n)
         inner = [w for w in names if w not in cut]
@@ -397,6 +424,9 @@ class GradientEngine:
                                                   for i in range(len(fetch))]
         grads = {w: joined[i] for i, w in enumerate(names)}
         acts = {w: feeds[w] if w in cut else joined[len(names) + inner.index(w)] for w in names}
+        for w in skipped:
+            grads[w] = np.broadcast_to(np.zeros((1,) + feeds[w].shape[1:], feeds[w].dtype), feeds[w].shape)
+            acts[w] = feeds[w]
         if check:
             _check_gradients(grads, model.name)
         return acts, grads
@@ -404,8 +434,25 @@ class GradientEngine:
     def _narrow(self, cut: tuple[str, ...], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The seeds moved onto the parts of Concat-made outputs they reach (a YOLOv8 class score's
         seed skips the box decoder; see ``onnxcam.graph.seed_parts``), or None."""
-        parts = {name: self._parts_of(cut, name) for name in seeds}
-        return narrow_seeds(seeds, parts) if any(p is not None for p in parts.values()) else None
+        narrowed: dict[str, np.ndarray] | None = None
+        current = seeds
+        for _ in range(8):  # a part may be a Concat again (hoist_concats: a Sigmoid over the levels' parts)
+            parts = {name: self._parts_of(cut, name) for name in current}
+            step = narrow_seeds(current, parts) if any(p is not None for p in parts.values()) else None
+            if step is None:
+                break
+            narrowed = current = step
+        return narrowed
+
+    def _hoisted_head(self, cut: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, TensorInfo]]:
+        """The head at ``cut`` with element-wise ops and Splits moved above its Concats
+        (``onnxcam.graph.hoist_concat``), and the infos of every tensor in it, cached."""
+        if cut not in self._hoisted:
+            infos = dict(self.model.explained.infos)
+            proto, added = hoist_concats(self.model.split(cut).head, infos)
+            infos.update(added)
+            self._hoisted[cut] = (proto, infos)
+        return self._hoisted[cut]
 
     def _straight_note(self, cut: tuple[str, ...]) -> str | None:
         if cut not in self._notes:  # read per call; a walk over the head's nodes
@@ -415,7 +462,8 @@ class GradientEngine:
     def _parts_of(self, cut: tuple[str, ...], output: str) -> ConcatParts | None:
         key = (cut, output)
         if key not in self._parts:
-            self._parts[key] = concat_parts(self.model.split(cut).head.graph, output, self.model.explained.infos)
+            proto, infos = self._hoisted_head(cut)
+            self._parts[key] = concat_parts(proto.graph, output, infos)
         return self._parts[key]
 
     def _graph_batch(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...], n: int,

@@ -150,3 +150,100 @@ def test_concat_parts_reads_bounds_and_reached_parts() -> None:
     np.testing.assert_array_equal(narrowed["b"], seed[:, 5:10])
     full = np.ones_like(seed)
     assert narrow_seeds({"y": full}, {"y": parts}) is None  # every part reached: nothing narrows
+
+
+def test_hoist_concats_keeps_every_value_and_names_the_parts() -> None:
+    from onnxcam.graph.hoist_concat import hoist_concats
+
+    v = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Concat", ["x0", "x1"], ["c"], axis=-1),
+        helper.make_node("Split", ["c", "sizes"], ["s0", "s1"], axis=1),
+        helper.make_node("Sigmoid", ["s1"], ["y1"]),
+        helper.make_node("Relu", ["c"], ["y2"]),
+        helper.make_node("Transpose", ["c"], ["y3"], perm=[0, 2, 1]),  # not hoistable: reads c itself
+    ]
+    sizes = numpy_helper.from_array(np.array([1, 2], np.int64), "sizes")
+    graph = helper.make_graph(nodes, "h",
+                              [v("x0", TensorProto.FLOAT, [1, 3, 4]), v("x1", TensorProto.FLOAT, [1, 3, 2])],
+                              [v(o, TensorProto.FLOAT, None) for o in ("s0", "y1", "y2", "y3")], [sizes])
+    model = make_model(graph, [helper.make_opsetid("", 17)])
+    shapes = {"x0": (1, 3, 4), "x1": (1, 3, 2), "c": (1, 3, 6), "s0": (1, 1, 6), "s1": (1, 2, 6), "y1": (1, 2, 6),
+              "y2": (1, 3, 6), "y3": (1, 6, 3)}
+    infos = {n: TensorInfo(n, TensorProto.FLOAT, s) for n, s in shapes.items()}
+    hoisted, added = hoist_concats(model, infos)
+    producers = {o: n for n in hoisted.graph.node for o in n.output}
+    assert producers["y1"].op_type == "Concat" and list(producers["y1"].input) == ["y1::part0", "y1::part1"]
+    assert producers["y1::part1"].op_type == "Sigmoid" and producers["y2"].op_type == "Concat"
+    assert added["y1::part1"].shape == (1, 2, 2) and added["s0::part0"].shape == (1, 1, 4)
+    rng = np.random.default_rng(0)
+    feed = {"x0": rng.normal(size=(1, 3, 4)).astype(np.float32), "x1": rng.normal(size=(1, 3, 2)).astype(np.float32)}
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+           for m in (model, hoisted)]
+    for a, b in zip(*run, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert hoist_concats(hoisted, {**infos, **added})[0] is hoisted  # nothing left to move
+
+
+def _levels_model(path: Path) -> Path:
+    """Two levels (4x4 and 2x2 maps, 12 channels each) flattened and concatenated along the
+    predictions (16 + 4), split into a 2x4-bin box part (Softmax, expected bin) and 4 class logits
+    (Sigmoid), concatenated along channels: YOLOv8's decoder in small."""
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (12, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (12, 8, 3, 3)).astype(np.float32), "w3"),
+        numpy_helper.from_array(np.array([0, 12, -1], np.int64), "flat"),
+        numpy_helper.from_array(np.array([8, 4], np.int64), "parts"),
+        numpy_helper.from_array(np.array([0, 2, 4, 20], np.int64), "bins_shape"),
+        numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1), "bins"),
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["feat_pre"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["feat_pre"], ["feat"]),
+        helper.make_node("MaxPool", ["feat"], ["feat2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["feat", "w2"], ["p3"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["feat2", "w3"], ["p4"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["p3", "flat"], ["r3"]),
+        helper.make_node("Reshape", ["p4", "flat"], ["r4"]),
+        helper.make_node("Concat", ["r3", "r4"], ["raw"], axis=2),
+        helper.make_node("Split", ["raw", "parts"], ["dist", "logits"], axis=1),
+        helper.make_node("Reshape", ["dist", "bins_shape"], ["dist4"]),
+        helper.make_node("Softmax", ["dist4"], ["prob4"], axis=2),
+        helper.make_node("Mul", ["prob4", "bins"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis2"], ["box"], keepdims=0),
+        helper.make_node("Sigmoid", ["logits"], ["cls"]),
+        helper.make_node("Concat", ["box", "cls"], ["out"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "levels", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6, 20])], inits)
+    onnx.save(make_model(graph, [helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("entries", "seeded"), [
+    ([(3, 5, 1.0)], ("cls::part0",)),  # a class score on the 4x4 level: only that level's Sigmoid
+    ([(2, 17, 1.0)], ("cls::part1",)),  # on the 2x2 level
+    ([(4, 2, 1.0), (5, 19, 0.5)], ("cls",)),  # both levels: the Sigmoid's whole output
+    ([(0, 18, 1.0)], ("box",)),  # a box coordinate: the decoder, over both levels
+])
+def test_seeds_reach_one_levels_part_after_hoisting(tmp_path: Path, entries: list, seeded: tuple) -> None:
+    model = onnxcam.load(_levels_model(tmp_path / "levels.onnx"), device="cpu")
+    model.gradient_engine.local_crops = False
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    target = _Element(entries)
+    cut = ("feat", "feat2")  # feat2 = MaxPool(feat) lies in the head: the engine cuts at feat alone
+    got = model.gradients_at(x, list(cut), [target, target]).gradients
+    split = model.split(model.frontier(cut))
+    built = build_gradient_model(split.head, list(cut), ["out"])
+    sess = ort.InferenceSession(built.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feats, out = model.run_body(x, model.frontier(cut))
+    feed = {c: feats[c] for c in split.head_inputs}
+    feed[built.seed_inputs["out"]] = np.stack([target.output_gradient(o) for o in out[0]])
+    ref = sess.run([built.grad_outputs[c] for c in cut], feed)
+    for c, r in zip(cut, ref, strict=True):
+        np.testing.assert_allclose(got[c], r, rtol=0, atol=1e-6 * float(np.abs(r).max()) + 1e-12)
+    assert max(float(np.abs(r).max()) for r in ref) > 0
+    assert [k[2] for k in model.gradient_engine._graphs][-1] == seeded
