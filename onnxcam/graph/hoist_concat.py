@@ -44,7 +44,6 @@ def hoist_concats(model: onnx.ModelProto, infos: Mapping[str, TensorInfo]) -> tu
     nodes = list(graph.node)
     new_infos: dict[str, TensorInfo] = {}
     known = dict(infos)
-    outputs = {o.name for o in graph.output}
     changed = True
     moved = False
     while changed:
@@ -61,7 +60,7 @@ def hoist_concats(model: onnx.ModelProto, infos: Mapping[str, TensorInfo]) -> tu
                 continue
             for user in consumers.get(concat.output[0], []):
                 if _hoistable(user, axis, known):
-                    nodes = _rewrite(nodes, concat, user, axis, known, new_infos, outputs)
+                    nodes = _rewrite(nodes, concat, user, axis, known, new_infos)
                     changed = moved = True
                     break
             if changed:
@@ -107,8 +106,7 @@ def _hoistable(user: onnx.NodeProto, axis: int, infos: Mapping[str, TensorInfo])
 
 
 def _rewrite(nodes: list[onnx.NodeProto], concat: onnx.NodeProto, user: onnx.NodeProto, axis: int,
-             infos: dict[str, TensorInfo], new_infos: dict[str, TensorInfo], graph_outputs: set[str],
-             ) -> list[onnx.NodeProto]:
+             infos: dict[str, TensorInfo], new_infos: dict[str, TensorInfo]) -> list[onnx.NodeProto]:
     """``nodes`` with ``user`` (reading ``concat``'s output) applied per part, and its outputs made
     Concats of the per-part outputs."""
     parts = list(concat.input)
