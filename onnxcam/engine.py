@@ -32,7 +32,7 @@ from onnxcam.gradients.straight_through import straight_through, straight_throug
 from onnxcam.graph.hoist_concat import hoist_concats
 from onnxcam.graph.local import local_region
 from onnxcam.graph.prune import prune_to_outputs
-from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_seeds
+from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_fully
 from onnxcam.graph.shapes import make_value_info, tensor_infos
 from onnxcam.graph.tensor_info import TensorInfo
 from onnxcam.graph.toposort import ancestors
@@ -434,15 +434,7 @@ class GradientEngine:
     def _narrow(self, cut: tuple[str, ...], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The seeds moved onto the parts of Concat-made outputs they reach (a YOLOv8 class score's
         seed skips the box decoder; see ``onnxcam.graph.seed_parts``), or None."""
-        narrowed: dict[str, np.ndarray] | None = None
-        current = seeds
-        for _ in range(8):  # a part may be a Concat again (hoist_concats: a Sigmoid over the levels' parts)
-            parts = {name: self._parts_of(cut, name) for name in current}
-            step = narrow_seeds(current, parts) if any(p is not None for p in parts.values()) else None
-            if step is None:
-                break
-            narrowed = current = step
-        return narrowed
+        return narrow_fully(seeds, lambda name: self._parts_of(cut, name))
 
     def _hoisted_head(self, cut: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, TensorInfo]]:
         """The head at ``cut`` with element-wise ops and Splits moved above its Concats

@@ -9,7 +9,7 @@ slice) through a graph that holds only the branches the seed reaches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,4 +94,19 @@ def narrow_seeds(seeds: Mapping[str, np.ndarray],
     return out if narrowed else None
 
 
-__all__ = ["ConcatParts", "concat_parts", "narrow_seeds"]
+def narrow_fully(seeds: Mapping[str, np.ndarray],
+                 parts_of: Callable[[str], ConcatParts | None]) -> dict[str, np.ndarray] | None:
+    """``narrow_seeds`` repeated while a reached part is a Concat again (after ``hoist_concats``, a
+    YOLOv8 Sigmoid's output is a Concat of per-level parts), or None where nothing narrows."""
+    narrowed: dict[str, np.ndarray] | None = None
+    current = dict(seeds)
+    for _ in range(8):
+        parts = {name: parts_of(name) for name in current}
+        step = narrow_seeds(current, parts) if any(p is not None for p in parts.values()) else None
+        if step is None:
+            break
+        narrowed = current = step
+    return narrowed
+
+
+__all__ = ["ConcatParts", "concat_parts", "narrow_fully", "narrow_seeds"]
