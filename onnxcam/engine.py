@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -32,13 +32,13 @@ from onnxcam.gradients.straight_through import straight_through, straight_throug
 from onnxcam.graph.hoist_concat import hoist_concats
 from onnxcam.graph.local import local_region
 from onnxcam.graph.prune import prune_to_outputs
-from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_fully
+from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_rows
 from onnxcam.graph.shapes import make_value_info, tensor_infos
 from onnxcam.graph.tensor_info import TensorInfo
 from onnxcam.graph.toposort import ancestors
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.scoring import HeadScorer
-from onnxcam.targets import Target, TargetSpec, output_seeds, target_scores
+from onnxcam.targets import Target, TargetSpec, output_seed_rows, target_scores
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -156,7 +156,7 @@ class GradientEngine:
         for t in resolved:
             self._check_reads(t, split, len(outputs))
         scores = target_scores(resolved, outputs)
-        seeds = {k: v for k, v in output_seeds(resolved, outputs).items()
+        seeds = {k: v for k, v in output_seed_rows(resolved, outputs).items()
                  if split.model_outputs[k] in split.head_outputs}
         seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
         if mode != "finite":
@@ -215,7 +215,7 @@ class GradientEngine:
         seeded = tuple(split.model_outputs[k] for k in sorted(set(reads))
                        if 0 <= k < len(split.model_outputs) and split.model_outputs[k] in split.head_outputs)
         target_cut = local.cut if local is not None else cut
-        # A Concat-made output's seeds move onto the parts they reach (``_narrow``), which depend on
+        # A Concat-made output's seeds move onto the parts they reach (``narrow_rows``), which depend on
         # the targets: that graph is built on first use.
         if not seeded or any(self._parts_of(target_cut, o) is not None for o in seeded):
             return
@@ -261,7 +261,7 @@ class GradientEngine:
         _, infos = self._hoisted_head(cut)
         head = model.static_head(cut, n, keep=wrt + tuple(s for s in inner_seeds if s in model.explained.infos))
         produced = {o for node in head.graph.node for o in node.output}
-        if any(s not in produced for s in inner_seeds):  # parts made by ``hoist_concats`` (see ``_narrow``)
+        if any(s not in produced for s in inner_seeds):  # parts made by ``hoist_concats`` (see ``narrow_rows``)
             head = hoist_concats(head, infos)[0]
             produced = {o for node in head.graph.node for o in node.output}
             missing = [s for s in inner_seeds if s not in produced]
@@ -273,7 +273,7 @@ class GradientEngine:
             # function (what check-gradients verifies), and its clip masks are taken on values free of
             # the rounding noise that accumulates through a deep quantised head.
             head = straight_through(head)[0]
-        for name in inner_seeds:  # a Concat's part, seeded in place of the output (``_narrow``)
+        for name in inner_seeds:  # a Concat's part, seeded in place of the output (``narrow_rows``)
             info = infos[name]
             head.graph.output.append(make_value_info(name, info.elem_type, (n,) + tuple(info.shape[1:])
                                                      if info.shape else None))
@@ -337,7 +337,7 @@ class GradientEngine:
         return LocalPlan(whole, region.boundary, crops)
 
     def _local_gradients(self, local: LocalPlan, names: tuple[str, ...], seeded: tuple[str, ...],
-                         seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
+                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
                          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         """Gradients through the tail's graph and the region's crops; None where the crops would cover
         most of the image (a classifier's pooled head spreads every gradient over its whole map), and
@@ -348,13 +348,14 @@ class GradientEngine:
         seeds_tail = {k: v for k, v in seeds.items() if tail.model_outputs[k] in seeded_tail}
         # The boundary gradients are screened where they end up: in the crops' gradients (a NaN seed
         # position is part of a crop's support) and in what passes straight through.
-        _, boundary = self._graph_gradients(local.cut, local.boundary, seeded_tail, seeds_tail, feeds, batch_size,
-                                            check=False, reached_only=True)
-        found = local.crops.windows(boundary)
+        boundary, reach = self._boundary_rows(local.cut, local.boundary, seeded_tail, seeds_tail, feeds, batch_size)
+        found = local.crops.windows(boundary, reach)
         area = model.input.size[0] * model.input.size[1]
-        if sum(w[1][2] * w[1][3] for w in found if w is not None) > LOCAL_MAX_COVER * area * len(found):
+        if sum(local.crops.area(w) for w in found if w is not None) > LOCAL_MAX_COVER * area * len(found):
             return None
-        grads = local.crops.gradients(feeds, boundary, model.batch_limit(batch_size), f"local gradient graph of "
+        # Crop graphs are onnxcam's own, free of the model's fixed batch (an ultralytics export's is 1):
+        # crops of one shape run together, as many as fit in ``batch_size`` images.
+        grads = local.crops.gradients(feeds, boundary, batch_size, f"local gradient graph of "
                                       f"{model.name}", check=lambda g: _check_gradients(g, model.name), found=found)
         return {w: feeds[w] for w in names}, grads
 
@@ -388,19 +389,66 @@ class GradientEngine:
             )
 
     def _graph_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
-                         seeds: dict[int, np.ndarray], feeds: dict[str, np.ndarray],
-                         batch_size: int, check: bool = True,
-                         reached_only: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Activations and gradients at ``names`` through the head's gradient graph. ``reached_only``:
-        ``names`` are cut tensors, and those the seeds cannot reach get read-only zero gradients without
-        being in the graph (a stride-32 detection's decoder gradient reaches one level's boundary)."""
+                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
+                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Activations and gradients at ``names`` through the head's gradient graph (per group of
+        rows whose seeds reach the same parts, ``_gradient_groups``)."""
+        runs = self._gradient_groups(cut, names, seeded, seeds, feeds, batch_size, reached_only=False)
+        total = next(iter(feeds.values())).shape[0]
+        acts, grads, _ = runs[0][1] if len(runs) == 1 else _scatter(runs, names, cut, feeds, total)
+        _check_gradients(grads, self.model.name)
+        return acts, grads
+
+    def _boundary_rows(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
+                       seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
+                       batch_size: int) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+        """The tail's gradients at the cut tensors ``names`` row by row, and per name a boolean ``(N,)``:
+        the rows whose gradient there may be non-zero. Rows, not a batch array: the groups' results
+        are not copied into one (a detector's boundary is megabytes per row), and a row no seed
+        reaches is a read-only zero view. Not screened for NaN/Inf: the crops' gradients are."""
+        runs = self._gradient_groups(cut, names, seeded, seeds, feeds, batch_size, reached_only=True)
+        total = next(iter(feeds.values())).shape[0]
+        rows: dict[str, list[np.ndarray]] = {w: [] for w in names}
+        reach = {w: np.zeros(total, dtype=bool) for w in names}
+        where = np.empty((total, 2), dtype=np.int64)  # row -> (group, row in group)
+        for j, (members, _) in enumerate(runs):
+            where[members, 0] = j
+            where[members, 1] = np.arange(len(members))
+            for w in names:
+                reach[w][members] = runs[j][1][2][w]
+        for w in names:
+            rows[w] = [runs[j][1][1][w][k] for j, k in where]
+        return rows, reach
+
+    def _gradient_groups(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
+                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray], batch_size: int,
+                         reached_only: bool) -> list[tuple[np.ndarray, tuple[dict[str, np.ndarray],
+                                                                              dict[str, np.ndarray],
+                                                                              dict[str, np.ndarray]]]]:
+        """Seeds on a Concat-made output move onto the parts they reach, row by row
+        (``narrow_rows``), and each group of rows runs its own graph: ``[(rows, (activations,
+        gradients, reach))]``. ``reached_only``: ``names`` are cut tensors, and those a group's seeds
+        cannot reach get zero gradients without being in its graph (a stride-32 detection's decoder
+        gradient reaches one level's boundary)."""
+        split = self.model.split(cut)
+        total = next(iter(feeds.values())).shape[0]
+        by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
+        runs = []
+        for members, group_seeds in narrow_rows(by_name, lambda name: self._parts_of(cut, name)):
+            group_seeded = seeded if set(group_seeds) == set(seeded) else tuple(sorted(group_seeds))
+            sub = feeds if len(members) == total else {k: _rows(v, members) for k, v in feeds.items()}
+            runs.append((members, self._group_gradients(cut, names, group_seeded, group_seeds, sub, batch_size,
+                                                        reached_only)))
+        return runs
+
+    def _group_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
+                         by_name: dict[str, np.ndarray], feeds: dict[str, np.ndarray], batch_size: int,
+                         reached_only: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                      dict[str, np.ndarray]]:
+        """One group of ``_gradient_groups``: activations, gradients and the per-name boolean reach."""
         model = self.model
         split = model.split(cut)
         total = next(iter(feeds.values())).shape[0]
-        by_name = {split.model_outputs[k]: v for k, v in seeds.items()}
-        narrowed = self._narrow(cut, by_name)
-        if narrowed is not None:
-            by_name, seeded = narrowed, tuple(sorted(narrowed))
         skipped: tuple[str, ...] = ()
         if reached_only:
             key = (cut, seeded)
@@ -424,17 +472,12 @@ class GradientEngine:
                                                   for i in range(len(fetch))]
         grads = {w: joined[i] for i, w in enumerate(names)}
         acts = {w: feeds[w] if w in cut else joined[len(names) + inner.index(w)] for w in names}
+        reached = {w: np.ones(total, dtype=bool) for w in names}
         for w in skipped:
             grads[w] = np.broadcast_to(np.zeros((1,) + feeds[w].shape[1:], feeds[w].dtype), feeds[w].shape)
             acts[w] = feeds[w]
-        if check:
-            _check_gradients(grads, model.name)
-        return acts, grads
-
-    def _narrow(self, cut: tuple[str, ...], seeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """The seeds moved onto the parts of Concat-made outputs they reach (a YOLOv8 class score's
-        seed skips the box decoder; see ``onnxcam.graph.seed_parts``), or None."""
-        return narrow_fully(seeds, lambda name: self._parts_of(cut, name))
+            reached[w] = np.zeros(total, dtype=bool)
+        return acts, grads, reached
 
     def _hoisted_head(self, cut: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, TensorInfo]]:
         """The head at ``cut`` with element-wise ops and Splits moved above its Concats
@@ -517,6 +560,42 @@ def _check_gradients(grads: dict[str, np.ndarray], model_name: str) -> None:
         if not np.isfinite(g.sum()) and not np.all(np.isfinite(g)):  # the sum screens in one cheap pass
             raise GradientError(f"gradients at {w!r} of {model_name} contain NaN/Inf: the head is numerically "
                                 "unstable there; try another layer or gradient mode 'finite'")
+
+
+def _rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of ``v (N, ...)``: a view where ``v`` repeats one row (``GradientEngine.repeat``)."""
+    if v.shape[0] > 0 and v.strides[0] == 0:
+        return np.broadcast_to(v[:1], (len(rows),) + v.shape[1:])
+    return v[rows]
+
+
+def _scatter(runs: list[tuple[np.ndarray, tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]]],
+             names: tuple[str, ...], cut: tuple[str, ...], feeds: dict[str, np.ndarray],
+             total: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The groups' activations, gradients and reach put back in row order. A name no group reaches
+    keeps a read-only zero view; the others get zeros where their group did not reach them."""
+    acts: dict[str, np.ndarray] = {}
+    grads: dict[str, np.ndarray] = {}
+    reached: dict[str, np.ndarray] = {}
+    for w in names:
+        reached[w] = np.zeros(total, dtype=bool)
+        for rows, (_, _, r) in runs:
+            reached[w][rows] = r[w]
+        first = runs[0][1][1][w]
+        if not reached[w].any():
+            grads[w] = np.broadcast_to(np.zeros((1,) + first.shape[1:], first.dtype), (total,) + first.shape[1:])
+        else:
+            grads[w] = np.zeros((total,) + first.shape[1:], first.dtype)
+            for rows, (_, g, r) in runs:
+                if r[w].any():
+                    grads[w][rows] = g[w]
+        if w in cut:
+            acts[w] = feeds[w]
+        else:
+            acts[w] = np.empty((total,) + runs[0][1][0][w].shape[1:], runs[0][1][0][w].dtype)
+            for rows, (a, _, _) in runs:
+                acts[w][rows] = a[w]
+    return acts, grads, reached
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:

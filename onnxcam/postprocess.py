@@ -66,7 +66,7 @@ def fuse_layers(layer_maps: Sequence[np.ndarray], clean: bool = False) -> np.nda
             np.maximum(m, dtype.type(0), out=scratch)
             total += scratch
     total /= dtype.type(len(stacked))
-    return normalize_maps(total, finite=clean)
+    return normalize_maps(total, finite=clean, inplace=True)
 
 
 def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> np.ndarray:

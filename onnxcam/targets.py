@@ -336,14 +336,28 @@ def score_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray], samples
 
 def output_seeds(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     """Seeds d(score)/d(output) ``(N, ...)`` per model output index that some target reads."""
-    seeds: dict[int, np.ndarray] = {}
+    return {k: np.stack(rows) for k, rows in output_seed_rows(targets, outputs).items()}
+
+
+def output_seed_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> dict[int, list[np.ndarray]]:
+    """``output_seeds`` as a list of ``N`` rows per output: each target's own array, not copied into a
+    batch (a detector's seed is megabytes per row and one value of it is not zero). Rows of targets
+    that do not read an output share one read-only zero row."""
+    seeds: dict[int, list[np.ndarray | None]] = {}
     for i, t in enumerate(targets):
         for k, g in t.seeds(per_image(outputs, i)).items():
             if not 0 <= k < len(outputs):
                 raise TargetError(f"{t.describe()} seeds model output #{k} but the model has {len(outputs)} outputs")
-            if k not in seeds:
-                # In the output's own float type: a float16 output takes a float16 seed.
-                kind = outputs[k].dtype
-                seeds[k] = np.zeros(outputs[k].shape, dtype=kind if kind.kind == "f" else np.float32)
-            seeds[k][i] = g
-    return seeds
+            # In the output's own float type: a float16 output takes a float16 seed.
+            kind = outputs[k].dtype
+            row = np.asarray(g, dtype=kind if kind.kind == "f" else np.float32)
+            if row.shape != outputs[k].shape[1:]:
+                row = np.broadcast_to(row, outputs[k].shape[1:])
+            seeds.setdefault(k, [None] * len(targets))[i] = row
+    out: dict[int, list[np.ndarray]] = {}
+    for k, rows in seeds.items():
+        kind = outputs[k].dtype
+        zero = np.zeros((1,) * (outputs[k].ndim - 1), dtype=kind if kind.kind == "f" else np.float32)
+        blank = np.broadcast_to(zero, outputs[k].shape[1:])
+        out[k] = [blank if r is None else r for r in rows]
+    return out

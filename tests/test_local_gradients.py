@@ -3,7 +3,8 @@
 The crop path must give the numbers the whole-head gradient graph gives: on every detector of
 models/ at anchors in the interior and on all four edges (windows shifted against the map's own
 border), on a hand-built head with every kind of kernel geometry the region admits (dilation,
-stride 2 with asymmetric pads, SAME_UPPER, max pooling, channel split/concat, a crossing skip), and
+stride 2 with asymmetric pads, SAME_UPPER, max pooling, channel split/concat, a crossing skip; with
+pooling on one window, without it each tensor on its own window, masked at the edge), and
 for a dense gradient (a classifier's mid layer, where the window is the whole image). The window
 arithmetic itself is checked against hand-computed boxes.
 """
@@ -144,10 +145,14 @@ def _conv(name: str, x: str, cin: int, cout: int, rng: np.random.Generator, init
     return helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], name=name, **attrs)
 
 
-def _hand_built(path: Path) -> Path:
+def _hand_built(path: Path, variant: str = "pool") -> Path:
     """image (1,3,32,32) -> body conv -> L (4,32,32); head: dilated conv, stride-2 conv with pads
     (0,0,1,1), a skip from the body crossing the cut, channel Split/Mul, MaxPool 2x2, Concat, SAME_UPPER
-    conv -> (2,8,8), then a non-local tail: Reshape to (64, 2) positions x channels."""
+    conv -> (2,8,8), then a non-local tail: Reshape to (64, 2) positions x channels.
+
+    ``variant``: "pool" as above (the region runs on one window); "conv": a 2x2 stride-2 conv with
+    pads (1, 1, 0, 0) instead of the pooling (each tensor on its own window, masked at the edge);
+    "exp": that conv followed by an Exp (an op that may overflow: every tensor masked)."""
     rng = np.random.default_rng(0)
     inits: list = []
     nodes = [
@@ -163,6 +168,14 @@ def _hand_built(path: Path) -> Path:
         helper.make_node("Mul", ["c1", "c2"], ["d"], name="d_mul"),
         helper.make_node("MaxPool", ["d"], ["e"], name="e_pool", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Concat", ["e", "e"], ["f"], name="f_cat", axis=1),
+    ]
+    if variant != "pool":
+        nodes[-2:] = [_conv("e0" if variant == "exp" else "e", "d", 3, 3, rng, inits, k=2, strides=[2, 2],
+                            pads=[1, 1, 0, 0])]
+        if variant == "exp":
+            nodes.append(helper.make_node("Exp", ["e0"], ["e"], name="e_exp"))
+        nodes.append(helper.make_node("Concat", ["e", "e"], ["f"], name="f_cat", axis=1))
+    nodes += [
         _conv("g", "f", 6, 2, rng, inits, auto_pad="SAME_UPPER"),
         helper.make_node("Reshape", ["g", "shape"], ["g2"], name="g_flat"),
         helper.make_node("Transpose", ["g2"], ["out"], name="g_t", perm=[0, 2, 1]),
@@ -178,8 +191,9 @@ def _hand_built(path: Path) -> Path:
     return path
 
 
-def test_hand_built_head_every_position_equals_the_whole_graph(tmp_path: Path) -> None:
-    model = onnxcam.load(_hand_built(tmp_path / "local.onnx"), device="cpu")
+@pytest.mark.parametrize("variant", ["pool", "conv", "exp"])
+def test_hand_built_head_every_position_equals_the_whole_graph(tmp_path: Path, variant: str) -> None:
+    model = onnxcam.load(_hand_built(tmp_path / "local.onnx", variant), device="cpu")
     x = np.random.default_rng(1).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
     layers = ("L", "b")  # the cut and a layer inside the region, past the stride-2 kernel
     plan = model.gradient_engine.local_plan(model.frontier(layers), layers)
@@ -190,6 +204,25 @@ def test_hand_built_head_every_position_equals_the_whole_graph(tmp_path: Path) -
     local, dense = _both(model, rows, layers, targets)
     _assert_same(local, dense, layers)
     assert np.abs(dense.gradients["L"]).max() > 0
+    assert plan.crops.windowed == (variant != "pool")
+    if variant != "pool":
+        # Per-tensor windows (onnxcam.graph.local_windows), every output position (all of them on or
+        # next to an edge but the middle 4x4: both graphs, with and without the edge's masks) ran.
+        built = {(key[0], key[4]) for key in plan.crops._graphs}
+        assert built == {(("g",), True), (("g",), False)}, built
+        # Position (3, 3) of g (stride 4): seed window (12, 12, 4, 4) (a multiple of the strides 4, 2
+        # and 1 the graph holds). Relative to it the SAME_UPPER conv reads f = e -1..1; the 2x2 stride-2
+        # conv with one pad before reads d = b = b0 = the skip -3..2 (stride 2); the stride-2 conv with
+        # no pad before reads a -6..6; the dilated conv L -8..8 (image rows 4..20): each tensor its own.
+        g = np.zeros((1, 2, 8, 8), np.float32)
+        g[0, :, 3, 3] = 1
+        (seeded, window), = plan.crops.windows({"g": g})
+        assert seeded == ("g",) and window == (12, 12, 4, 4)
+        boxes = plan.crops.plan((seeded, 4, 4)).boxes
+        expected = {"g": 0, "f": 1, "e": 1, "d": 3, "b0": 3, "skip": 3, "a": 6, "L": 8}
+        assert {t: boxes[t] for t in expected} == {t: (-r, -r, 2 if t in "d b0 skip" else r,
+                                                       2 if t in "d b0 skip" else r) for t, r in expected.items()}
+        return
     # Position (3, 3) of the 8x8 output g (stride 4): the SAME_UPPER conv reads f = e rows 2..4; the
     # pool d 4..9 (stride 2, as are b, b0 and the skip); the stride-2 conv (pads 0 before) a 8..20;
     # the dilated conv L 6..24. Image rows 6..24 -> start 4 (a multiple of the largest stride, 4),

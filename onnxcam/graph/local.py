@@ -61,6 +61,15 @@ class Kernel:
                                                                 self.dilations, self.kernel)]
         return (max(lo[0], 0), max(lo[1], 0), min(hi[0], size[0] - 1), min(hi[1], size[1] - 1))
 
+    def reads(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """``input_box`` unclipped: the input positions (some past the map's edge, the padding) that
+        the outputs in ``box`` read."""
+        y0, x0, y1, x1 = box
+        lo = [p * s - b for p, s, b in zip((y0, x0), self.strides, self.pads_begin)]
+        hi = [p * s - b + d * (k - 1) for p, s, b, d, k in zip((y1, x1), self.strides, self.pads_begin,
+                                                                self.dilations, self.kernel)]
+        return (lo[0], lo[1], hi[0], hi[1])
+
 
 # One node for support(): its outputs, its inputs inside the region, its window geometry (None: pointwise).
 Step = tuple[tuple[str, ...], tuple[str, ...], Kernel | None]
@@ -102,6 +111,37 @@ class LocalRegion:
                 b = kernel.input_box(box, self.sizes[name]) if kernel is not None else box
                 boxes[name] = _union([boxes[name], b]) if name in boxes else b
         return boxes
+
+    def reach(self, seeds: Mapping[str, tuple[int, int, int, int]]) -> dict[str, tuple[int, int, int, int]]:
+        """``support`` unclipped: the boxes a tensor's values are needed on, past the map's edge
+        included, when every node computes exactly the outputs its consumers read."""
+        boxes: dict[str, tuple[int, int, int, int]] = dict(seeds)
+        for outputs, inputs, kernel in self._steps_from(tuple(sorted(seeds))):
+            outs = [boxes[o] for o in outputs if o in boxes]
+            if not outs:
+                continue
+            box = _union(outs)
+            for o in outputs:  # a node computes all its outputs on one window
+                if o in self.strides:
+                    boxes[o] = box
+            for name in inputs:
+                b = kernel.reads(box) if kernel is not None else box
+                boxes[name] = _union([boxes[name], b]) if name in boxes else b
+        return boxes
+
+    def reached_from(self, seeded: Sequence[str]) -> set[str]:
+        """The region tensors whose gradient seeds at ``seeded`` can reach (``seeded`` included)."""
+        names = set(seeded)
+        for outputs, inputs, _ in self._steps_from(tuple(sorted(seeded))):
+            names.update(o for o in outputs if o in self.strides)
+            names.update(inputs)
+        return names
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the region holds a pooling node (its padding is not zeros: -inf for max pooling, left
+        out of the count for average pooling), which per-tensor windows cannot reproduce at an edge."""
+        return any(node.op_type != "Conv" for node in self.nodes if node.name in self.kernels)
 
     @cached_property
     def _backward_steps(self) -> tuple[Step, ...]:
@@ -156,11 +196,7 @@ class LocalRegion:
                 shape = (n, info.shape[1], window[0] // sy, window[1] // sx)
                 inputs.append(make_value_info(name, info.elem_type, shape))
         graph = source.graph
-        constants = needed_inputs - produced - set(self.cut)
-        producers = {o: node for node in graph.node for o in node.output}
-        const_nodes = list({id(producers[c]): producers[c] for c in constants if c in producers}.values())
-        const_inputs = {i for node in const_nodes for i in node.input if i}
-        initializers = [init for init in graph.initializer if init.name in constants | const_inputs]
+        const_nodes, initializers = constants_of(source, needed_inputs - produced - set(self.cut))
         outs = []
         for name in outputs:
             info = infos[name]
@@ -172,6 +208,16 @@ class LocalRegion:
         model = make_model(g, source.opset_import, ir_version=source.ir_version)
         model.functions.extend(source.functions)
         return model
+
+
+def constants_of(source: onnx.ModelProto, names: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The Constant nodes and initializers of ``source`` that give the tensors ``names`` (a region's
+    weights, Split sizes, Slice arguments), for a model made of the region's nodes."""
+    graph = source.graph
+    producers = {o: node for node in graph.node for o in node.output}
+    const_nodes = list({id(producers[c]): producers[c] for c in names if c in producers}.values())
+    const_inputs = {i for node in const_nodes for i in node.input if i}
+    return const_nodes, [init for init in graph.initializer if init.name in names | const_inputs]
 
 
 def _union(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
@@ -380,4 +426,4 @@ def _slices_channels(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) 
     return True
 
 
-__all__ = ["Kernel", "LocalRegion", "local_region"]
+__all__ = ["Kernel", "LocalRegion", "constants_of", "local_region"]

@@ -9,7 +9,7 @@ slice) through a graph that holds only the branches the seed reaches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +38,10 @@ class ConcatParts:
         return tuple(hit)
 
     def part(self, seed: np.ndarray, i: int) -> np.ndarray:
-        """Part ``i``'s slice of ``seed`` (contiguous: it is fed to onnxruntime)."""
+        """Part ``i``'s slice of ``seed``, a view (what is fed to onnxruntime is made contiguous there)."""
         index = [slice(None)] * seed.ndim
         index[self.axis] = slice(self.bounds[i], self.bounds[i + 1])
-        return np.ascontiguousarray(seed[tuple(index)])
+        return seed[tuple(index)]
 
 
 def concat_parts(graph: onnx.GraphProto, output: str, infos: Mapping[str, TensorInfo]) -> ConcatParts | None:
@@ -109,4 +109,32 @@ def narrow_fully(seeds: Mapping[str, np.ndarray],
     return narrowed
 
 
-__all__ = ["ConcatParts", "concat_parts", "narrow_fully", "narrow_seeds"]
+def narrow_rows(seeds: Mapping[str, Sequence[np.ndarray]],
+                parts_of: Callable[[str], ConcatParts | None]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The rows of a batch of ``seeds`` (each ``(N, ...)``, or a list of its ``N`` rows) grouped by the
+    parts they reach, each group with its rows' narrowed seeds as batches: ``[(row indices, seeds by
+    tensor name)]``. Narrowing the batch as a whole seeds the union of what its rows reach (a stride-8
+    and a stride-32 detection side by side would both run every level's decoder); per group each row
+    runs only its own. One group (every row reaching the same parts, or nothing to narrow) gives the
+    whole batch back in one."""
+    total = len(next(iter(seeds.values())))
+
+    def whole() -> dict[str, np.ndarray]:
+        return {name: v if isinstance(v, np.ndarray) else np.stack(v) for name, v in seeds.items()}
+
+    if not any(parts_of(name) is not None for name in seeds):
+        return [(np.arange(total), whole())]
+    groups: dict[tuple[str, ...], list[tuple[int, dict[str, np.ndarray]]]] = {}
+    for i in range(total):
+        row = {name: v[i][None] for name, v in seeds.items()}
+        got = narrow_fully(row, parts_of) or row
+        groups.setdefault(tuple(sorted(got)), []).append((i, got))
+    if list(groups) == [tuple(sorted(seeds))]:  # nothing narrows: the batch as it came
+        return [(np.arange(total), whole())]
+    return [(np.array([i for i, _ in members]),
+             {name: members[0][1][name] if len(members) == 1 else np.concatenate([m[name] for _, m in members])
+              for name in members[0][1]})
+            for members in groups.values()]
+
+
+__all__ = ["ConcatParts", "concat_parts", "narrow_fully", "narrow_rows", "narrow_seeds"]

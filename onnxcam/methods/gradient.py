@@ -89,6 +89,10 @@ def weighted_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
             f"{tuple(a.shape[:2])}"
         )
     n, c, h, wd = a.shape
+    if n > 1 and a.strides[0] == 0:
+        # One image's activations repeated (several detections of it): one product with every row's
+        # weights, without copying the repeated rows into a batch first.
+        return np.matmul(w, a[0].reshape(c, h * wd)).reshape(n, h, wd)
     # A batched matrix product (BLAS) instead of materialising w * A: same sum, other rounding order.
     return np.matmul(w[:, None, :], a.reshape(n, c, h * wd)).reshape(n, h, wd)
 

@@ -24,19 +24,25 @@ def as_maps(maps: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def normalize_maps(maps: np.ndarray, finite: bool = False) -> np.ndarray:
+def normalize_maps(maps: np.ndarray, finite: bool = False, inplace: bool = False) -> np.ndarray:
     """Min-max scale each map of ``(N, H, W)`` to [0, 1] (pytorch-grad-cam ``scale_cam_image``).
 
     ``(x - min) / (max - min + 1e-7)``: a constant map gives exact zeros. NaN entries count as 0
     and +/-inf are clipped to the largest finite float32, so the result is always finite.
     ``finite=True``: the caller knows there is no NaN/Inf (skips the screening pass).
+    ``inplace=True``: ``maps`` is the caller's own float32 scratch and is overwritten (at full image
+    size a second array of the batch's maps costs more in page faults than the arithmetic).
     """
     arr = as_maps(maps, "maps")
     if not finite and not np.isfinite(arr.sum(dtype=np.float64)):
         finfo = np.finfo(np.float32)
         arr = np.nan_to_num(arr, nan=0.0, posinf=float(finfo.max), neginf=float(finfo.min))
     # float32 arithmetic like the reference, per image, vectorised over the batch.
-    shifted = arr - arr.min(axis=(1, 2), keepdims=True)
+    if inplace and arr is maps:
+        shifted = arr
+        shifted -= arr.min(axis=(1, 2), keepdims=True)
+    else:
+        shifted = arr - arr.min(axis=(1, 2), keepdims=True)
     shifted /= np.float32(NORMALIZE_EPS) + shifted.max(axis=(1, 2), keepdims=True)
     return shifted
 
