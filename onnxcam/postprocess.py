@@ -7,8 +7,9 @@ normalise -> cv2 resize (:func:`layer_to_image`), then across layers ReLU -> mea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 
 from onnxcam.errors import ArgumentError
@@ -30,6 +31,55 @@ def finish_single(layer_map: np.ndarray) -> np.ndarray:
 def layer_to_image(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One layer's raw CAM ``(N, h, w)`` -> ReLU -> normalise -> resize to ``(N, H, W)``."""
     return resize_maps(normalize_maps(relu(raw)), size)
+
+
+def fuse_to_image(raws: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """``fuse_layers([layer_to_image(r, size) for r in raws], clean=True)`` (``finish_single`` for one
+    layer), the same float32 arithmetic, without keeping a full-size map per layer: each row's layer
+    maps are resized into one scratch row and added up there. With a map per detection at full image
+    size, the arrays left out cost more (fresh memory the kernel zeroes) than the arithmetic."""
+    if len(raws) == 0:
+        raise ArgumentError("fuse_to_image needs at least one layer map")
+    small = [normalize_maps(relu(r)) for r in raws]
+    n = small[0].shape[0]
+    height, width = int(size[0]), int(size[1])
+    if any(m.shape[0] != n for m in small):
+        raise ArgumentError(f"layer maps must share the batch, got {[m.shape for m in small]}")
+    total = resize_maps(small[0], size) if len(small) == 1 else np.empty((n, height, width), dtype=np.float32)
+    if len(small) > 1:
+        scratch = np.empty((height, width), dtype=np.float32)
+        for i in range(n):
+            row = total[i]
+            cv2.resize(small[0][i], (width, height), dst=row)
+            for m in small[1:]:
+                cv2.resize(m[i], (width, height), dst=scratch)
+                row += scratch
+        total /= np.float32(len(small))
+    return normalize_maps(total, finite=True, inplace=True)
+
+
+class LayerMaps(Mapping[str, np.ndarray]):
+    """Per-layer maps ``(N, H, W)`` at input resolution (``layer_to_image`` of each raw map), made when
+    first read: most callers only read the fused map."""
+
+    def __init__(self, raw: Mapping[str, np.ndarray], size: tuple[int, int]) -> None:
+        self._raw = raw
+        self._size = size
+        self._made: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        if layer not in self._made:
+            self._made[layer] = layer_to_image(self._raw[layer], self._size)
+        return self._made[layer]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"LayerMaps({list(self._raw)}, size={self._size})"
 
 
 def fuse_layers(layer_maps: Sequence[np.ndarray], clean: bool = False) -> np.ndarray:
@@ -122,6 +172,7 @@ def zero_map_reasons(
 
 
 __all__ = [
-    "NORMALIZE_EPS", "eigen_smooth", "finish_single", "fuse_layers", "layer_to_image", "normalize_maps", "relu",
+    "NORMALIZE_EPS", "LayerMaps", "eigen_smooth", "finish_single", "fuse_layers", "fuse_to_image", "layer_to_image",
+    "normalize_maps", "relu",
     "resize_maps", "zero_map_reasons",
 ]

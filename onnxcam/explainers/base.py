@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -23,7 +23,7 @@ from onnxcam.image import Preprocess, get_preset, preprocess
 from onnxcam.method_specs import requirement_error
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, ViewsSpec, load
-from onnxcam.postprocess import finish_single, fuse_layers, layer_to_image, zero_map_reasons
+from onnxcam.postprocess import LayerMaps, fuse_to_image, zero_map_reasons
 from onnxcam.targets import Target, TargetSpec, target_scores
 from onnxcam.tasks import Task, detect_task
 from onnxcam.views import IDENTITY, FeatureView, as_maps
@@ -47,12 +47,13 @@ class RawMaps:
 class Explanation:
     """A batch explained: ``maps`` ``(N, H, W)`` in [0, 1] at input resolution.
 
-    ``layer_maps[layer]`` are the per-layer maps at input resolution, ``raw[layer]`` the raw
+    ``layer_maps[layer]`` are the per-layer maps at input resolution (made when first read),
+    ``raw[layer]`` the raw
     low-resolution maps ``(N, h, w)`` before ReLU/normalisation.
     """
 
     maps: np.ndarray
-    layer_maps: dict[str, np.ndarray]
+    layer_maps: Mapping[str, np.ndarray]
     raw: dict[str, np.ndarray]
     targets: list[Target]
     scores: np.ndarray
@@ -254,10 +255,9 @@ class BaseCAM:
     def _finish(self, raw: RawMaps) -> Explanation:
         """Per layer ReLU -> normalise -> resize, then fuse layers (pytorch-grad-cam's order)."""
         size = self.model.input.size
-        layer_maps = {k: layer_to_image(v, size) for k, v in raw.maps.items()}
-        maps = finish_single(next(iter(layer_maps.values()))) if len(layer_maps) == 1 else \
-            fuse_layers(list(layer_maps.values()), clean=True)
-        return Explanation(maps, layer_maps, raw.maps, raw.targets, raw.scores, raw.outputs, self.name, raw.notes)
+        maps = fuse_to_image(list(raw.maps.values()), size)
+        return Explanation(maps, LayerMaps(raw.maps, size), raw.maps, raw.targets, raw.scores, raw.outputs, self.name,
+                           raw.notes)
 
     def _aug_smooth(self, x: np.ndarray, targets: TargetSpec) -> Explanation:
         """pytorch-grad-cam's aug_smooth: horizontal flip x intensity (0.9, 1.0, 1.1); each

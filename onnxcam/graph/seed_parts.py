@@ -29,13 +29,11 @@ class ConcatParts:
 
     def reached(self, seed: np.ndarray) -> tuple[int, ...]:
         """Indices of the parts where ``seed`` (the output's shape) has a non-zero entry."""
-        index: list[slice] = [slice(None)] * seed.ndim
-        hit = []
-        for i in range(len(self.names)):
-            index[self.axis] = slice(self.bounds[i], self.bounds[i + 1])
-            if seed[tuple(index)].any():  # NaN counts as reached: it must reach the gradient check
-                hit.append(i)
-        return tuple(hit)
+        # One pass: which positions along the axis hold a non-zero (NaN counts: it must reach the
+        # gradient check), then which parts those fall in.
+        others = tuple(a for a in range(seed.ndim) if a != self.axis)
+        along = np.any(seed, axis=others) if others else seed != 0
+        return tuple(i for i in range(len(self.names)) if along[self.bounds[i]:self.bounds[i + 1]].any())
 
     def part(self, seed: np.ndarray, i: int) -> np.ndarray:
         """Part ``i``'s slice of ``seed``, a view (what is fed to onnxruntime is made contiguous there)."""

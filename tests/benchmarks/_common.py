@@ -97,3 +97,26 @@ def best_pair(fn: Callable[[], object], ref: Callable[[], object], repeats: int)
     """Minimum wall times of ``fn`` and ``ref`` run alternately (see ``alternate``)."""
     a, b = alternate(fn, ref, repeats)
     return min(a), min(b)
+
+
+def steady_blocks(fns: dict[str, Callable[[], object]], rounds: int, per_block: int = 5) -> dict[str, np.ndarray]:
+    """Per round, each of ``fns`` run ``per_block`` times in a row; the block's minimum (its first run,
+    which follows another workload, left out). Returns ``(rounds,)`` seconds per name.
+
+    Blocks measure each workload in its steady state, the way a loop over many images runs it; the
+    rounds interleave the workloads, so a machine that drifts moves them alike and the per-round
+    ratios cancel it. On a virtual machine a run that follows a stretch of one busy thread (Python
+    between onnxruntime calls) can start slower; in a block that cost is part of the workload, where
+    ``alternate`` would lay it on the reference instead."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times = []
+            for _ in range(per_block + 1):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            out[name].append(min(times[1:]))
+    return {name: np.asarray(v) for name, v in out.items()}

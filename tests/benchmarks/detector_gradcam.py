@@ -1,13 +1,14 @@
 """Grad-CAM for detections of the YOLOv8n-style detector at 640x640 against one forward.
 
-    PYTHONPATH=. python tests/benchmarks/detector_gradcam.py [--repeats 5] [--detections 5]
+    PYTHONPATH=. python tests/benchmarks/detector_gradcam.py [--rounds 8] [--detections 5]
 
 Prints: one forward (batch 1, as ultralytics exports); Grad-CAM of the top detection at the default
 layers (the three maps feeding the head, fused) and its ratio to the forward (target <= 1.3); K
 detections explained from one body run (``GradientEngine.repeat``, what ``onnxcam explain`` does)
 and the cost of each extra one in forwards (target <= 0.1), next to K calls one after another.
-Each ratio is taken against forwards run alternately with it, in one run; on a loaded machine they
-move, absolute seconds more so.
+Each workload is timed in steady state (blocks of runs in a row), the blocks interleaved over
+rounds; a ratio is the median over rounds of the ratio within a round (``steady_blocks``), the
+seconds are medians too. On a loaded machine the ratios move, absolute seconds more so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import THREADS, best_pair, photos
+from _common import THREADS, photos, steady_blocks
 
 import onnxcam  # noqa: E402
 from models.build import build  # noqa: E402
@@ -24,7 +25,7 @@ from models.build import build  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--detections", type=int, default=5)
     args = p.parse_args()
     path = build("yolov8n_det_640")
@@ -37,37 +38,44 @@ def main() -> int:
         raise SystemExit(f"only {len(dets)} detections on the photo")
     targets = [task.detection_target(d) for d in dets[: args.detections]]  # type: ignore[attr-defined]
     cam = onnxcam.GradCAM(model)
-    t = time.perf_counter()
+    start = time.perf_counter()
     cam(x, targets=targets[:1])
-    first = time.perf_counter() - t
+    first = time.perf_counter() - start
     engine = model.gradient_engine
     cam(engine.repeat(x, len(targets)), targets=targets)  # builds what the batched rows use
 
-    def forward() -> object:
-        return model.forward(x)
+    k = len(targets)
+    t = steady_blocks({
+        "forward": lambda: model.forward(x),
+        "one": lambda: cam(x, targets=targets[:1]),
+        "many": lambda: cam(engine.repeat(x, k), targets=targets),
+        "apart": lambda: [cam(x, targets=[d]) for d in targets],
+    }, args.rounds)
+    fwd = t["forward"]
 
-    # Each measurement alternates with a forward (best_pair): this host's speed drifts by tens of
-    # per cent between seconds, and a ratio of two minima taken apart would carry that drift.
-    one, fwd_one = best_pair(lambda: cam(x, targets=targets[:1]), forward, args.repeats)
-    many, fwd_many = best_pair(lambda: cam(engine.repeat(x, len(targets)), targets=targets), forward, args.repeats)
-    apart, fwd_apart = best_pair(lambda: [cam(x, targets=[t]) for t in targets], forward, args.repeats)
-    fwd = min(fwd_one, fwd_many, fwd_apart)
-    k = len(targets) - 1
+    def med(v: np.ndarray) -> float:
+        return float(np.median(v))
+
     rows = [
-        ("forward (batch 1, 640x640)", fwd, 1.0, ""),
-        ("Grad-CAM, one detection", one, one / fwd_one, "target <= 1.3"),
-        (f"Grad-CAM, {len(targets)} detections, one body run", many, many / fwd_many, ""),
-        ("each extra detection", (many - one) / k, (many / fwd_many - one / fwd_one) / k, "target <= 0.1"),
-        (f"Grad-CAM, {len(targets)} detections, one call each", apart, apart / fwd_apart, "(before)"),
-        ("each extra detection, one call each", (apart - one) / k, (apart / fwd_apart - one / fwd_one) / k, ""),
-        ("first call (builds the gradient graph)", first, first / fwd, ""),
+        ("forward (batch 1, 640x640)", med(fwd), 1.0, ""),
+        ("Grad-CAM, one detection", med(t["one"]), med(t["one"] / fwd), "target <= 1.3"),
+        (f"Grad-CAM, {k} detections, one body run", med(t["many"]), med(t["many"] / fwd), ""),
+        ("each extra detection", med((t["many"] - t["one"]) / (k - 1)),
+         med((t["many"] - t["one"]) / (k - 1) / fwd), "target <= 0.1"),
+        (f"Grad-CAM, {k} detections, one call each", med(t["apart"]), med(t["apart"] / fwd), "(before)"),
+        ("each extra detection, one call each", med((t["apart"] - t["one"]) / (k - 1)),
+         med((t["apart"] - t["one"]) / (k - 1) / fwd), ""),
+        ("first call (builds the gradient graph)", first, first / med(fwd), ""),
     ]
     cut = model.frontier(tuple(cam.layers))
     print(f"layers: {', '.join(cam.layers)}; head share of the MACs: {model.head_share(cut):.2f}")
     print(f"{'what':42} {'seconds':>9} {'x forward':>10}")
     for what, s, r, note in rows:
         print(f"{what:42} {s:9.4f} {r:10.2f}  {note}")
-    return 0 if np.isfinite(one) else 1
+    extra = (t["many"] - t["one"]) / (k - 1) / fwd
+    print(f"per round: one detection {' '.join(f'{v:.2f}' for v in t['one'] / fwd)}; "
+          f"each extra {' '.join(f'{v:.3f}' for v in extra)}")
+    return 0 if np.isfinite(rows[1][1]) else 1
 
 
 if __name__ == "__main__":
