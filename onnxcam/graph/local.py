@@ -71,6 +71,8 @@ class Kernel:
         return (lo[0], lo[1], hi[0], hi[1])
 
 
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 inclusive, in a tensor's own grid
+
 # One node for support(): its outputs, its inputs inside the region, its window geometry (None: pointwise).
 Step = tuple[tuple[str, ...], tuple[str, ...], Kernel | None]
 
@@ -101,31 +103,28 @@ class LocalRegion:
     def support(self, seeds: Mapping[str, tuple[int, int, int, int]]) -> dict[str, tuple[int, int, int, int]]:
         """Boxes ``(y0, x0, y1, x1)`` where each region tensor's gradient can be non-zero, given the
         boxes of the boundary tensors' gradients ``seeds``; carried back through the kernels."""
-        boxes: dict[str, tuple[int, int, int, int]] = dict(seeds)
-        for outputs, inputs, kernel in self._steps_from(tuple(sorted(seeds))):
-            outs = [boxes[o] for o in outputs if o in boxes]
-            if not outs:
-                continue
-            box = _union(outs)
-            for name in inputs:
-                b = kernel.input_box(box, self.sizes[name]) if kernel is not None else box
-                boxes[name] = _union([boxes[name], b]) if name in boxes else b
-        return boxes
+        return self._carry(seeds, clip=True)
 
     def reach(self, seeds: Mapping[str, tuple[int, int, int, int]]) -> dict[str, tuple[int, int, int, int]]:
         """``support`` unclipped: the boxes a tensor's values are needed on, past the map's edge
-        included, when every node computes exactly the outputs its consumers read."""
-        boxes: dict[str, tuple[int, int, int, int]] = dict(seeds)
+        included, when every node computes exactly the outputs its consumers read (a node computes all
+        its outputs on one box)."""
+        return self._carry(seeds, clip=False)
+
+    def _carry(self, seeds: Mapping[str, Box], clip: bool) -> dict[str, Box]:
+        boxes: dict[str, Box] = dict(seeds)
         for outputs, inputs, kernel in self._steps_from(tuple(sorted(seeds))):
             outs = [boxes[o] for o in outputs if o in boxes]
             if not outs:
                 continue
             box = _union(outs)
-            for o in outputs:  # a node computes all its outputs on one window
-                if o in self.strides:
-                    boxes[o] = box
+            if not clip:
+                boxes.update({o: box for o in outputs if o in self.strides})
             for name in inputs:
-                b = kernel.reads(box) if kernel is not None else box
+                if kernel is None:
+                    b = box
+                else:
+                    b = kernel.input_box(box, self.sizes[name]) if clip else kernel.reads(box)
                 boxes[name] = _union([boxes[name], b]) if name in boxes else b
         return boxes
 

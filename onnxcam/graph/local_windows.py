@@ -24,12 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxcam.graph.local import LocalRegion, constants_of
+from onnxcam.graph.local import Box, LocalRegion, constants_of
 from onnxcam.graph.protos import make_model, opset_version
 from onnxcam.graph.shapes import TensorInfo, make_value_info
 from onnxcam.graph.toposort import topological_order
-
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 inclusive, in the tensor's own grid
 
 ORIGIN = "onnxcam_window/origin"
 # Ops that can turn finite values into Inf or NaN (a log of a negative, a division by zero).
