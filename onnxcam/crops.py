@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxcam.graph.local import LocalRegion
+from onnxcam.graph.local import Box, LocalRegion
 from onnxcam.graph.local_windows import ORIGIN, windowed_model
 from onnxcam.graph.protos import opset_version
 from onnxcam.graph.prune import prune_to_outputs
@@ -30,7 +30,6 @@ from onnxcam.graph.shapes import TensorInfo
 from onnxcam.graph.toposort import ancestors
 from onnxcam.runtime import run
 
-Box = tuple[int, int, int, int]
 Window = tuple[int, int, int, int]  # top, left, height, width in model-input pixels
 Geometry = tuple[tuple[str, ...], int, int]  # seeded tensors, window height and width
 
@@ -65,7 +64,7 @@ class WindowPlan:
 
 def seed_box(g: np.ndarray) -> Box | None:
     """The box ``(y0, x0, y1, x1)`` of the non-zero positions of one row's gradient ``g (C, h, w)``."""
-    hit = np.any(g, axis=0)  # NaN counts as non-zero: it must reach the crops' gradient check
+    hit = np.any(g != 0, axis=0)  # NaN != 0: a NaN reaches the crops' gradient check
     ys = np.flatnonzero(hit.any(axis=1))
     if ys.size == 0:
         return None
@@ -177,14 +176,17 @@ class CropGradients:
 
     def _seed_window(self, seeds: Mapping[str, Box]) -> Window:
         """The image window holding every seed box, on multiples of ``_step`` (not clipped, not shifted:
-        the windowed graph reads zeros past the map's edge)."""
+        the windowed graph reads zeros past the map's edge). A window wider than one step is rounded up
+        to an even number of steps: a graph is built per window size, and seeds spread over a few
+        positions would otherwise make one per target."""
         step = self._step(tuple(seeds))
         out: list[int] = []
         for axis in (0, 1):
             lo = min(b[axis] * self.region.strides[t][axis] for t, b in seeds.items())
             hi = max((b[axis + 2] + 1) * self.region.strides[t][axis] for t, b in seeds.items())
             start = lo // step[axis] * step[axis]
-            out += [start, -(-(hi - start) // step[axis]) * step[axis]]
+            steps = -(-(hi - start) // step[axis])
+            out += [start, (steps if steps == 1 else steps + steps % 2) * step[axis]]
         return (out[0], out[2], out[1], out[3])
 
     def windows(self, boundary: Mapping[str, Sequence[np.ndarray]],
@@ -243,10 +245,13 @@ class CropGradients:
                 groups.setdefault((seeded, hit[1][2], hit[1][3], edge), []).append(i)
         for (seeded, h, wd, edge), members in groups.items():
             # ``batch`` counts whole images: smaller crops run more rows at a time, in as much memory.
-            limit = max(1, batch * region.image[0] * region.image[1] // (h * wd))
-            for start in range(0, len(members), limit):
-                part = members[start:start + limit]
-                n = _bucket(len(part), limit)
+            limit = max(1, batch * region.image[0] * region.image[1] // self.area((seeded, (0, 0, h, wd))))
+            start = 0
+            while start < len(members):
+                # Runs of a power of two rows (few graphs), none padded: 5 rows run as 4 + 1, not as 8.
+                n = 1 << (min(limit, len(members) - start).bit_length() - 1)
+                part = members[start:start + n]
+                start += n
                 graph = self.graph(seeded, (h, wd), n, edge)
                 if self.windowed:
                     self._run_windowed(graph, self.plan((seeded, h, wd)), part, windows, feeds, boundary, n,
@@ -325,14 +330,6 @@ def _crop_box(v: np.ndarray, box: Box) -> np.ndarray:
     if cy < ey and cx < ex:
         out[..., cy - y0:ey - y0, cx - x0:ex - x0] = v[..., cy:ey, cx:ex]
     return out
-
-
-def _bucket(m: int, limit: int) -> int:
-    """The crop graph's batch for ``m`` rows: the next power of two (few graphs), at most ``limit``."""
-    n = 1
-    while n < m:
-        n *= 2
-    return max(min(n, limit), m)
 
 
 def _stack(parts: list[np.ndarray], n: int) -> np.ndarray:

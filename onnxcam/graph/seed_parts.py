@@ -32,7 +32,7 @@ class ConcatParts:
         # One pass: which positions along the axis hold a non-zero (NaN counts: it must reach the
         # gradient check), then which parts those fall in.
         others = tuple(a for a in range(seed.ndim) if a != self.axis)
-        along = np.any(seed, axis=others) if others else seed != 0
+        along = np.any(seed != 0, axis=others) if others else seed != 0
         return tuple(i for i in range(len(self.names)) if along[self.bounds[i]:self.bounds[i + 1]].any())
 
     def part(self, seed: np.ndarray, i: int) -> np.ndarray:
