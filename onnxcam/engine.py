@@ -572,30 +572,21 @@ def _rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _scatter(runs: list[tuple[np.ndarray, tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]]],
              names: tuple[str, ...], cut: tuple[str, ...], feeds: dict[str, np.ndarray],
              total: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The groups' activations, gradients and reach put back in row order. A name no group reaches
-    keeps a read-only zero view; the others get zeros where their group did not reach them."""
+    """The groups' activations and gradients put back in row order (every group computed every name)."""
     acts: dict[str, np.ndarray] = {}
     grads: dict[str, np.ndarray] = {}
-    reached: dict[str, np.ndarray] = {}
     for w in names:
-        reached[w] = np.zeros(total, dtype=bool)
-        for rows, (_, _, r) in runs:
-            reached[w][rows] = r[w]
         first = runs[0][1][1][w]
-        if not reached[w].any():
-            grads[w] = np.broadcast_to(np.zeros((1,) + first.shape[1:], first.dtype), (total,) + first.shape[1:])
-        else:
-            grads[w] = np.zeros((total,) + first.shape[1:], first.dtype)
-            for rows, (_, g, r) in runs:
-                if r[w].any():
-                    grads[w][rows] = g[w]
+        grads[w] = np.empty((total,) + first.shape[1:], first.dtype)
+        for rows, (_, g, _) in runs:
+            grads[w][rows] = g[w]
         if w in cut:
             acts[w] = feeds[w]
         else:
             acts[w] = np.empty((total,) + runs[0][1][0][w].shape[1:], runs[0][1][0][w].dtype)
             for rows, (a, _, _) in runs:
                 acts[w][rows] = a[w]
-    return acts, grads, reached
+    return acts, grads, {w: np.ones(total, dtype=bool) for w in names}
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Seeds moved onto the parts of a Concat-made output (onnxcam.graph.seed_parts, GradientEngine._narrow).
+"""Seeds moved onto the parts of a Concat-made output (onnxcam.graph.seed_parts, seed_parts.narrow_rows).
 
 A YOLOv8-style head ends in Concat([box decoder, Sigmoid(classes)], axis=1); a class score's seed is
 zero on the box rows. The engine then seeds the Sigmoid's output with the seed's class rows, and its
