@@ -1,4 +1,4 @@
-"""Seeds moved onto the parts of a Concat-made output (onnxcam.graph.seed_parts, seed_parts.narrow_rows).
+"""Seeds moved onto the parts of a Concat-made output (onnxcam.graph.seed_parts, row by row: narrow_rows).
 
 A YOLOv8-style head ends in Concat([box decoder, Sigmoid(classes)], axis=1); a class score's seed is
 zero on the box rows. The engine then seeds the Sigmoid's output with the seed's class rows, and its
@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxcam
 from onnxcam.gradients import build_gradient_model
 from onnxcam.graph.protos import make_model
-from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_seeds
+from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_rows, narrow_seeds
 from onnxcam.graph.tensor_info import TensorInfo
 from onnxcam.targets import OutputTarget
 
@@ -150,6 +150,37 @@ def test_concat_parts_reads_bounds_and_reached_parts() -> None:
     np.testing.assert_array_equal(narrowed["b"], seed[:, 5:10])
     full = np.ones_like(seed)
     assert narrow_seeds({"y": full}, {"y": parts}) is None  # every part reached: nothing narrows
+
+
+def test_narrow_rows_groups_rows_by_the_parts_they_reach() -> None:
+    """Each row's seeds narrow on their own; rows reaching the same parts share a group (one graph),
+    given as an array batch or as a list of rows; a NaN counts as reached."""
+    inner = ConcatParts("s", 2, ("s0", "s1", "s2"), (0, 6, 8, 9))  # a per-level split along anchors
+    outer = ConcatParts("y", 1, ("box", "s"), (0, 2, 5))
+    parts = {"y": outer, "s": inner}
+    seeds = np.zeros((5, 5, 9), np.float32)
+    seeds[0, 3, 7] = 1.0  # class row, level 1
+    seeds[1, 4, 2] = 2.0  # class row, level 0
+    seeds[2, 2, 6] = 3.0  # level 1 again
+    seeds[3, 0, 1] = 4.0  # a box row: box only
+    seeds[4, 2, 8] = np.nan  # level 2
+    for given in (seeds, list(seeds)):
+        groups = narrow_rows({"y": given}, parts.get)
+        by_key = {tuple(sorted(g)): (rows.tolist(), g) for rows, g in groups}
+        assert sorted(by_key) == [("box",), ("s0",), ("s1",), ("s2",)]
+        rows, g = by_key[("s1",)]
+        assert rows == [0, 2]
+        np.testing.assert_array_equal(g["s1"], seeds[[0, 2], 2:5, 6:8])
+        np.testing.assert_array_equal(by_key[("s0",)][1]["s0"], seeds[[1], 2:5, 0:6])
+        np.testing.assert_array_equal(by_key[("box",)][1]["box"], seeds[[3], 0:2])
+        assert by_key[("s2",)][0] == [4] and np.isnan(by_key[("s2",)][1]["s2"]).any()
+    # Nothing to narrow (every part reached, or no Concat): the whole batch in one group, as an array.
+    full = np.ones((3, 5, 9), np.float32)
+    (rows, g), = narrow_rows({"y": list(full)}, parts.get)
+    assert rows.tolist() == [0, 1, 2] and isinstance(g["y"], np.ndarray)
+    np.testing.assert_array_equal(g["y"], full)
+    (rows, g), = narrow_rows({"q": seeds}, parts.get)
+    assert g["q"] is seeds
 
 
 def test_hoist_concats_keeps_every_value_and_names_the_parts() -> None:
