@@ -32,6 +32,8 @@ from onnxcam.runtime import run
 
 Window = tuple[int, int, int, int]  # top, left, height, width in model-input pixels
 Geometry = tuple[tuple[str, ...], int, int]  # seeded tensors, window height and width
+# Receives one row's gradient at one tensor: (tensor, row, (rows, columns) of its map, values (C, h, w)).
+Put = Callable[[str, int, tuple[slice, slice], np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -228,11 +230,38 @@ class CropGradients:
         whole images' worth of crops run at a time; ``check`` screens each crop run's gradients and
         what passes straight through (it raises on NaN/Inf); ``found``: ``windows(boundary)`` if the
         caller has it."""
+        rows = len(next(iter(boundary.values())))
+        grads = {w: np.zeros((rows,) + feeds[w].shape[1:], dtype=feeds[w].dtype) for w in self.wrt}
+
+        def put(w: str, i: int, where: tuple[slice, slice], v: np.ndarray) -> None:
+            grads[w][(i, slice(None)) + where] += v
+
+        self._crop_runs(feeds, boundary, batch, what, check, found, put)
+        return grads
+
+    def sums(self, feeds: Mapping[str, np.ndarray], boundary: Mapping[str, Sequence[np.ndarray]],
+             batch: int, what: str,
+             check: Callable[[dict[str, np.ndarray]], None] | None = None,
+             found: Sequence[tuple[tuple[str, ...], Window] | None] | None = None) -> dict[str, np.ndarray]:
+        """``gradients`` summed over positions, ``(N, C)`` float64 per ``wrt`` tensor, taken from the
+        crops themselves: no full-size map per row (Grad-CAM reads nothing else)."""
+        rows = len(next(iter(boundary.values())))
+        out = {w: np.zeros((rows, feeds[w].shape[1]), dtype=np.float64) for w in self.wrt}
+
+        def put(w: str, i: int, where: tuple[slice, slice], v: np.ndarray) -> None:
+            out[w][i] += v.sum(axis=(-2, -1), dtype=np.float64)
+
+        self._crop_runs(feeds, boundary, batch, what, check, found, put)
+        return out
+
+    def _crop_runs(self, feeds: Mapping[str, np.ndarray], boundary: Mapping[str, Sequence[np.ndarray]], batch: int,
+                   what: str, check: Callable[[dict[str, np.ndarray]], None] | None,
+                   found: Sequence[tuple[tuple[str, ...], Window] | None] | None, put: Put) -> None:
+        """Run the crop graphs of every row and hand each row's gradient at each ``wrt`` tensor to
+        ``put(tensor, row, (rows, columns) of the map, values)``, once per row and tensor, then what
+        passes straight through (the whole map)."""
         region = self.region
         rows = len(next(iter(boundary.values())))
-        grads: dict[str, np.ndarray] = {}
-        for w in self.wrt:  # every layer is among the body's outputs on the crop path
-            grads[w] = np.zeros((rows,) + feeds[w].shape[1:], dtype=feeds[w].dtype)
         if found is None:
             found = self.windows(boundary)
         windows: dict[int, Window] = {}
@@ -255,7 +284,7 @@ class CropGradients:
                 graph = self.graph(seeded, (h, wd), n, edge)
                 if self.windowed:
                     self._run_windowed(graph, self.plan((seeded, h, wd)), part, windows, feeds, boundary, n,
-                                       grads, what, check)
+                                       put, what, check)
                     continue
                 feed: dict[str, np.ndarray] = {}
                 for c in graph.inputs:
@@ -272,21 +301,18 @@ class CropGradients:
                     sy, sx = region.strides[w]
                     for k, i in enumerate(part):
                         top, left = windows[i][:2]
-                        grads[w][i, :, top // sy:(top + h) // sy, left // sx:(left + wd) // sx] = v[k]
+                        put(w, i, (slice(top // sy, (top + h) // sy), slice(left // sx, (left + wd) // sx)), v[k])
         for w in self.wrt:
             if w in boundary and w not in self.seeded:
                 for i in range(rows):
                     if check is not None:
                         check({w: boundary[w][i]})
-                    grads[w][i] += boundary[w][i]
-        return grads
-
+                    put(w, i, (slice(None), slice(None)), boundary[w][i])
 
     def _run_windowed(self, graph: CropGraph, plan: WindowPlan, part: list[int], windows: Mapping[int, Window],
                       feeds: Mapping[str, np.ndarray], boundary: Mapping[str, Sequence[np.ndarray]], n: int,
-                      grads: dict[str, np.ndarray], what: str,
-                      check: Callable[[dict[str, np.ndarray]], None] | None) -> None:
-        """One run of a windowed crop graph for rows ``part``; its gradients pasted into ``grads``."""
+                      put: Put, what: str, check: Callable[[dict[str, np.ndarray]], None] | None) -> None:
+        """One run of a windowed crop graph for rows ``part``; each row's gradients handed to ``put``."""
         region = self.region
 
         def at(name: str, i: int) -> Box:  # the tensor's box for row i, in its own grid
@@ -316,7 +342,7 @@ class CropGradients:
                 inside = v[k, :, cy - y0:ey - y0, cx - x0:ex - x0]
                 if check is not None:
                     check({w: inside})
-                grads[w][i, :, cy:ey, cx:ex] = inside
+                put(w, i, (slice(cy, ey), slice(cx, ex)), inside)
 
 
 def _crop_box(v: np.ndarray, box: Box) -> np.ndarray:

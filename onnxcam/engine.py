@@ -142,8 +142,13 @@ class GradientEngine:
         self._reads.clear()
 
     def compute(self, x: np.ndarray, layers: Sequence[str], targets: TargetSpec, task: Task,
-                batch_size: int = 16, mode: GradientMode = "auto") -> Gradients:
-        """Activations, exact gradients and scores at ``layers`` (tensor names, in their own layout)."""
+                batch_size: int = 16, mode: GradientMode = "auto", means_only: bool = False) -> Gradients:
+        """Activations, exact gradients and scores at ``layers`` (tensor names, in their own layout).
+
+        ``means_only``: the caller reads only each channel's spatial mean of the gradients (Grad-CAM's
+        weights). Where the head is differentiated on crops, the gradients then come back as those
+        means spread over the positions (kind ``"channel-mean"``, read-only views), taken from the crops
+        without full-size gradient maps per row; elsewhere they are element-wise as always."""
         if mode not in ("auto", "graph", "finite"):
             raise ArgumentError(f"unknown gradient mode {mode!r}: use auto, graph or finite")
         model = self.model
@@ -161,9 +166,14 @@ class GradientEngine:
         seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
         if mode != "finite":
             try:
-                cropped = self._local_gradients(local, names, seeded, seeds, feeds, batch_size) if local else None
+                cropped = self._local_gradients(local, names, seeded, seeds, feeds, batch_size,
+                                                means_only) if local else None
                 if cropped is not None:
                     acts, grads = cropped
+                    if means_only:
+                        note = self._straight_note(cut)
+                        return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [],
+                                         kind="channel-mean")
                 else:
                     if local is not None:
                         # Dense gradients (a pooled head): the whole head's graph from now on, and the
@@ -338,10 +348,12 @@ class GradientEngine:
 
     def _local_gradients(self, local: LocalPlan, names: tuple[str, ...], seeded: tuple[str, ...],
                          seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
-                         batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+                         batch_size: int, means_only: bool = False,
+                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         """Gradients through the tail's graph and the region's crops; None where the crops would cover
         most of the image (a classifier's pooled head spreads every gradient over its whole map), and
-        the whole head's graph is cheaper."""
+        the whole head's graph is cheaper. ``means_only``: each channel's spatial mean, spread over
+        the positions (a read-only view)."""
         model = self.model
         tail = model.split(local.cut)
         seeded_tail = tuple(o for o in seeded if o in tail.head_outputs)
@@ -355,8 +367,17 @@ class GradientEngine:
             return None
         # Crop graphs are onnxcam's own, free of the model's fixed batch (an ultralytics export's is 1):
         # crops of one shape run together, as many as fit in ``batch_size`` images.
-        grads = local.crops.gradients(feeds, boundary, batch_size, f"local gradient graph of "
-                                      f"{model.name}", check=lambda g: _check_gradients(g, model.name), found=found)
+        what = f"local gradient graph of {model.name}"
+        check = (lambda g: _check_gradients(g, model.name))  # noqa: E731
+        if means_only:
+            sums = local.crops.sums(feeds, boundary, batch_size, what, check=check, found=found)
+            grads = {}
+            for w, total in sums.items():
+                shape = feeds[w].shape
+                mean = (total / (shape[2] * shape[3])).astype(feeds[w].dtype)
+                grads[w] = np.broadcast_to(mean[:, :, None, None], (mean.shape[0],) + shape[1:])
+        else:
+            grads = local.crops.gradients(feeds, boundary, batch_size, what, check=check, found=found)
         return {w: feeds[w] for w in names}, grads
 
     def _run_body(self, x: np.ndarray, cut: tuple[str, ...],

@@ -127,6 +127,38 @@ def test_detectors_crop_gradients_equal_the_whole_head_graph(name: str) -> None:
     assert min(win[1][2] * win[1][3] for win in windows) <= h * w / 4, windows
 
 
+def test_channel_means_from_the_crops_equal_the_dense_gradients_means() -> None:
+    """Grad-CAM reads only each channel's spatial mean: on the crop path those come from the crops
+    themselves (``means_only``), with no full-size gradient per row, and equal the dense means."""
+    model = _model("yolov8n_det")
+    x = _image(model.input.size)
+    layers = tuple(onnxcam.GradCAM(model).layers)
+    plan = model.gradient_engine.local_plan(model.frontier(layers), layers)
+    assert plan is not None
+    layout = model.task.layout  # type: ignore[attr-defined]
+    _, probs, _ = layout.rows(model.forward(x))
+    grids = list(dict.fromkeys(plan.crops.region.sizes[b] for b in plan.boundary if b in plan.crops.seeded))
+    targets = [DetectionScoreTarget(layout, i, int(np.argmax(probs[0, i]))) for i in _edge_anchors(model, x, grids)]
+    engine = model.gradient_engine
+    rows = engine.repeat(x, len(targets))
+    means = engine.compute(rows, layers, targets, model.task, means_only=True)
+    dense = engine.compute(rows, layers, targets, model.task)
+    assert means.kind == "channel-mean" and dense.kind == "elementwise"
+    for layer in layers:
+        m = means.gradients[layer]
+        assert m.strides[2] == m.strides[3] == 0  # spread over the positions, not a map per row
+        expected = dense.gradients[layer].mean(axis=(2, 3), dtype=np.float64)
+        np.testing.assert_allclose(m[:, :, 0, 0], expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    cam = onnxcam.GradCAM(model)
+    fast = cam(rows, targets=targets)
+    engine.local_crops = False
+    try:
+        whole = cam(rows, targets=targets)
+    finally:
+        engine.local_crops = True
+    np.testing.assert_allclose(fast, whole, atol=1e-5)
+
+
 def test_kernel_input_box_follows_stride_padding_and_dilation() -> None:
     k = Kernel(kernel=(3, 3), strides=(2, 2), dilations=(1, 1), pads_begin=(1, 0))
     # Output rows 2..3 read input rows 2*2-1 .. 3*2-1+2; columns 0..0 read 0 .. 2 (clipped at the map).

@@ -147,7 +147,10 @@ class BaseCAM:
     def gradients(self, x: np.ndarray, targets: TargetSpec, layers: Sequence[str] | None = None) -> Gradients:
         """Activations and gradients at ``layers`` (default: this CAM's), as feature maps through their views."""
         names = list(layers or self.layers)
-        g = self.model.gradient_engine.compute(x, names, targets, self.task, self.batch_size, self.gradient_mode)
+        # A method whose weights are the gradients' channel means (Grad-CAM) lets a head differentiated
+        # on crops hand over just those, spread over the positions.
+        g = self.model.gradient_engine.compute(x, names, targets, self.task, self.batch_size, self.gradient_mode,
+                                               means_only=not getattr(self, "elementwise", True))
         if self.views:
             g.activations, g.gradients = as_maps(g.activations, self.views), as_maps(g.gradients, self.views)
         return g

@@ -24,7 +24,11 @@ def _pair(acts: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def gradcam_weights(grads: np.ndarray) -> np.ndarray:
     """Grad-CAM: spatial mean of the gradients. ``(N, C, h, w) -> (N, C)``."""
-    return np.mean(as_feature_map(grads, "gradients"), axis=_SPATIAL)
+    g = as_feature_map(grads, "gradients")
+    if g.ndim == 4 and g.strides[2] == 0 and g.strides[3] == 0:
+        # Channel means already, spread over the positions (``Gradients.kind == "channel-mean"``).
+        return np.ascontiguousarray(g[:, :, 0, 0])
+    return np.mean(g, axis=_SPATIAL)
 
 
 def spatially_constant(grads: np.ndarray) -> np.ndarray | None:
