@@ -168,12 +168,10 @@ class GradientEngine:
             try:
                 cropped = self._local_gradients(local, names, seeded, seeds, feeds, batch_size,
                                                 means_only) if local else None
+                kind: GradientKind = "elementwise"
                 if cropped is not None:
                     acts, grads = cropped
-                    if means_only:
-                        note = self._straight_note(cut)
-                        return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [],
-                                         kind="channel-mean")
+                    kind = "channel-mean" if means_only else "elementwise"
                 else:
                     if local is not None:
                         # Dense gradients (a pooled head): the whole head's graph from now on, and the
@@ -182,7 +180,8 @@ class GradientEngine:
                         model.drop_session("body", local.cut)
                     acts, grads = self._graph_gradients(cut, names, seeded, seeds, feeds, batch_size)
                 note = self._straight_note(cut)
-                return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [])
+                return Gradients(names, acts, grads, outputs, resolved, scores, notes=[note] if note else [],
+                                 kind=kind)
             except UnsupportedOpError as exc:
                 if mode == "graph":
                     raise
@@ -365,10 +364,13 @@ class GradientEngine:
         area = model.input.size[0] * model.input.size[1]
         if sum(local.crops.area(w) for w in found if w is not None) > LOCAL_MAX_COVER * area * len(found):
             return None
+        what = f"local gradient graph of {model.name}"
+
+        def check(g: dict[str, np.ndarray]) -> None:
+            _check_gradients(g, model.name)
+
         # Crop graphs are onnxcam's own, free of the model's fixed batch (an ultralytics export's is 1):
         # crops of one shape run together, as many as fit in ``batch_size`` images.
-        what = f"local gradient graph of {model.name}"
-        check = (lambda g: _check_gradients(g, model.name))  # noqa: E731
         if means_only:
             sums = local.crops.sums(feeds, boundary, batch_size, what, check=check, found=found)
             grads = {}
@@ -416,7 +418,7 @@ class GradientEngine:
         rows whose seeds reach the same parts, ``_gradient_groups``)."""
         runs = self._gradient_groups(cut, names, seeded, seeds, feeds, batch_size, reached_only=False)
         total = next(iter(feeds.values())).shape[0]
-        acts, grads, _ = runs[0][1] if len(runs) == 1 else _scatter(runs, names, cut, feeds, total)
+        acts, grads = runs[0][1][:2] if len(runs) == 1 else _scatter(runs, names, cut, feeds, total)
         _check_gradients(grads, self.model.name)
         return acts, grads
 
@@ -592,7 +594,7 @@ def _rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _scatter(runs: list[tuple[np.ndarray, tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]]],
              names: tuple[str, ...], cut: tuple[str, ...], feeds: dict[str, np.ndarray],
-             total: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+             total: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The groups' activations and gradients put back in row order (every group computed every name)."""
     acts: dict[str, np.ndarray] = {}
     grads: dict[str, np.ndarray] = {}
@@ -607,7 +609,7 @@ def _scatter(runs: list[tuple[np.ndarray, tuple[dict[str, np.ndarray], dict[str,
             acts[w] = np.empty((total,) + runs[0][1][0][w].shape[1:], runs[0][1][0][w].dtype)
             for rows, (a, _, _) in runs:
                 acts[w][rows] = a[w]
-    return acts, grads, {w: np.ones(total, dtype=bool) for w in names}
+    return acts, grads
 
 
 def _pad(v: np.ndarray, n: int, zero: bool = False) -> np.ndarray:
