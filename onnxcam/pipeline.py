@@ -36,6 +36,7 @@ from typing import IO, Any, overload
 import cv2
 import numpy as np
 
+from onnxcam.blas_threads import one_blas_thread
 from onnxcam.boxes import Box, box_in_region, cam_to_boxes
 from onnxcam.errors import ArgumentError, ImageError, OnnxCamWarning, TargetError
 from onnxcam.explainers.base import BaseCAM
@@ -266,6 +267,7 @@ class _Loaded:
     region: tuple[float, float, float, float]  # what the model saw, in ``display`` pixels
 
 
+@one_blas_thread()  # the whole job: see onnxcam.blas_threads
 def explain_images(
     model: Model,
     paths: Sequence[Path],

@@ -119,6 +119,12 @@ def fuse_layers(layer_maps: Sequence[np.ndarray], clean: bool = False) -> np.nda
     return normalize_maps(total, finite=clean, inplace=True)
 
 
+def _distinct(v: np.ndarray) -> np.ndarray:
+    """``v`` without the axes a broadcast view repeats (stride 0): the same values, each once (a
+    ``"channel-mean"`` gradient is ``(C, h, w)`` of ``C`` numbers)."""
+    return v[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in v.strides)]
+
+
 def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> np.ndarray:
     """pytorch-grad-cam ``eigen_smooth=True``: first principal component of ``(N, C, h, w)`` -> ``(N, h, w)``.
 
@@ -129,21 +135,29 @@ def eigen_smooth(weighted_activations: np.ndarray, sign: str = "activation") -> 
     return principal_projection(weighted_activations, sign)  # type: ignore[arg-type]
 
 
+def live_maps(maps: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: which raw maps of ``(N, h, w)`` keep a positive range after ReLU (the others
+    display as blank)."""
+    positive = np.maximum(np.nan_to_num(as_maps(maps, "maps")), 0)
+    return np.asarray((positive.max(axis=(1, 2)) - positive.min(axis=(1, 2))) > 0)
+
+
 def zero_map_reasons(
     maps: np.ndarray,
     *,
     activations: np.ndarray | None = None,
     gradients: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    only: np.ndarray | None = None,
 ) -> list[str | None]:
     """For each raw map of ``(N, h, w)``, why it will display as blank, or None when it will not.
 
     A map is blank when ReLU leaves nothing with a positive range. The reasons are checked from the
-    most upstream cause down, so the caller's warning names the root cause.
+    most upstream cause down, so the caller's warning names the root cause. ``only``: ``(N,)`` bool,
+    the rows to diagnose (the others get None).
     """
     arr = as_maps(maps, "maps")
-    positive = np.maximum(np.nan_to_num(arr), 0)
-    live = (positive.max(axis=(1, 2)) - positive.min(axis=(1, 2))) > 0
+    live = live_maps(arr) if only is None else ~np.asarray(only, dtype=bool)
     reasons: list[str | None] = []
     for i, img in enumerate(arr):
         if live[i]:
@@ -153,7 +167,7 @@ def zero_map_reasons(
             reasons.append("the map contains NaN or Inf values")
         elif activations is not None and not np.any(activations[i]):
             reasons.append("the layer's activations are all zero for this image")
-        elif gradients is not None and not np.any(gradients[i]):
+        elif gradients is not None and not np.any(_distinct(gradients[i])):
             reasons.append(
                 "the gradients of the target score w.r.t. the layer are all zero "
                 "(saturated or disconnected target)"
@@ -173,6 +187,6 @@ def zero_map_reasons(
 
 __all__ = [
     "NORMALIZE_EPS", "LayerMaps", "eigen_smooth", "finish_single", "fuse_layers", "fuse_to_image", "layer_to_image",
-    "normalize_maps", "relu",
+    "live_maps", "normalize_maps", "relu",
     "resize_maps", "zero_map_reasons",
 ]

@@ -652,6 +652,31 @@ def test_degenerate_maps_are_zero_with_warning(tmp_path: Path, case: str, method
     _assert_names(msgs[0], words)
 
 
+def test_blank_layer_among_live_layers_is_not_reported(tmp_path: Path) -> None:
+    """With several layers, a map blank at one of them is expected (a detection at stride 8 has no
+    gradient at the coarser maps) and is not reported; blank at every layer, it is, once, with the
+    first layer's reason."""
+    from onnxcam.explainers.base import RawMaps
+
+    model = onnxcam.load(save(conv_gap_net(_W, _B, _WF, np.zeros(3)), tmp_path / "two.onnx"))
+    cam = onnxcam.GradCAM(model, ["a", "r"])
+    live = _RNG.normal(size=(2, 8, 8)).astype(np.float32)
+    zero = np.zeros((2, 8, 8), np.float32)
+    grads = {"a": np.zeros((2, 4, 8, 8), np.float32), "r": np.ones((2, 4, 8, 8), np.float32)}
+    acts = {"a": np.ones((2, 4, 8, 8), np.float32), "r": np.ones((2, 4, 8, 8), np.float32)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cam._warn_blank(RawMaps({"a": zero, "r": live}, [], np.zeros(2), [], acts, grads))
+        assert not caught
+        blank_r = live.copy()
+        blank_r[1] = 0
+        cam._warn_blank(RawMaps({"a": zero, "r": blank_r}, [], np.zeros(2), [], acts, grads))
+    msgs = [str(w.message) for w in caught if issubclass(w.category, OnnxCamWarning)]
+    assert msgs == ["gradcam map of image 1 is all zeros at every layer ('a', 'r'); at 'a': the gradients of the "
+                    "target score w.r.t. the layer are all zero (saturated or disconnected target); try another "
+                    "layer or method"]
+
+
 def test_constant_activations_warning_names_cause(tmp_path: Path) -> None:
     proto = DEGENERATE["constant-activations"][0]
     model = onnxcam.load(save(proto, tmp_path / "const.onnx"))

@@ -230,9 +230,10 @@ def test_warnings_become_one_line_notes_naming_the_file(ws: tuple[Path, Path, Pa
     model, images, out = ws
 
     def reasons(maps, **kwargs):  # type: ignore[no-untyped-def]
-        # The second image of every batch gets a blank-map warning.
         return ["" if i != 1 else "every activation is zero" for i in range(len(maps))]
 
+    # The second image of every batch gets a blank-map warning.
+    monkeypatch.setattr("onnxcam.explainers.base.live_maps", lambda maps: np.arange(len(maps)) != 1)
     monkeypatch.setattr("onnxcam.explainers.base.zero_map_reasons", reasons)
     code, _, err = _explain(str(model), str(images), "--out", str(out), "-q", "--batch-size", "3")
     assert code == 0, err

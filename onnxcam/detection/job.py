@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from onnxcam.blas_threads import one_blas_thread
 from onnxcam.detection.decode import Detection, check_options, to_image_boxes
 from onnxcam.detection.task import DetectionTask
 from onnxcam.errors import ArgumentError
@@ -91,6 +92,7 @@ def _inside(cam: np.ndarray, box: np.ndarray) -> np.ndarray:
     return out
 
 
+@one_blas_thread()  # the whole job: see onnxcam.blas_threads
 def explain_detections(model: Model, paths: Sequence[Path], out: Path, config: DetectionConfig,
                        task: str | None = None) -> dict[str, Any]:
     """Explain each image's top detections; returns (and writes) the summary."""

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxcam.blas_threads import one_blas_thread
 from onnxcam.engine import GradientMode, Gradients
 from onnxcam.errors import ArgumentError, InputError, OnnxCamWarning, UnsupportedModelError
 from onnxcam.image import Preprocess, get_preset, preprocess
 from onnxcam.method_specs import requirement_error
 from onnxcam.methods.eigen import SignRule
 from onnxcam.model import LayerSpec, Model, ViewsSpec, load
-from onnxcam.postprocess import LayerMaps, fuse_to_image, zero_map_reasons
+from onnxcam.postprocess import LayerMaps, fuse_to_image, live_maps, zero_map_reasons
 from onnxcam.targets import Target, TargetSpec, target_scores
 from onnxcam.tasks import Task, detect_task
 from onnxcam.views import IDENTITY, FeatureView, as_maps
@@ -210,11 +211,14 @@ class BaseCAM:
             with self.reporting(progress):
                 return self.explain(x, targets)
         x = self.model.check_input(self._as_input(x))
-        if self.aug_smooth:
-            return self._aug_smooth(x, targets)
-        raw = self.raw_maps(x, targets)
-        self._warn_blank(raw)
-        return self._finish(raw)
+        # BLAS on one thread: its idle workers would spin through the next onnxruntime run (see
+        # onnxcam.blas_threads).
+        with one_blas_thread():
+            if self.aug_smooth:
+                return self._aug_smooth(x, targets)
+            raw = self.raw_maps(x, targets)
+            self._warn_blank(raw)
+            return self._finish(raw)
 
     @contextlib.contextmanager
     def reporting(self, progress: Callable[[float], None] | None) -> Iterator[None]:
@@ -289,23 +293,31 @@ class BaseCAM:
                            self.name, first.notes + ["aug_smooth: flip x (0.9, 1.0, 1.1), averaged"])
 
     def _warn_blank(self, raw: RawMaps) -> None:
-        for layer, maps in raw.maps.items():
-            reasons = zero_map_reasons(
-                maps,
-                activations=raw.activations.get(layer),
-                gradients=raw.gradients.get(layer),
-                weights=raw.weights.get(layer),
-            )
-            blank = [(i, r) for i, r in enumerate(reasons) if r]
-            if blank:
-                i, why = blank[0]
-                more = f" (and {len(blank) - 1} more images)" if len(blank) > 1 else ""
-                warnings.warn(
-                    f"{self.name} map of image {i} at layer {layer!r} is all zeros: {why}{more}; "
-                    "try another layer or method",
-                    OnnxCamWarning,
-                    stacklevel=4,
-                )
+        """Warn about the images whose map will display as blank: blank at every layer. With several
+        layers a blank one among live ones is no problem (a detection at one stride has no gradient
+        at the coarser maps: they are not on its path), so only a blank fused map is reported, with
+        the first layer's reason."""
+        layers = list(raw.maps)
+        if not layers:
+            return
+        blank = ~live_maps(raw.maps[layers[0]])
+        for layer in layers[1:]:
+            if blank.any():
+                blank &= ~live_maps(raw.maps[layer])
+        if not blank.any():
+            return
+        layer = layers[0]
+        reasons = zero_map_reasons(raw.maps[layer], activations=raw.activations.get(layer),
+                                   gradients=raw.gradients.get(layer), weights=raw.weights.get(layer), only=blank)
+        rows = np.flatnonzero(blank)
+        i, why = int(rows[0]), reasons[int(rows[0])]
+        more = f" (and {len(rows) - 1} more images)" if len(rows) > 1 else ""
+        if len(layers) == 1:
+            what = f"at layer {layer!r} is all zeros: {why}{more}"
+        else:
+            what = f"is all zeros at every layer ({', '.join(map(repr, layers))}){more}; at {layer!r}: {why}"
+        warnings.warn(f"{self.name} map of image {i} {what}; try another layer or method",
+                      OnnxCamWarning, stacklevel=4)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model.name!r}, layer={list(self.layers)})"

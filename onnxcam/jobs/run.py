@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from onnxcam.audit.shared import JobSummary, _no_images
+from onnxcam.blas_threads import one_blas_thread
 from onnxcam.errors import ArgumentError
 from onnxcam.jobs.engine_local import run_local
 from onnxcam.jobs.engine_ray import RayOptions, run_ray
@@ -36,6 +37,7 @@ __all__ = ["ENGINES", "run_job"]
 ENGINES = ("local", "ray")
 
 
+@one_blas_thread()  # the whole job: see onnxcam.blas_threads
 def run_job(spec: JobSpec, source: Source, out: str | Path, *, model: Model | None = None, resume: bool = False,
             engine: str = "local", ray: RayOptions | None = None, sample_k: int = 8,
             progress: Callable[..., None] | None = None, inputs: Sequence[str | Path] = ()) -> JobSummary:
