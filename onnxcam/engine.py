@@ -38,6 +38,7 @@ from onnxcam.graph.tensor_info import TensorInfo
 from onnxcam.graph.toposort import ancestors
 from onnxcam.runtime import chunks, run, run_batched
 from onnxcam.scoring import HeadScorer
+from onnxcam.sparse_seed import Seed
 from onnxcam.targets import Target, TargetSpec, output_seed_rows, target_scores
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class GradientEngine:
         for t in resolved:
             self._check_reads(t, split, len(outputs))
         scores = target_scores(resolved, outputs)
-        seeds = {k: v for k, v in output_seed_rows(resolved, outputs).items()
+        seeds = {k: v for k, v in output_seed_rows(resolved, outputs, sparse=True).items()
                  if split.model_outputs[k] in split.head_outputs}
         seeded = tuple(split.model_outputs[k] for k in sorted(seeds))
         if mode != "finite":
@@ -346,7 +347,7 @@ class GradientEngine:
         return LocalPlan(whole, region.boundary, crops)
 
     def _local_gradients(self, local: LocalPlan, names: tuple[str, ...], seeded: tuple[str, ...],
-                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
+                         seeds: Mapping[int, Sequence[Seed]], feeds: dict[str, np.ndarray],
                          batch_size: int, means_only: bool = False,
                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         """Gradients through the tail's graph and the region's crops; None where the crops would cover
@@ -412,7 +413,7 @@ class GradientEngine:
             )
 
     def _graph_gradients(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
-                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
+                         seeds: Mapping[int, Sequence[Seed]], feeds: dict[str, np.ndarray],
                          batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Activations and gradients at ``names`` through the head's gradient graph (per group of
         rows whose seeds reach the same parts, ``_gradient_groups``)."""
@@ -423,7 +424,7 @@ class GradientEngine:
         return acts, grads
 
     def _boundary_rows(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
-                       seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray],
+                       seeds: Mapping[int, Sequence[Seed]], feeds: dict[str, np.ndarray],
                        batch_size: int) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
         """The tail's gradients at the cut tensors ``names`` row by row, and per name a boolean ``(N,)``:
         the rows whose gradient there may be non-zero. Rows, not a batch array: the groups' results
@@ -444,7 +445,7 @@ class GradientEngine:
         return rows, reach
 
     def _gradient_groups(self, cut: tuple[str, ...], names: tuple[str, ...], seeded: tuple[str, ...],
-                         seeds: Mapping[int, Sequence[np.ndarray]], feeds: dict[str, np.ndarray], batch_size: int,
+                         seeds: Mapping[int, Sequence[Seed]], feeds: dict[str, np.ndarray], batch_size: int,
                          reached_only: bool) -> list[tuple[np.ndarray, tuple[dict[str, np.ndarray],
                                                                               dict[str, np.ndarray],
                                                                               dict[str, np.ndarray]]]]:

@@ -14,12 +14,13 @@ hooks (``score_output``, ``output_gradient``). Which target an image gets when t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from onnxcam.errors import TargetError
+from onnxcam.sparse_seed import Seed, SparseSeed, stack_seeds
 
 
 class Target:
@@ -45,6 +46,12 @@ class Target:
     def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
         """``{output index: d score / d output}`` for one image, each the shape of that output."""
         raise NotImplementedError
+
+    def sparse_seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, SparseSeed] | None:
+        """``seeds`` as ``SparseSeed``s (their non-zero entries only), or None: use ``seeds``. Worth
+        overriding where a seed touches a few entries of a large output (a detection's one
+        prediction): the gradient engine then never writes out the rest of it."""
+        return None
 
     def scores(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """``(M,)`` scores of ``M`` rows: ``outputs[k]`` is ``(M, ...)`` for every output ``k``."""
@@ -336,25 +343,36 @@ def score_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray], samples
 
 def output_seeds(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     """Seeds d(score)/d(output) ``(N, ...)`` per model output index that some target reads."""
-    return {k: np.stack(rows) for k, rows in output_seed_rows(targets, outputs).items()}
+    return {k: stack_seeds(rows) for k, rows in output_seed_rows(targets, outputs).items()}
 
 
-def output_seed_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray]) -> dict[int, list[np.ndarray]]:
+def output_seed_rows(targets: Sequence[Target], outputs: Sequence[np.ndarray],
+                     sparse: bool = False) -> dict[int, list[Seed]]:
     """``output_seeds`` as a list of ``N`` rows per output: each target's own array, not copied into a
     batch (a detector's seed is megabytes per row and one value of it is not zero). Rows of targets
-    that do not read an output share one read-only zero row."""
-    seeds: dict[int, list[np.ndarray | None]] = {}
+    that do not read an output share one read-only zero row. ``sparse``: a target's ``sparse_seeds``
+    where it has them (rows are then ``SparseSeed``s, in the output's float type)."""
+    seeds: dict[int, list[Seed | None]] = {}
     for i, t in enumerate(targets):
-        for k, g in t.seeds(per_image(outputs, i)).items():
+        image = per_image(outputs, i)
+        found: Mapping[int, Seed] | None = t.sparse_seeds(image) if sparse else None
+        for k, g in (found if found is not None else t.seeds(image)).items():
             if not 0 <= k < len(outputs):
                 raise TargetError(f"{t.describe()} seeds model output #{k} but the model has {len(outputs)} outputs")
             # In the output's own float type: a float16 output takes a float16 seed.
             kind = outputs[k].dtype
-            row = np.asarray(g, dtype=kind if kind.kind == "f" else np.float32)
-            if row.shape != outputs[k].shape[1:]:
-                row = np.broadcast_to(row, outputs[k].shape[1:])
+            dtype = kind if kind.kind == "f" else np.dtype(np.float32)
+            if isinstance(g, SparseSeed):
+                if g.shape != outputs[k].shape[1:]:
+                    raise TargetError(f"{t.describe()} gives a seed of shape {g.shape} for model output #{k}, "
+                                      f"which is {tuple(outputs[k].shape[1:])} per image")
+                row: Seed = g.astype(dtype)
+            else:
+                row = np.asarray(g, dtype=dtype)
+                if row.shape != outputs[k].shape[1:]:
+                    row = np.broadcast_to(row, outputs[k].shape[1:])
             seeds.setdefault(k, [None] * len(targets))[i] = row
-    out: dict[int, list[np.ndarray]] = {}
+    out: dict[int, list[Seed]] = {}
     for k, rows in seeds.items():
         kind = outputs[k].dtype
         zero = np.zeros((1,) * (outputs[k].ndim - 1), dtype=kind if kind.kind == "f" else np.float32)

@@ -83,3 +83,41 @@ def test_repeat_takes_one_image():
     engine = _model("yolov8n_det").gradient_engine
     with pytest.raises(ArgumentError, match="one image"):
         engine.repeat(np.zeros((2, 3, 320, 320), np.float32), 3)
+
+
+class _DenseOnly(onnxcam.Target):
+    """A detection target that gives its seeds densely only (no ``sparse_seeds``): what a user's own
+    Target subclass does."""
+
+    def __init__(self, inner: onnxcam.Target) -> None:
+        self.inner = inner
+
+    def reads(self, n_outputs: int) -> tuple[int, ...]:
+        return self.inner.reads(n_outputs)
+
+    def score(self, outputs):  # type: ignore[no-untyped-def]
+        return self.inner.score(outputs)
+
+    def seeds(self, outputs):  # type: ignore[no-untyped-def]
+        return self.inner.seeds(outputs)
+
+
+@pytest.mark.parametrize("drise", [False, True])
+def test_sparse_seeds_give_the_dense_seeds_gradients(drise):
+    """The engine takes a detection's seeds as ``SparseSeed``s (one prediction's entries) and writes
+    them out only for the parts they reach: the gradients equal those of the same seeds given densely,
+    bit for bit, for the class score (one entry) and D-RISE (box and class entries)."""
+    model = _model("yolov8n_det")
+    x = _image()
+    task = model.task
+    dets = task.detections(model.forward(x))[0]  # type: ignore[attr-defined]
+    targets = [onnxcam.DRiseTarget(task.layout, d.box, d.category) if drise  # type: ignore[attr-defined]
+               else task.detection_target(d) for d in dets[:4]]  # type: ignore[attr-defined]
+    assert all(t.sparse_seeds([o[0] for o in model.forward(x)]) is not None for t in targets)
+    engine = model.gradient_engine
+    layers = onnxcam.GradCAM(model).layers
+    sparse = engine.compute_many(x, layers, targets, task)
+    dense = engine.compute_many(x, layers, [_DenseOnly(t) for t in targets], task)
+    for layer in layers:
+        assert np.any(sparse.gradients[layer])
+        np.testing.assert_array_equal(sparse.gradients[layer], dense.gradients[layer])

@@ -21,6 +21,7 @@ from onnxcam.gradients import build_gradient_model
 from onnxcam.graph.protos import make_model
 from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_rows, narrow_seeds
 from onnxcam.graph.tensor_info import TensorInfo
+from onnxcam.sparse_seed import SparseSeed
 from onnxcam.targets import OutputTarget
 
 A = 16  # predictions: a 4x4 grid
@@ -164,7 +165,9 @@ def test_narrow_rows_groups_rows_by_the_parts_they_reach() -> None:
     seeds[2, 2, 6] = 3.0  # level 1 again
     seeds[3, 0, 1] = 4.0  # a box row: box only
     seeds[4, 2, 8] = np.nan  # level 2
-    for given in (seeds, list(seeds)):
+    sparse = [SparseSeed.of(row.shape, np.nonzero(row), row[np.nonzero(row)]) for row in seeds]
+    mixed = [sparse[0], seeds[1], sparse[2], seeds[3], sparse[4]]
+    for given in (seeds, list(seeds), sparse, mixed):
         groups = narrow_rows({"y": given}, parts.get)
         by_key = {tuple(sorted(g)): (rows.tolist(), g) for rows, g in groups}
         assert sorted(by_key) == [("box",), ("s0",), ("s1",), ("s2",)]
@@ -181,6 +184,30 @@ def test_narrow_rows_groups_rows_by_the_parts_they_reach() -> None:
     np.testing.assert_array_equal(g["y"], full)
     (rows, g), = narrow_rows({"q": seeds}, parts.get)
     assert g["q"] is seeds
+    # Sparse rows with nothing to narrow come back as one dense batch too.
+    (rows, g), = narrow_rows({"q": sparse}, parts.get)
+    assert isinstance(g["q"], np.ndarray)
+    np.testing.assert_array_equal(g["q"], seeds)
+
+
+def test_sparse_seed_writes_what_a_dense_seed_holds() -> None:
+    s = SparseSeed.of((3, 4), ([0, 2, 2, 1], [1, 3, 3, 0]), [1.5, 2.0, 0.25, 0.0])
+    dense = np.zeros((3, 4), np.float32)
+    dense[0, 1], dense[2, 3] = 1.5, 2.25  # entries at one index add up
+    np.testing.assert_array_equal(s.dense(), dense)
+    np.testing.assert_array_equal(np.asarray(s), dense)
+    assert s.dense().dtype == np.float32 and s.astype(np.float16).dense().dtype == np.float16
+    np.testing.assert_array_equal(s.reached(0), [0, 2, 2])  # the explicit zero reaches nothing
+    np.testing.assert_array_equal(s.sliced(1, 1, 4).dense(), dense[:, 1:4])
+    np.testing.assert_array_equal(s.batched().dense(), dense[None])
+    np.testing.assert_array_equal((s + s).dense(), 2 * dense)
+    nan = SparseSeed.of((5,), ([3],), [np.nan])
+    assert nan.reached(0).tolist() == [3]
+    assert ConcatParts("y", 0, ("a", "b"), (0, 3, 5)).reached(nan) == (1,)
+    with pytest.raises(ValueError, match="out of range"):
+        SparseSeed.of((3, 4), ([3], [0]), [1.0])
+    with pytest.raises(ValueError, match="index arrays"):
+        SparseSeed.of((3, 4), ([1],), [1.0])
 
 
 def test_hoist_concats_keeps_every_value_and_names_the_parts() -> None:

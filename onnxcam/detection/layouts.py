@@ -29,6 +29,7 @@ import numpy as np
 
 from onnxcam.errors import ArgumentError, TargetError
 from onnxcam.labels import metadata_labels
+from onnxcam.sparse_seed import SparseSeed
 
 Kind = Literal["yolov8", "yolov5", "pairs", "queries"]
 BoxFormat = Literal["cxcywh", "xyxy", "xywh"]
@@ -119,29 +120,41 @@ class DetectionLayout:
                  d_obj: float = 0.0) -> dict[int, np.ndarray]:
         """Seeds ``{output index: d/d output}`` of one image from gradients on prediction ``a``'s row:
         ``d_box (4,)`` on its xyxy pixel box, ``d_probs (K,)`` on its class probabilities, ``d_obj``."""
-        seeds = {k: np.zeros(outputs[k].shape, dtype=np.float32) for k in self.outputs}
+        return {k: s.dense() for k, s in self.sparse_backprop(outputs, a, d_box, d_probs, d_obj).items()}
+
+    def sparse_backprop(self, outputs: Sequence[np.ndarray], a: int, d_box: np.ndarray | None,
+                        d_probs: np.ndarray | None, d_obj: float = 0.0) -> dict[int, SparseSeed]:
+        """``backprop`` as ``SparseSeed``s: the entries of prediction ``a``'s row only."""
+        entries: dict[int, list[tuple[tuple[int, int], float]]] = {k: [] for k in self.outputs}
         boxes, scores, _ = self.raw(outputs)
         if d_box is not None:
             sx, sy = self.scale(boxes)
             d_raw_box = from_xyxy_grad(np.asarray(d_box, np.float64) * np.array([sx, sy, sx, sy]), self.box_format)
-            self._put(seeds, "box", a, d_raw_box)
+            self._put(entries, "box", a, d_raw_box)
         if d_probs is not None:
             kind = self.score_kind(scores)
-            self._put(seeds, "scores", a, _activate_grad(np.asarray(scores[a], np.float64), d_probs, kind))
+            self._put(entries, "scores", a, _activate_grad(np.asarray(scores[a], np.float64), d_probs, kind))
         if d_obj and self.kind == "yolov5":
-            seeds[self.outputs[0]][a, 4] += np.float32(d_obj)
-        return seeds
+            entries[self.outputs[0]].append(((a, 4), float(np.float32(d_obj))))
+        out = {}
+        for k, got in entries.items():
+            got = [(at, v) for at, v in got if v != 0]  # zeros add nothing (NaN stays: it is not 0)
+            index = [[at[axis] for at, _ in got] for axis in (0, 1)]
+            # float32 values, as a dense seed of float32 would hold them
+            out[k] = SparseSeed.of(outputs[k].shape, index, np.array([v for _, v in got], dtype=np.float32))
+        return out
 
-    def _put(self, seeds: dict[int, np.ndarray], part: str, a: int, values: np.ndarray) -> None:
+    def _put(self, entries: dict[int, list[tuple[tuple[int, int], float]]], part: str, a: int,
+             values: np.ndarray) -> None:
         v = values.astype(np.float32)
         if self.kind == "yolov8":
-            rows = slice(0, 4) if part == "box" else slice(4, 4 + v.shape[0])
-            seeds[self.outputs[0]][rows, a] += v
+            first = 0 if part == "box" else 4
+            entries[self.outputs[0]].extend(((first + j, a), float(x)) for j, x in enumerate(v))
         elif self.kind == "yolov5":
-            cols = slice(0, 4) if part == "box" else slice(5, 5 + v.shape[0])
-            seeds[self.outputs[0]][a, cols] += v
+            first = 0 if part == "box" else 5
+            entries[self.outputs[0]].extend(((a, first + j), float(x)) for j, x in enumerate(v))
         else:
-            seeds[self.outputs[0 if part == "box" else 1]][a, : v.shape[0]] += v
+            entries[self.outputs[0 if part == "box" else 1]].extend(((a, j), float(x)) for j, x in enumerate(v))
 
     def check(self, shapes: Sequence[tuple[int, ...]]) -> None:
         """Raise ``LayoutError`` when per-image output shapes do not fit this layout."""

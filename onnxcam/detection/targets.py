@@ -20,6 +20,7 @@ import numpy as np
 
 from onnxcam.detection.layouts import DetectionLayout
 from onnxcam.errors import TargetError
+from onnxcam.sparse_seed import SparseSeed
 from onnxcam.targets import Target
 
 
@@ -63,11 +64,14 @@ class DetectionScoreTarget(_DetectionTarget):
         return float(self._scores(outputs))
 
     def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        return {k: s.dense() for k, s in self.sparse_seeds(outputs).items()}
+
+    def sparse_seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, SparseSeed]:
         probs, obj = self.layout.prediction(outputs, self.index)
         d = np.zeros(probs.shape[-1])
         o = 1.0 if obj is None else float(obj)
         d[self.category] = o
-        return self.layout.backprop(outputs, self.index, None, d, float(probs[self.category]))
+        return self.layout.sparse_backprop(outputs, self.index, None, d, float(probs[self.category]))
 
     def describe(self) -> str:
         return f"detection score of class {self.category} at prediction {self.index}"
@@ -97,6 +101,9 @@ class DRiseTarget(_DetectionTarget):
         return float(self._terms(outputs)[0].max())
 
     def seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        return {k: s.dense() for k, s in self.sparse_seeds(outputs).items()}
+
+    def sparse_seeds(self, outputs: Sequence[np.ndarray]) -> dict[int, SparseSeed]:
         s, iou, cos, boxes, probs, obj = self._terms(outputs)
         j = int(np.argmax(s))
         p = probs[j]
@@ -113,7 +120,7 @@ class DRiseTarget(_DetectionTarget):
         else:
             d_obj = float(iou[j] * cos[j])
         d_box = cos[j] * o * _iou_grad(np.asarray(self.box, dtype=np.float64), boxes[j])
-        return self.layout.backprop(outputs, j, d_box, d_probs, d_obj)
+        return self.layout.sparse_backprop(outputs, j, d_box, d_probs, d_obj)
 
     def describe(self) -> str:
         return f"D-RISE similarity to a class {self.category} box"

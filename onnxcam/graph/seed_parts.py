@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxcam.graph.shapes import TensorInfo
+from onnxcam.sparse_seed import Seed, SparseSeed, add_seeds, stack_seeds
 
 
 @dataclass(frozen=True)
@@ -27,16 +28,21 @@ class ConcatParts:
     names: tuple[str, ...]
     bounds: tuple[int, ...]
 
-    def reached(self, seed: np.ndarray) -> tuple[int, ...]:
+    def reached(self, seed: Seed) -> tuple[int, ...]:
         """Indices of the parts where ``seed`` (the output's shape) has a non-zero entry."""
+        if isinstance(seed, SparseSeed):
+            hit = np.unique(np.searchsorted(self.bounds, seed.reached(self.axis), side="right") - 1)
+            return tuple(int(i) for i in hit)
         # One pass: which positions along the axis hold a non-zero (NaN counts: it must reach the
         # gradient check), then which parts those fall in.
         others = tuple(a for a in range(seed.ndim) if a != self.axis)
         along = np.any(seed != 0, axis=others) if others else seed != 0
         return tuple(i for i in range(len(self.names)) if along[self.bounds[i]:self.bounds[i + 1]].any())
 
-    def part(self, seed: np.ndarray, i: int) -> np.ndarray:
+    def part(self, seed: Seed, i: int) -> Seed:
         """Part ``i``'s slice of ``seed``, a view (what is fed to onnxruntime is made contiguous there)."""
+        if isinstance(seed, SparseSeed):
+            return seed.sliced(self.axis, self.bounds[i], self.bounds[i + 1])
         index = [slice(None)] * seed.ndim
         index[self.axis] = slice(self.bounds[i], self.bounds[i + 1])
         return seed[tuple(index)]
@@ -73,30 +79,30 @@ def concat_parts(graph: onnx.GraphProto, output: str, infos: Mapping[str, Tensor
     return ConcatParts(output, axis, tuple(producer.input), tuple(bounds))
 
 
-def narrow_seeds(seeds: Mapping[str, np.ndarray],
-                 parts: Mapping[str, ConcatParts | None]) -> dict[str, np.ndarray] | None:
+def narrow_seeds(seeds: Mapping[str, Seed],
+                 parts: Mapping[str, ConcatParts | None]) -> dict[str, Seed] | None:
     """Seeds by tensor name with each Concat-made output's seed moved to the inputs it reaches, or
     None where none narrows (every part reached, or no output a Concat)."""
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Seed] = {}
     narrowed = False
     for name, seed in seeds.items():
         p = parts.get(name)
         if p is None:
-            out[name] = out[name] + seed if name in out else seed
+            out[name] = add_seeds(out[name], seed) if name in out else seed
             continue
         reached = p.reached(seed) or (0,)  # an all-zero seed: any one part gives the zero gradients
         narrowed = narrowed or len(reached) < len(p.names)
         for i in reached:
             piece = p.part(seed, i)
-            out[p.names[i]] = out[p.names[i]] + piece if p.names[i] in out else piece
+            out[p.names[i]] = add_seeds(out[p.names[i]], piece) if p.names[i] in out else piece
     return out if narrowed else None
 
 
-def narrow_fully(seeds: Mapping[str, np.ndarray],
-                 parts_of: Callable[[str], ConcatParts | None]) -> dict[str, np.ndarray] | None:
+def narrow_fully(seeds: Mapping[str, Seed],
+                 parts_of: Callable[[str], ConcatParts | None]) -> dict[str, Seed] | None:
     """``narrow_seeds`` repeated while a reached part is a Concat again (after ``hoist_concats``, a
     YOLOv8 Sigmoid's output is a Concat of per-level parts), or None where nothing narrows."""
-    narrowed: dict[str, np.ndarray] | None = None
+    narrowed: dict[str, Seed] | None = None
     current = dict(seeds)
     for _ in range(8):
         parts = {name: parts_of(name) for name in current}
@@ -107,31 +113,33 @@ def narrow_fully(seeds: Mapping[str, np.ndarray],
     return narrowed
 
 
-def narrow_rows(seeds: Mapping[str, Sequence[np.ndarray]],
+def narrow_rows(seeds: Mapping[str, np.ndarray | Sequence[Seed]],
                 parts_of: Callable[[str], ConcatParts | None]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """The rows of a batch of ``seeds`` (each ``(N, ...)``, or a list of its ``N`` rows) grouped by the
     parts they reach, each group with its rows' narrowed seeds as batches: ``[(row indices, seeds by
     tensor name)]``. Narrowing the batch as a whole seeds the union of what its rows reach (a stride-8
     and a stride-32 detection side by side would both run every level's decoder); per group each row
     runs only its own. One group (every row reaching the same parts, or nothing to narrow) gives the
-    whole batch back in one."""
+    whole batch back in one. Rows may be ``SparseSeed``s: the batches come back dense."""
     total = len(next(iter(seeds.values())))
 
     def whole() -> dict[str, np.ndarray]:
-        return {name: v if isinstance(v, np.ndarray) else np.stack(v) for name, v in seeds.items()}
+        return {name: v if isinstance(v, np.ndarray) else stack_seeds(v) for name, v in seeds.items()}
+
+    def one(v: Seed) -> Seed:  # a row as a batch of one
+        return v.batched() if isinstance(v, SparseSeed) else v[None]
 
     if not any(parts_of(name) is not None for name in seeds):
         return [(np.arange(total), whole())]
-    groups: dict[tuple[str, ...], list[tuple[int, dict[str, np.ndarray]]]] = {}
+    groups: dict[tuple[str, ...], list[tuple[int, dict[str, Seed]]]] = {}
     for i in range(total):
-        row = {name: v[i][None] for name, v in seeds.items()}
+        row = {name: one(v[i]) for name, v in seeds.items()}
         got = narrow_fully(row, parts_of) or row
         groups.setdefault(tuple(sorted(got)), []).append((i, got))
     if list(groups) == [tuple(sorted(seeds))]:  # nothing narrows: the batch as it came
         return [(np.arange(total), whole())]
     return [(np.array([i for i, _ in members]),
-             {name: members[0][1][name] if len(members) == 1 else np.concatenate([m[name] for _, m in members])
-              for name in members[0][1]})
+             {name: stack_seeds([m[name] for _, m in members], axis_zero_is_batch=True) for name in members[0][1]})
             for members in groups.values()]
 
 
