@@ -48,10 +48,17 @@ def fuse_to_image(raws: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarr
     total = resize_maps(small[0], size) if len(small) == 1 else np.empty((n, height, width), dtype=np.float32)
     if len(small) > 1:
         scratch = np.empty((height, width), dtype=np.float32)
+        # A normalised map that is all zeros resizes to zeros and adds nothing: skipped, with the same
+        # bits (a detection at stride 8 has no gradient at the coarser layers).
+        live = np.stack([m.reshape(n, -1).max(axis=1) > 0 for m in small], axis=1)  # (N, layers)
         for i in range(n):
             row = total[i]
-            cv2.resize(small[0][i], (width, height), dst=row)
-            for m in small[1:]:
+            layers = [m for m, on in zip(small, live[i]) if on]
+            if not layers:
+                row.fill(0)
+                continue
+            cv2.resize(layers[0][i], (width, height), dst=row)
+            for m in layers[1:]:
                 cv2.resize(m[i], (width, height), dst=scratch)
                 row += scratch
         total /= np.float32(len(small))

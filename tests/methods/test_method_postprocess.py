@@ -9,7 +9,9 @@ import pytest
 from onnxcam.errors import ArgumentError
 from onnxcam.postprocess import (
     eigen_smooth,
+    finish_single,
     fuse_layers,
+    fuse_to_image,
     layer_to_image,
     normalize_maps,
     relu,
@@ -78,3 +80,21 @@ def test_zero_map_reasons() -> None:
     assert "constant" in str(reasons[5])
     flat = np.ones((1, 2, 2, 2), dtype=np.float32)
     assert "spatially constant" in str(zero_map_reasons(neg[None], activations=flat, gradients=flat[:, :, 0])[0])
+
+
+def test_fuse_to_image_equals_fusing_full_size_layer_maps_bit_for_bit() -> None:
+    """``fuse_to_image`` fuses row by row in one buffer and skips a layer's all-zero rows (a detection
+    with no gradient at the coarser maps): the same bits as ``fuse_layers`` over ``layer_to_image``."""
+    rng = np.random.default_rng(3)
+    size = (48, 40)
+    raws = [rng.normal(size=(4, 12, 10)).astype(np.float32), rng.normal(size=(4, 6, 5)).astype(np.float32),
+            rng.normal(size=(4, 3, 3)).astype(np.float32)]
+    raws[1][1] = 0.0   # blank at one layer
+    raws[2][1] = -1.0  # and at another (ReLU leaves nothing)
+    raws[0][2] = 0.0   # blank at the first layer only
+    raws[0][3] = raws[1][3] = raws[2][3] = 0.0  # blank everywhere
+    got = fuse_to_image(raws, size)
+    want = fuse_layers([layer_to_image(r, size) for r in raws], clean=True)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(got[3] == 0) and got[1].max() > 0.99
+    np.testing.assert_array_equal(fuse_to_image(raws[:1], size), finish_single(layer_to_image(raws[0], size)))
