@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from onnxcam.model import InputSpec, Model, load
     from onnxcam.overlay import COLORMAPS, make_grid, show_cam_on_image
     from onnxcam.registry import METHODS, get_method, method_info, parse_method_options
+    from onnxcam.sparse_seed import SparseSeed
     from onnxcam.targets import (
         ClassifierOutputTarget,
         ClassTarget,
@@ -73,6 +74,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "onnxcam.overlay": ("COLORMAPS", "make_grid", "show_cam_on_image"),
     "onnxcam.registry": ("METHODS", "get_method", "method_info", "parse_method_options"),
     "onnxcam.labels": ("read_labels", "resolve_labels"),
+    "onnxcam.sparse_seed": ("SparseSeed",),
     "onnxcam.targets": ("ClassTarget", "ClassifierOutputTarget", "EmbeddingTarget", "OutputTarget",
                         "SegmentationTarget", "SoftmaxTarget", "Target"),
     "onnxcam.tasks": ("TASKS", "ClassificationTask", "EmbeddingTask", "SegmentationTask", "Task", "detect_task"),
@@ -110,7 +112,8 @@ __all__ = [
     "EigenCAM", "EigenGradCAM", "EmbeddingTarget", "EmbeddingTask", "Explanation",
     "FeatureView", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "Gradients", "HiResCAM",
     "InputSpec", "LayerCAM", "MethodOption", "MethodSpec", "Model", "OutputTarget", "Preprocess", "ScoreCAM",
-    "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "Target", "Task",
+    "SegmentationTarget", "SegmentationTask", "SmoothGradCAMPlusPlus", "SoftmaxTarget", "SparseSeed", "Target",
+    "Task",
     "XGradCAM", "__version__", "box_iou", "cam_to_boxes", "detect_task", "errors", "expand_image_paths",
     "export_explainer", "get_method", "get_preset", "load", "load_image", "make_grid", "method_info", "method_spec",
     "parse_method_options", "preprocess", "read_labels", "resolve_labels", "show_cam_on_image", "to_display",

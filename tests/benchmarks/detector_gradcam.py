@@ -71,7 +71,7 @@ def main() -> int:
     print(f"layers: {', '.join(cam.layers)}; head share of the MACs: {model.head_share(cut):.2f}")
     print(f"{'what':42} {'seconds':>9} {'x forward':>10}")
     for what, s, r, note in rows:
-        print(f"{what:42} {s:9.4f} {r:10.2f}  {note}")
+        print(f"{what:42} {s:9.4f} {r:10.3f}  {note}")
     extra = (t["many"] - t["one"]) / (k - 1) / fwd
     print(f"per round: one detection {' '.join(f'{v:.2f}' for v in t['one'] / fwd)}; "
           f"each extra {' '.join(f'{v:.3f}' for v in extra)}")
