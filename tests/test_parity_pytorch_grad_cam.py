@@ -22,7 +22,6 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-
 from models.torchvision_stub import install as _stub_torchvision  # noqa: E402
 
 _stub_torchvision()

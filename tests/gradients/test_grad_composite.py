@@ -230,7 +230,6 @@ def test_intermediate_and_input_wrt_match_split_models() -> None:
 def test_weights_get_no_gradient_nodes() -> None:
     gm = build_gradient_model(_head_model("residual", 1), ["A"])
     grad_nodes = [n for n in gm.model.graph.node if n.name.startswith("onnxcam_grad/")]
-    ops = [n.op_type for n in grad_nodes]
     # One adjoint per Conv, on the activations only: a stride-1 Conv's is a Conv with the kernel
     # flipped and transposed (a Slice and a Transpose of the weight, folded by the runtime).
     adjoints = [n for n in grad_nodes if n.op_type in ("Conv", "ConvTranspose")]
