@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from onnxcam.graph.local import Box, LocalRegion
-from onnxcam.graph.local_windows import ORIGIN, windowed_model
+from onnxcam.graph.local_windows import WindowMask, windowed_model
 from onnxcam.graph.protos import opset_version
 from onnxcam.graph.prune import prune_to_outputs
 from onnxcam.graph.seed_parts import concat_parts
@@ -46,7 +46,7 @@ class CropGraph:
     seed_inputs: dict[str, str]
     wrt: tuple[str, ...]
     grad_outputs: dict[str, str]
-    origin: bool = False
+    masks: Mapping[str, WindowMask] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,9 +124,10 @@ class CropGradients:
         if built is None:
             from onnxcam.gradients import build_gradient_model
 
+            masks: dict[str, WindowMask] = {}
             if self.windowed:
                 boxes = self.plan((seeded, size[0], size[1])).boxes
-                proto = windowed_model(self.region, self.source, boxes, n, self.infos, seeded, edge)
+                proto, masks = windowed_model(self.region, self.source, boxes, n, self.infos, seeded, edge)
             else:
                 proto = self.region.crop_model(self.source, size, n, self.infos, seeded)
             _, reached = ancestors(proto.graph.node, seeded)
@@ -139,7 +140,8 @@ class CropGradients:
             pruned.graph.input.extend(inputs)
             region_inputs = tuple(i.name for i in inputs if i.name in self.region.strides)
             built = self._graphs[key] = CropGraph(self.new_session(pruned), region_inputs, dict(g.seed_inputs), wrt,
-                                                  dict(g.grad_outputs), any(i.name == ORIGIN for i in inputs))
+                                                  dict(g.grad_outputs),
+                                                  {i.name: masks[i.name] for i in inputs if i.name in masks})
         return built
 
     def plan(self, geometry: Geometry) -> WindowPlan:
@@ -326,10 +328,11 @@ class CropGradients:
         for name, seed_name in graph.seed_inputs.items():
             b, lo, hi = self.source_of.get(name, (name, 0, None))
             feed[seed_name] = _stack([_crop_box(boundary[b][i][lo:hi], at(name, i)) for i in part], n)
-        if graph.origin:
-            origin = np.zeros((n, 2), dtype=np.int64)
-            origin[:len(part)] = [windows[i][:2] for i in part]
-            feed[ORIGIN] = origin
+        if graph.masks:
+            origins = np.zeros((n, 2), dtype=np.int64)  # padded rows: any origin (their seeds are zero)
+            origins[:len(part)] = [windows[i][:2] for i in part]
+            for name, mask in graph.masks.items():
+                feed[name] = mask.values(origins)
         names = [graph.grad_outputs[w] for w in graph.wrt]
         values = run(graph.session, feed, names, what=what)  # type: ignore[arg-type]
         for w, v in zip(graph.wrt, values):

@@ -287,3 +287,17 @@ def test_a_dense_gradient_goes_back_to_the_whole_head_graph(build_model) -> None
     auto = (model.layer().name,)
     engine.local_crops = True
     assert engine.local_plan(model.frontier(auto), auto) is None  # nothing local between it and the pooling
+
+
+def test_window_masks_mark_the_positions_on_the_map() -> None:
+    """An edge graph's masks (``WindowMask``, fed per row from the window's origin): a box of a stride-8
+    tensor on a 4x5 map, relative to the origin, checked by hand at two origins."""
+    from onnxcam.graph.local_windows import WindowMask
+
+    mask = WindowMask((8, 8), (-2, -1, 1, 2), (4, 5))
+    got = mask.values(np.array([[0, 0], [16, 24]]))
+    assert got.shape == (2, 1, 4, 4) and got.dtype == bool
+    rows0, cols0 = np.array([0, 0, 1, 1], bool), np.array([0, 1, 1, 1], bool)  # positions -2..1 and -1..2
+    rows1, cols1 = np.array([1, 1, 1, 1], bool), np.array([1, 1, 1, 0], bool)  # 0..3 and 2..5 (5 is off the map)
+    np.testing.assert_array_equal(got[0, 0], rows0[:, None] & cols0[None, :])
+    np.testing.assert_array_equal(got[1, 0], rows1[:, None] & cols1[None, :])
