@@ -44,11 +44,11 @@ def paired(fn: Callable[[], object], ref: Callable[[], object], repeats: int) ->
 def ort_runner(path: Path):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    # Threads that spin on after a run would take the cores from the other session's next run.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from onnxcam.runtime import session_options
+
+    # onnxcam's own settings (workers spin within a run and stop at its end: a session's workers
+    # spinning on would take the cores from the other session's next run).
+    so = session_options(THREADS)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda feeds: sess.run(None, feeds)
 
