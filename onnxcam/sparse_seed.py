@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxcam.errors import TargetError
+
 
 @dataclass(frozen=True)
 class SparseSeed:
@@ -35,10 +37,12 @@ class SparseSeed:
         idx = tuple(np.asarray(i, dtype=np.int64).reshape(-1) for i in index)
         vals = np.asarray(values).reshape(-1)
         if len(idx) != len(shape) or any(i.shape != vals.shape for i in idx):
-            raise ValueError(f"a seed of shape {shape} needs {len(shape)} index arrays of {vals.size} entries each")
+            raise TargetError(f"a seed of shape {shape} needs {len(shape)} index arrays (one per axis) of "
+                              f"{vals.size} entries each, one per value; got {[len(i) for i in idx]}")
         for axis, i in enumerate(idx):
             if i.size and (int(i.min()) < 0 or int(i.max()) >= shape[axis]):
-                raise ValueError(f"seed index out of range along axis {axis} of shape {shape}")
+                raise TargetError(f"seed index out of range along axis {axis} of shape {shape}: indices "
+                                  f"{int(i.min())}..{int(i.max())}; pass positions within the output's own shape")
         return cls(shape, idx, vals, np.dtype(dtype))
 
     def dense(self) -> np.ndarray:

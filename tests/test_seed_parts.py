@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcam
+from onnxcam.errors import TargetError
 from onnxcam.gradients import build_gradient_model
 from onnxcam.graph.protos import make_model
 from onnxcam.graph.seed_parts import ConcatParts, concat_parts, narrow_rows, narrow_seeds
@@ -204,9 +205,9 @@ def test_sparse_seed_writes_what_a_dense_seed_holds() -> None:
     nan = SparseSeed.of((5,), ([3],), [np.nan])
     assert nan.reached(0).tolist() == [3]
     assert ConcatParts("y", 0, ("a", "b"), (0, 3, 5)).reached(nan) == (1,)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(TargetError, match="out of range along axis 0"):
         SparseSeed.of((3, 4), ([3], [0]), [1.0])
-    with pytest.raises(ValueError, match="index arrays"):
+    with pytest.raises(TargetError, match="index arrays"):
         SparseSeed.of((3, 4), ([1],), [1.0])
 
 

@@ -121,7 +121,7 @@ def main() -> int:
     print(f"ViT-S/16 (timm vit_small_patch16_224, random weights) at {spec.spatial[0]}x{spec.spatial[1]}, "
           f"batch {args.batch}, {args.threads} threads; layer {layer.name} ({layer.grid})")
     print(f"onnxruntime {ort.__version__} (ORT_ENABLE_{model.optimization.upper()}, intra-op threads {args.threads}, "
-          f"spinning only within a run); torch {torch.__version__} ({torch.get_num_threads()} threads, fused attention); "
+          f"spinning within a run); torch {torch.__version__} ({torch.get_num_threads()} threads, fused attention); "
           f"pytorch-grad-cam backward through every block: {'yes' if full_backward else 'no'}")
     print(f"{args.repeats} interleaved rounds; best (median) wall times:")
 
