@@ -83,7 +83,7 @@ def windowed_model(region: LocalRegion, source: onnx.ModelProto, boxes: Mapping[
     masked_inputs = {i for node in kept if node.name in region.kernels for i in node.input if i in produced}
     graph = source.graph
     opset = opset_version(source)
-    b = _Builder(region, boxes, infos, n, opset)
+    b = _Builder(region, boxes, infos, opset)
     nodes: list[onnx.NodeProto] = []
     for node in kept:
         kernel = region.kernels.get(node.name)
@@ -130,9 +130,9 @@ def _info(name: str, infos: Mapping[str, TensorInfo], box: Box, n: int) -> onnx.
 class _Builder:
     """The masks and slices ``windowed_model`` adds, each made once."""
 
-    def __init__(self, region: LocalRegion, boxes: Mapping[str, Box], infos: Mapping[str, TensorInfo], n: int,
+    def __init__(self, region: LocalRegion, boxes: Mapping[str, Box], infos: Mapping[str, TensorInfo],
                  opset: int) -> None:
-        self.region, self.boxes, self.infos, self.n, self.opset = region, boxes, infos, n, opset
+        self.region, self.boxes, self.infos, self.opset = region, boxes, infos, opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.masks: dict[str, WindowMask] = {}
